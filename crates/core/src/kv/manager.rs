@@ -1,0 +1,284 @@
+//! Applies the block pools to sequences: prefix lookup, slot allocation, caching of computed
+//! blocks, freeing and swapping.
+//!
+//! vLLM v1's `KVCacheManager` (`get_computed_blocks`, `allocate_slots`, `free`,
+//! `cache_blocks`) plus v0's swap-in/out. Blocks are registered in the prefix cache only once
+//! the executor has *computed* them (in `update`), never at allocation: with micro-batches on
+//! separate streams, a block allocated in this step may not be written yet when another stream
+//! would read it.
+
+use super::block_pool::BlockPool;
+use super::hash::{hash_block, BlockHash};
+use super::host_pool::HostPool;
+use crate::types::{BlockId, HostBlockId, TokenId};
+
+/// One sequence's KV state: device block table, prefix hash chain, host blocks when swapped.
+#[derive(Debug, Clone, Default)]
+pub struct SeqBlocks {
+    /// Device blocks in order; block `i` holds tokens `i*block_size .. (i+1)*block_size`.
+    pub(crate) blocks: Vec<BlockId>,
+    /// Hash chain of the sequence's full blocks, as far as it has been computed.
+    pub(crate) hashes: Vec<BlockHash>,
+    /// `blocks[..num_cached]` have been offered to the prefix cache.
+    pub(crate) num_cached: usize,
+    /// Host blocks holding the sequence while it is swapped out.
+    pub(crate) host: Vec<HostBlockId>,
+}
+
+impl SeqBlocks {
+    pub fn blocks(&self) -> &[BlockId] {
+        &self.blocks
+    }
+    pub fn host_blocks(&self) -> &[HostBlockId] {
+        &self.host
+    }
+}
+
+/// A prefix-cache hit: cached blocks covering the first `num_tokens` tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefixHit {
+    pub blocks: Vec<BlockId>,
+    pub num_tokens: usize,
+}
+
+/// Device and host block pools plus the rules that map sequences onto them.
+#[derive(Debug, Clone)]
+pub struct KvCacheManager {
+    pool: BlockPool,
+    host: HostPool,
+    block_size: usize,
+    prefix_caching: bool,
+    /// Host blocks released by swap-in this step; reusable only from the next step, so that a
+    /// swap-out in the same step cannot overwrite a block before the executor has read it.
+    deferred_host_free: Vec<HostBlockId>,
+}
+
+impl KvCacheManager {
+    pub fn new(num_gpu_blocks: usize, num_host_blocks: usize, block_size: usize, prefix_caching: bool) -> Self {
+        Self {
+            pool: BlockPool::new(num_gpu_blocks),
+            host: HostPool::new(num_host_blocks),
+            block_size: block_size.max(1),
+            prefix_caching,
+            deferred_host_free: Vec::new(),
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+    pub fn host(&self) -> &HostPool {
+        &self.host
+    }
+    pub fn num_free(&self) -> usize {
+        self.pool.num_free()
+    }
+
+    /// Blocks needed to hold `tokens` tokens: `ceil(tokens / block_size)`.
+    pub fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.block_size)
+    }
+
+    /// Extends `seq`'s hash chain over the full blocks of `tokens[..upto]`.
+    fn extend_hashes(&self, seq: &mut SeqBlocks, tokens: &[TokenId], upto: usize) {
+        let full = upto.min(tokens.len()) / self.block_size;
+        while seq.hashes.len() < full {
+            let i = seq.hashes.len();
+            let parent = i.checked_sub(1).map(|p| seq.hashes[p]);
+            seq.hashes.push(hash_block(parent, &tokens[i * self.block_size..(i + 1) * self.block_size]));
+        }
+    }
+
+    /// The longest cached prefix of `tokens`, leaving at least one token to compute (the model
+    /// must run on something to produce logits). Takes no reference yet.
+    pub fn find_prefix(&self, seq: &mut SeqBlocks, tokens: &[TokenId]) -> PrefixHit {
+        if !self.prefix_caching || tokens.len() < 2 {
+            return PrefixHit::default();
+        }
+        let max_blocks = (tokens.len() - 1) / self.block_size;
+        self.extend_hashes(seq, tokens, max_blocks * self.block_size);
+        let blocks: Vec<BlockId> = seq.hashes[..max_blocks].iter().map_while(|h| self.pool.lookup(*h)).collect();
+        let num_tokens = blocks.len() * self.block_size;
+        PrefixHit { blocks, num_tokens }
+    }
+
+    /// Free blocks that giving `seq` room for `total_tokens` tokens (after taking `hit`) would
+    /// consume: new blocks plus hit blocks that currently sit in the free queue.
+    pub fn blocks_needed(&self, seq: &SeqBlocks, hit: &[BlockId], total_tokens: usize) -> usize {
+        let have = seq.blocks.len() + hit.len();
+        let new = self.blocks_for(total_tokens).saturating_sub(have);
+        new + hit.iter().filter(|b| self.pool.ref_count(**b) == 0).count()
+    }
+
+    /// Appends `hit` to `seq`'s (empty) table and grows it to hold `total_tokens` tokens.
+    /// All or nothing: returns false and changes nothing when the pool is short.
+    pub fn allocate_slots(&mut self, seq: &mut SeqBlocks, hit: &[BlockId], total_tokens: usize) -> bool {
+        if self.blocks_needed(seq, hit, total_tokens) > self.pool.num_free() {
+            return false;
+        }
+        for &b in hit {
+            self.pool.touch(b);
+            seq.blocks.push(b);
+        }
+        let new = self.blocks_for(total_tokens).saturating_sub(seq.blocks.len());
+        self.pool.allocate(new, &mut seq.blocks)
+    }
+
+    /// Offers the full blocks among the first `num_computed` tokens to the prefix cache.
+    pub fn cache_computed(&mut self, seq: &mut SeqBlocks, tokens: &[TokenId], num_computed: usize) {
+        if !self.prefix_caching {
+            return;
+        }
+        let full = (num_computed.min(tokens.len()) / self.block_size).min(seq.blocks.len());
+        if full <= seq.num_cached {
+            return;
+        }
+        self.extend_hashes(seq, tokens, full * self.block_size);
+        for i in seq.num_cached..full {
+            self.pool.register(seq.blocks[i], seq.hashes[i]);
+        }
+        seq.num_cached = full;
+    }
+
+    /// Releases every device block of `seq`, last block first (so a prefix's tail is evicted
+    /// before its head, as in vLLM).
+    pub fn free(&mut self, seq: &mut SeqBlocks) {
+        for &b in seq.blocks.iter().rev() {
+            self.pool.release(b);
+        }
+        seq.blocks.clear();
+        seq.num_cached = 0;
+    }
+
+    /// Releases every host block of `seq`.
+    pub fn free_host(&mut self, seq: &mut SeqBlocks) {
+        for b in seq.host.drain(..) {
+            self.host.free(b);
+        }
+    }
+
+    /// Moves `seq` to the host tier, listing `(device, host)` copies in `pairs`. All or
+    /// nothing: false when the host tier is short.
+    pub fn swap_out(&mut self, seq: &mut SeqBlocks, pairs: &mut Vec<(BlockId, HostBlockId)>) -> bool {
+        debug_assert!(seq.host.is_empty());
+        if !self.host.allocate(seq.blocks.len(), &mut seq.host) {
+            return false;
+        }
+        pairs.extend(seq.blocks.iter().copied().zip(seq.host.iter().copied()));
+        self.free(seq);
+        true
+    }
+
+    /// Brings a swapped `seq` back, listing `(host, device)` copies in `pairs`. All or nothing.
+    pub fn swap_in(&mut self, seq: &mut SeqBlocks, pairs: &mut Vec<(HostBlockId, BlockId)>) -> bool {
+        debug_assert!(seq.blocks.is_empty());
+        if !self.pool.allocate(seq.host.len(), &mut seq.blocks) {
+            return false;
+        }
+        pairs.extend(seq.host.iter().copied().zip(seq.blocks.iter().copied()));
+        self.deferred_host_free.append(&mut seq.host);
+        true
+    }
+
+    /// Ends a scheduling step: host blocks released by this step's swap-ins become reusable.
+    pub fn end_step(&mut self) {
+        for b in self.deferred_host_free.drain(..) {
+            self.host.free(b);
+        }
+    }
+
+    /// Drops every cached prefix.
+    pub fn reset_prefix_cache(&mut self) {
+        self.pool.reset_prefix_cache();
+    }
+
+    /// Host blocks not yet returned by [`Self::end_step`].
+    pub fn deferred_host_blocks(&self) -> &[HostBlockId] {
+        &self.deferred_host_free
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(n: u32) -> Vec<TokenId> {
+        (0..n).collect()
+    }
+
+    #[test]
+    fn allocate_slots_rounds_up_and_fails_whole() {
+        // 4-token blocks, 5 blocks.
+        let mut kv = KvCacheManager::new(5, 0, 4, true);
+        let mut a = SeqBlocks::default();
+        assert!(kv.allocate_slots(&mut a, &[], 9)); // ceil(9/4) = 3 blocks; 5 - 3 = 2 free
+        assert_eq!(a.blocks.len(), 3);
+        assert!(kv.allocate_slots(&mut a, &[], 12)); // still 3 blocks: nothing new
+        assert_eq!(kv.num_free(), 2);
+        let mut b = SeqBlocks::default();
+        assert!(!kv.allocate_slots(&mut b, &[], 12), "3 > 2 free");
+        assert!(b.blocks.is_empty());
+        kv.free(&mut a);
+        assert_eq!(kv.num_free(), 5);
+        kv.pool().check().unwrap();
+    }
+
+    #[test]
+    fn computed_blocks_are_found_by_a_later_identical_prefix() {
+        let mut kv = KvCacheManager::new(8, 0, 4, true);
+        let prompt = toks(10); // 2 full blocks + 2 tokens
+        let mut a = SeqBlocks::default();
+        assert!(kv.allocate_slots(&mut a, &[], 10));
+        // Nothing computed yet: nothing cached.
+        let mut probe = SeqBlocks::default();
+        assert_eq!(kv.find_prefix(&mut probe, &prompt).num_tokens, 0);
+        kv.cache_computed(&mut a, &prompt, 10); // full blocks: 10/4 = 2
+        let mut b = SeqBlocks::default();
+        let hit = kv.find_prefix(&mut b, &prompt);
+        assert_eq!(hit.num_tokens, 8);
+        assert_eq!(hit.blocks, a.blocks[..2].to_vec());
+        // b needs ceil(10/4) = 3 blocks: 2 shared (in use: cost 0) + 1 new.
+        assert_eq!(kv.blocks_needed(&b, &hit.blocks, 10), 1);
+        assert!(kv.allocate_slots(&mut b, &hit.blocks, 10));
+        assert_eq!(kv.pool().ref_count(a.blocks[0]), 2);
+        // 8 - 3 (a) - 1 (b's own) = 4 free
+        assert_eq!(kv.num_free(), 4);
+        kv.free(&mut a);
+        kv.free(&mut b);
+        assert_eq!(kv.num_free(), 8);
+        kv.pool().check().unwrap();
+    }
+
+    #[test]
+    fn a_full_hit_still_leaves_one_token_to_compute() {
+        let mut kv = KvCacheManager::new(8, 0, 4, true);
+        let prompt = toks(8); // exactly 2 blocks
+        let mut a = SeqBlocks::default();
+        kv.allocate_slots(&mut a, &[], 8);
+        kv.cache_computed(&mut a, &prompt, 8);
+        let mut b = SeqBlocks::default();
+        // (8 - 1) / 4 = 1 block may be reused; the last block is recomputed.
+        assert_eq!(kv.find_prefix(&mut b, &prompt).num_tokens, 4);
+    }
+
+    #[test]
+    fn swap_round_trip_lists_matching_pairs_and_defers_host_reuse() {
+        let mut kv = KvCacheManager::new(4, 4, 4, false);
+        let mut a = SeqBlocks::default();
+        kv.allocate_slots(&mut a, &[], 8); // 2 blocks
+        let dev = a.blocks.clone();
+        let mut out = Vec::new();
+        assert!(kv.swap_out(&mut a, &mut out));
+        assert_eq!(out.iter().map(|p| p.0).collect::<Vec<_>>(), dev);
+        assert_eq!((kv.num_free(), kv.host().num_free()), (4, 2)); // 4 - 2 host
+        let mut back = Vec::new();
+        assert!(kv.swap_in(&mut a, &mut back));
+        assert_eq!(back.iter().map(|p| p.0).collect::<Vec<_>>(), out.iter().map(|p| p.1).collect::<Vec<_>>());
+        assert_eq!(kv.host().num_free(), 2, "host blocks held until the step ends");
+        kv.end_step();
+        assert_eq!(kv.host().num_free(), 4);
+    }
+}

@@ -1,0 +1,101 @@
+//! The contract between scheduler and executor: [`SchedulerOutput`] goes out, [`ModelOutput`]
+//! comes back (vLLM's `SchedulerOutput` / `ModelRunnerOutput`). Plain data, no shared state.
+//!
+//! To keep a step allocation-light at large batch sizes, the fed tokens and the block tables of
+//! all sequences live in two flat arrays; each [`ScheduledSeq`] holds ranges into them
+//! (read them with [`SchedulerOutput::tokens`] and [`SchedulerOutput::block_table`]).
+//!
+//! **Executor obligations**, in this order within a step:
+//! 1. copy every `swap_out` pair device → host;
+//! 2. copy every `swap_in` pair host → device;
+//! 3. run the model on `seqs` (the micro-batches may run concurrently), writing each fed
+//!    token's K/V at its position through the block table, and sample where `sample` is set.
+//!
+//! A device block freed by a swap-out may be reused by this very step (hence 1 before 2 and 3).
+
+use std::ops::Range;
+
+use crate::request::SamplerParams;
+use crate::types::{BlockId, HostBlockId, RequestId, TokenId};
+
+/// One sequence's work in a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduledSeq {
+    pub id: RequestId,
+    /// Range into [`SchedulerOutput::token_ids`]: the tokens to feed (a prefill chunk, or the
+    /// one last sampled token when decoding). Never empty.
+    pub tokens: Range<usize>,
+    /// Position in the sequence of the first fed token (= tokens whose KV is already cached).
+    pub start_pos: usize,
+    /// Range into [`SchedulerOutput::block_ids`]: the whole block table, in order; it has room
+    /// for `start_pos + tokens.len()` tokens.
+    pub blocks: Range<usize>,
+    /// Sample a token after the last fed one (the chunk reaches the end of the known tokens).
+    pub sample: bool,
+    pub sampler: SamplerParams,
+    /// Tokens the request has generated so far (for seeded sampling streams).
+    pub num_generated: usize,
+}
+
+impl ScheduledSeq {
+    pub fn num_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+    /// Whether the sequence is in prefill (fed more than one token, or its first token).
+    pub fn is_prefill(&self) -> bool {
+        self.tokens.len() > 1 || self.num_generated == 0
+    }
+}
+
+/// Everything the executor must do in one step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchedulerOutput {
+    /// Step number, from 0; `update` must receive outputs in this order.
+    pub step: u64,
+    pub seqs: Vec<ScheduledSeq>,
+    /// All fed tokens, concatenated in `seqs` order.
+    pub token_ids: Vec<TokenId>,
+    /// All block tables, concatenated in `seqs` order.
+    pub block_ids: Vec<BlockId>,
+    /// Index ranges into `seqs`, one per execution stream; a single range when serial.
+    pub micro_batches: Vec<Range<usize>>,
+    /// Device → host copies to do first.
+    pub swap_out: Vec<(BlockId, HostBlockId)>,
+    /// Host → device copies to do second.
+    pub swap_in: Vec<(HostBlockId, BlockId)>,
+    /// Requests that ended since the previous output: the executor may drop their state.
+    pub finished: Vec<RequestId>,
+    /// Requests preempted in this step (their blocks were dropped or swapped out).
+    pub preempted: Vec<RequestId>,
+    /// Sum of fed tokens; never above the token budget.
+    pub num_batched_tokens: usize,
+}
+
+impl SchedulerOutput {
+    /// The tokens to feed for `seq`.
+    pub fn tokens(&self, seq: &ScheduledSeq) -> &[TokenId] {
+        &self.token_ids[seq.tokens.clone()]
+    }
+
+    /// The block table of `seq`.
+    pub fn block_table(&self, seq: &ScheduledSeq) -> &[BlockId] {
+        &self.block_ids[seq.blocks.clone()]
+    }
+
+    /// True when there is nothing for the executor to do.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty() && self.swap_out.is_empty() && self.swap_in.is_empty()
+    }
+
+    /// Sequences that sample this step.
+    pub fn num_samples(&self) -> usize {
+        self.seqs.iter().filter(|s| s.sample).count()
+    }
+}
+
+/// What the executor returns for one [`SchedulerOutput`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelOutput {
+    /// Aligned with `SchedulerOutput::seqs`: `Some(token)` exactly where `sample` was set.
+    pub sampled: Vec<Option<TokenId>>,
+}

@@ -1,0 +1,14 @@
+//! Scheduling policies: small traits chosen at construction (TGI's `Allocator` pattern), each
+//! with its configurable kinds. The scheduler (`crate::scheduler`) is the mechanism that calls
+//! them; a policy only answers questions about plain numbers.
+
+mod capacity;
+mod preemption;
+mod queue;
+
+pub use capacity::{AdmissionView, CapacityPolicy, CapacityPolicyKind, GuaranteedNoEvict, MaxUtilization, StaticBatch};
+pub use preemption::{
+    AutoPreemption, PreemptionCost, PreemptionMode, PreemptionModeKind, PreemptionPolicy, RecomputeOnly, SwapFirst,
+    VictimView,
+};
+pub use queue::{Fcfs, PriorityAging, QueuePolicy, QueuePolicyKind, Rank};

@@ -1,0 +1,356 @@
+//! One scheduling step: expire deadlines, serve running requests, admit waiting ones, emit the
+//! [`SchedulerOutput`].
+//!
+//! As vLLM v1's `Scheduler.schedule`: running requests are served first, in admission order,
+//! each getting `min(remaining, threshold, budget)` tokens. When a running request cannot get
+//! a block, the worst-ranked running request (lowest priority, then latest arrival) is preempted
+//! until it can, or until it is the victim itself. Then, unless a preemption happened for KV
+//! pressure, waiting requests are admitted in queue order while the batch has room, the budget
+//! lasts, and the capacity policy agrees. Under the `Priority` queue policy a waiting request
+//! that cannot be admitted may preempt a running request of strictly lower priority that it
+//! also outranks (aged priority), so it cannot be starved by it nor thrash with it.
+
+use std::mem;
+
+use super::seq::Slot;
+use super::{Inflight, Scheduler};
+use crate::kv::PrefixHit;
+use crate::output::{ScheduledSeq, SchedulerOutput};
+use crate::policy::{AdmissionView, PreemptionMode, VictimView};
+use crate::request::{AbortCause, FinishReason, RejectReason, RequestDelta, RequestState};
+use crate::types::{BlockId, HostBlockId, RequestId, Time};
+
+/// What the step has decided so far.
+#[derive(Debug, Default)]
+struct Plan {
+    /// (slot, tokens to feed, is a prefill) in output order.
+    entries: Vec<(Slot, usize, bool)>,
+    budget: usize,
+    partial_prefills: usize,
+    swap_out: Vec<(BlockId, HostBlockId)>,
+    swap_in: Vec<(HostBlockId, BlockId)>,
+    preempted: Vec<RequestId>,
+    /// A running request was preempted for lack of blocks: admit nothing this step.
+    kv_pressure: bool,
+}
+
+impl Plan {
+    fn push(&mut self, slot: Slot, n: usize, prefill: bool) {
+        self.entries.push((slot, n, prefill));
+        self.budget -= n;
+        self.partial_prefills += prefill as usize;
+    }
+
+    /// Takes back `slot`'s entry, if it has one, returning its budget.
+    fn unschedule(&mut self, slot: Slot) {
+        if let Some(i) = self.entries.iter().position(|e| e.0 == slot) {
+            let (_, n, prefill) = self.entries.remove(i);
+            self.budget += n;
+            self.partial_prefills -= prefill as usize;
+        }
+    }
+}
+
+/// Outcome of trying to admit the head of the waiting queue.
+enum Admission {
+    Admitted,
+    /// Not enough room (blocks, or the capacity policy said no): preemption may help.
+    NoRoom,
+    /// Blocked for a reason preemption cannot fix (budget, partial-prefill limit, pending sample).
+    NotNow,
+}
+
+impl Scheduler {
+    /// Decides the next step's work at time `now`. Must be answered by [`Scheduler::update`].
+    pub fn schedule(&mut self, now: Time) -> SchedulerOutput {
+        self.expire_deadlines(now);
+        let step = self.next_step;
+        self.next_step += 1;
+        let mut plan = Plan { budget: self.max_num_batched_tokens, ..Plan::default() };
+        let running_at_step_start = self.running.len();
+        self.schedule_running(&mut plan, step);
+        if !plan.kv_pressure {
+            self.admit_waiting(&mut plan, step, running_at_step_start);
+        }
+        self.materialize(plan, step)
+    }
+
+    /// Tokens to feed a request with `remaining` uncomputed tokens, or `None` if it cannot run
+    /// in this step under the chunking rules.
+    fn chunk(&self, remaining: usize, plan: &Plan) -> Option<usize> {
+        if remaining == 0 || plan.budget == 0 {
+            return None;
+        }
+        let prefill = remaining > 1;
+        if prefill && plan.partial_prefills >= self.cfg.max_num_partial_prefills {
+            return None;
+        }
+        if !self.cfg.enable_chunked_prefill {
+            return (remaining <= plan.budget).then_some(remaining);
+        }
+        let mut n = remaining;
+        if self.cfg.long_prefill_token_threshold > 0 {
+            n = n.min(self.cfg.long_prefill_token_threshold);
+        }
+        Some(n.min(plan.budget))
+    }
+
+    fn schedule_running(&mut self, plan: &mut Plan, step: u64) {
+        let mut i = 0;
+        while i < self.running.len() && plan.budget > 0 {
+            let slot = self.running[i];
+            let seq = self.seq(slot);
+            let remaining = if seq.pending_sample { 0 } else { seq.tokens.len() - seq.num_computed };
+            let Some(n) = self.chunk(remaining, plan) else {
+                i += 1;
+                continue;
+            };
+            let total = seq.num_computed + n;
+            loop {
+                let seq = self.slots[slot as usize].as_mut().expect("running slot");
+                if self.kv.allocate_slots(&mut seq.kv, &[], total) {
+                    plan.push(slot, n, remaining > 1);
+                    i += 1;
+                    break;
+                }
+                if !self.capacity.may_preempt() {
+                    i += 1; // cannot happen under a reserving policy; skip rather than stall
+                    break;
+                }
+                let Some((victim, victim_idx)) = self.worst_running() else { break };
+                self.preempt(victim, plan, step);
+                plan.kv_pressure = true;
+                if victim == slot {
+                    break; // the list shifted: running[i] is already the next request
+                }
+                if victim_idx < i {
+                    i -= 1;
+                }
+            }
+        }
+    }
+
+    fn admit_waiting(&mut self, plan: &mut Plan, step: u64, running_at_step_start: usize) {
+        let mut reserved: Option<usize> = None;
+        while plan.budget > 0 {
+            let Some(&head) = self.waiting.first() else { break };
+            let outcome = if self.running.len() >= self.max_num_seqs {
+                Admission::NoRoom
+            } else {
+                self.try_admit(head.slot, plan, step, running_at_step_start, &mut reserved)
+            };
+            match outcome {
+                Admission::Admitted => {}
+                Admission::NotNow => break,
+                Admission::NoRoom => {
+                    if !self.preempt_for_priority(head.slot, plan, step) {
+                        break;
+                    }
+                    reserved = None;
+                }
+            }
+        }
+    }
+
+    /// Blocks the running requests may still take before they finish.
+    pub(super) fn reserved_blocks(&self) -> usize {
+        self.running
+            .iter()
+            .map(|&s| {
+                let q = self.seq(s);
+                self.kv.blocks_for(q.max_len).saturating_sub(q.kv.blocks().len())
+            })
+            .sum()
+    }
+
+    fn try_admit(
+        &mut self,
+        slot: Slot,
+        plan: &mut Plan,
+        step: u64,
+        running_at_step_start: usize,
+        reserved: &mut Option<usize>,
+    ) -> Admission {
+        let seq = self.seq(slot);
+        if seq.pending_sample || seq.preempted_at_step == Some(step) {
+            return Admission::NotNow;
+        }
+        let swapped = seq.state == RequestState::Swapped;
+        // A fresh or recomputed request may reuse cached prefix blocks.
+        let hit = if swapped {
+            PrefixHit::default()
+        } else {
+            let seq = self.slots[slot as usize].as_mut().expect("waiting slot");
+            self.kv.find_prefix(&mut seq.kv, &seq.tokens)
+        };
+        let seq = self.seq(slot);
+        let computed = if swapped { seq.num_computed } else { hit.num_tokens };
+        let remaining = seq.tokens.len() - computed;
+        let Some(n) = self.chunk(remaining, plan) else { return Admission::NotNow };
+        let total = computed + n;
+        let (blocks_now, blocks_to_completion) = if swapped {
+            (self.kv.blocks_for(total), self.kv.blocks_for(seq.max_len))
+        } else {
+            (
+                self.kv.blocks_needed(&seq.kv, &hit.blocks, total),
+                self.kv.blocks_needed(&seq.kv, &hit.blocks, seq.max_len),
+            )
+        };
+        let reserved_now = if self.capacity.reserves_to_completion() {
+            *reserved.get_or_insert_with(|| self.reserved_blocks())
+        } else {
+            0
+        };
+        let view = AdmissionView {
+            running_at_step_start,
+            free_blocks: self.kv.num_free(),
+            reserved_blocks: reserved_now,
+            blocks_now,
+            blocks_to_completion,
+        };
+        if !self.capacity.admits(&view) || blocks_now > self.kv.num_free() {
+            return Admission::NoRoom;
+        }
+        let prompt_len = seq.tokens.len();
+        let seq = self.slots[slot as usize].as_mut().expect("waiting slot");
+        let ok = if swapped {
+            self.kv.swap_in(&mut seq.kv, &mut plan.swap_in) && self.kv.allocate_slots(&mut seq.kv, &[], total)
+        } else {
+            seq.num_computed = hit.num_tokens;
+            self.stats.prefix_cache_queries += prompt_len as u64;
+            self.stats.prefix_cache_hits += hit.num_tokens as u64;
+            self.kv.allocate_slots(&mut seq.kv, &hit.blocks, total)
+        };
+        debug_assert!(ok, "room was checked");
+        if swapped {
+            self.num_swapped -= 1;
+        }
+        let key = seq.wait_key(slot);
+        seq.state = RequestState::Running;
+        seq.started = true;
+        self.waiting.remove(&key);
+        self.running.push(slot);
+        plan.push(slot, n, remaining > 1);
+        if let Some(r) = reserved.as_mut() {
+            *r += blocks_to_completion - blocks_now;
+        }
+        Admission::Admitted
+    }
+
+    /// The running request to preempt first, and its index in the running list.
+    fn worst_running(&self) -> Option<(Slot, usize)> {
+        self.running
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, &s)| self.seq(s).victim_key())
+            .map(|(i, &s)| (s, i))
+    }
+
+    /// Preempts the worst running request for the waiting `head`, if the queue policy allows
+    /// and the victim has strictly lower priority and a worse rank. Returns whether it did.
+    fn preempt_for_priority(&mut self, head: Slot, plan: &mut Plan, step: u64) -> bool {
+        if !self.queue.preempts_for_priority() || !self.capacity.may_preempt() {
+            return false;
+        }
+        let Some((victim, _)) = self.worst_running() else { return false };
+        let (h, v) = (self.seq(head), self.seq(victim));
+        if v.priority < h.priority && v.victim_key() > h.victim_key() {
+            self.preempt(victim, plan, step);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Moves a running request back to the waiting queue, dropping or swapping its blocks.
+    fn preempt(&mut self, slot: Slot, plan: &mut Plan, step: u64) {
+        plan.unschedule(slot);
+        if let Some(i) = self.running.iter().position(|&s| s == slot) {
+            self.running.remove(i);
+        }
+        let host_free_blocks = self.kv.host().num_free();
+        let seq = self.slots[slot as usize].as_mut().expect("running slot");
+        let view = VictimView { computed_tokens: seq.num_computed, blocks: seq.kv.blocks().len(), host_free_blocks };
+        let swapped = self.preemption.choose(&view) == PreemptionMode::Swap && self.kv.swap_out(&mut seq.kv, &mut plan.swap_out);
+        if swapped {
+            seq.state = RequestState::Swapped;
+            self.num_swapped += 1;
+            self.stats.preemptions_swap += 1;
+        } else {
+            self.kv.free(&mut seq.kv);
+            seq.num_computed = 0;
+            seq.state = RequestState::Preempted;
+            self.stats.preemptions_recompute += 1;
+        }
+        seq.kv_generation = seq.kv_generation.wrapping_add(1);
+        seq.preempted_at_step = Some(step);
+        plan.preempted.push(seq.id);
+        self.waiting.insert(seq.wait_key(slot));
+    }
+
+    /// Ends requests whose deadline has passed; their deltas go out with the next update.
+    fn expire_deadlines(&mut self, now: Time) {
+        while let Some(&(deadline, epoch, slot)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(seq) = self.slots[slot as usize].as_ref().filter(|q| q.epoch == epoch) else { continue };
+            let reason = if seq.started {
+                FinishReason::Aborted(AbortCause::Deadline)
+            } else {
+                FinishReason::Rejected(RejectReason::DeadlineExceeded)
+            };
+            let id = seq.id;
+            self.finish_seq(slot, reason);
+            self.pending_deltas.push(RequestDelta { id, token: None, finish: Some(reason) });
+        }
+        self.release_finished();
+    }
+
+    /// Advances the planned requests' computed counts and writes the output.
+    fn materialize(&mut self, plan: Plan, step: u64) -> SchedulerOutput {
+        let mut out = SchedulerOutput {
+            step,
+            seqs: Vec::with_capacity(plan.entries.len()),
+            token_ids: Vec::with_capacity(self.max_num_batched_tokens - plan.budget),
+            swap_out: plan.swap_out,
+            swap_in: plan.swap_in,
+            preempted: plan.preempted,
+            finished: mem::take(&mut self.finished_since_output),
+            num_batched_tokens: self.max_num_batched_tokens - plan.budget,
+            ..SchedulerOutput::default()
+        };
+        let mut entries = Vec::with_capacity(plan.entries.len());
+        for &(slot, n, _) in &plan.entries {
+            let seq = self.slots[slot as usize].as_mut().expect("planned slot");
+            let start = seq.num_computed;
+            seq.num_computed += n;
+            let sample = seq.num_computed == seq.tokens.len();
+            seq.pending_sample = sample;
+            let t0 = out.token_ids.len();
+            out.token_ids.extend_from_slice(&seq.tokens[start..start + n]);
+            let b0 = out.block_ids.len();
+            out.block_ids.extend_from_slice(seq.kv.blocks());
+            out.seqs.push(ScheduledSeq {
+                id: seq.id,
+                tokens: t0..t0 + n,
+                start_pos: start,
+                blocks: b0..out.block_ids.len(),
+                sample,
+                sampler: seq.params.sampler,
+                num_generated: seq.num_generated(),
+            });
+            entries.push((slot, seq.epoch, seq.kv_generation));
+        }
+        if !out.seqs.is_empty() {
+            out.micro_batches.push(0..out.seqs.len());
+        }
+        self.inflight.push_back(Inflight { step, entries });
+        self.kv.end_step();
+        self.stats.steps += 1;
+        self.stats.last_batch_size = out.seqs.len();
+        self.stats.last_num_batched_tokens = out.num_batched_tokens;
+        out
+    }
+}
