@@ -148,17 +148,27 @@ impl BlockPool {
         }
         for (k, &rc) in self.ref_cnt.iter().enumerate() {
             if (rc == 0) != listed[k] {
-                return Err(InvariantViolation(format!("block {k} has ref count {rc} but in-free-queue = {}", listed[k])));
+                return Err(InvariantViolation(format!(
+                    "block {k} has ref count {rc} but in-free-queue = {}",
+                    listed[k]
+                )));
             }
         }
         for (h, b) in &self.cached {
             if self.hash[b.index()] != Some(*h) {
-                return Err(InvariantViolation(format!("cache maps {h:?} to block {} which holds {:?}", b.0, self.hash[b.index()])));
+                return Err(InvariantViolation(format!(
+                    "cache maps {h:?} to block {} which holds {:?}",
+                    b.0,
+                    self.hash[b.index()]
+                )));
             }
         }
         let hashed = self.hash.iter().filter(|h| h.is_some()).count();
         if hashed != self.cached.len() {
-            return Err(InvariantViolation(format!("{hashed} blocks carry a hash but the map has {}", self.cached.len())));
+            return Err(InvariantViolation(format!(
+                "{hashed} blocks carry a hash but the map has {}",
+                self.cached.len()
+            )));
         }
         Ok(())
     }

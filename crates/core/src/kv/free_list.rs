@@ -20,14 +20,8 @@ pub(crate) struct FreeList {
 impl FreeList {
     /// A list holding `0..n` in order.
     pub(crate) fn full(n: usize) -> Self {
-        let mut list = Self {
-            prev: vec![NIL; n],
-            next: vec![NIL; n],
-            in_list: vec![false; n],
-            head: NIL,
-            tail: NIL,
-            len: 0,
-        };
+        let mut list =
+            Self { prev: vec![NIL; n], next: vec![NIL; n], in_list: vec![false; n], head: NIL, tail: NIL, len: 0 };
         for i in 0..n as u32 {
             list.push_back(i);
         }

@@ -145,7 +145,11 @@ mod tests {
     #[test]
     fn auto_swaps_long_contexts_and_recomputes_short_ones() {
         // 1 MiB blocks at 1 GiB/s: swapping 64 blocks costs 2*64 MiB / 1 GiB/s = 0.125 s.
-        let cost = PreemptionCost { kv_bytes_per_block: 1 << 20, swap_bytes_per_sec: (1u64 << 30) as f64, recompute_tokens_per_sec: 1000.0 };
+        let cost = PreemptionCost {
+            kv_bytes_per_block: 1 << 20,
+            swap_bytes_per_sec: (1u64 << 30) as f64,
+            recompute_tokens_per_sec: 1000.0,
+        };
         let auto = AutoPreemption { cost };
         // 1024 tokens at 1000 tok/s = 1.024 s > 0.125 s: swap.
         let long = VictimView { computed_tokens: 1024, blocks: 64, host_free_blocks: 100 };
@@ -160,7 +164,13 @@ mod tests {
 
     #[test]
     fn swap_falls_back_when_the_host_tier_is_full() {
-        assert_eq!(SwapFirst.choose(&VictimView { computed_tokens: 1, blocks: 2, host_free_blocks: 1 }), PreemptionMode::Recompute);
-        assert_eq!(SwapFirst.choose(&VictimView { computed_tokens: 1, blocks: 2, host_free_blocks: 2 }), PreemptionMode::Swap);
+        assert_eq!(
+            SwapFirst.choose(&VictimView { computed_tokens: 1, blocks: 2, host_free_blocks: 1 }),
+            PreemptionMode::Recompute
+        );
+        assert_eq!(
+            SwapFirst.choose(&VictimView { computed_tokens: 1, blocks: 2, host_free_blocks: 2 }),
+            PreemptionMode::Swap
+        );
     }
 }

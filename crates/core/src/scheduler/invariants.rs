@@ -46,9 +46,15 @@ impl Scheduler {
             let in_running = self.running.contains(&(slot as u32));
             let need = self.kv.blocks_for(seq.num_computed);
             let ok = match seq.state {
-                RequestState::Running => !in_waiting && in_running && seq.kv.blocks().len() >= need && seq.kv.host_blocks().is_empty(),
+                RequestState::Running => {
+                    !in_waiting && in_running && seq.kv.blocks().len() >= need && seq.kv.host_blocks().is_empty()
+                }
                 RequestState::Waiting | RequestState::Preempted => {
-                    in_waiting && !in_running && seq.kv.blocks().is_empty() && seq.num_computed == 0 && seq.kv.host_blocks().is_empty()
+                    in_waiting
+                        && !in_running
+                        && seq.kv.blocks().is_empty()
+                        && seq.num_computed == 0
+                        && seq.kv.host_blocks().is_empty()
                 }
                 RequestState::Swapped => {
                     swapped += 1;
@@ -67,12 +73,21 @@ impl Scheduler {
                 ));
             }
             if seq.num_computed > seq.tokens.len() || seq.tokens.len() > seq.max_len {
-                return fail(format!("{}: computed {} of {} tokens, max {}", seq.id, seq.num_computed, seq.tokens.len(), seq.max_len));
+                return fail(format!(
+                    "{}: computed {} of {} tokens, max {}",
+                    seq.id,
+                    seq.num_computed,
+                    seq.tokens.len(),
+                    seq.max_len
+                ));
             }
         }
         for (b, &n) in refs.iter().enumerate() {
             if pool.ref_count(crate::types::BlockId(b as u32)) != n {
-                return fail(format!("block {b}: ref count {} but {n} sequences hold it", pool.ref_count(crate::types::BlockId(b as u32))));
+                return fail(format!(
+                    "block {b}: ref count {} but {n} sequences hold it",
+                    pool.ref_count(crate::types::BlockId(b as u32))
+                ));
             }
         }
         let host_used = self.kv.host().num_blocks() - self.kv.host().num_free();

@@ -83,7 +83,8 @@ impl Scheduler {
         preemption: Box<dyn PreemptionPolicy>,
     ) -> Result<Self, Error> {
         cfg.validate()?;
-        let kv = KvCacheManager::new(cfg.num_gpu_blocks, cfg.num_host_blocks, cfg.block_size, cfg.enable_prefix_caching);
+        let kv =
+            KvCacheManager::new(cfg.num_gpu_blocks, cfg.num_host_blocks, cfg.block_size, cfg.enable_prefix_caching);
         Ok(Self {
             max_len: cfg.effective_max_len(),
             max_num_seqs: cfg.max_num_seqs,
@@ -125,7 +126,9 @@ impl Scheduler {
     }
 
     /// Changes the batch-size and token-budget limits from the next step on (adaptive batching).
-    /// Lowering `max_num_seqs` preempts nobody: running requests finish, new ones wait.
+    /// Lowering `max_num_seqs` preempts nobody: no step serves more than the new limit, the
+    /// running requests beyond it keep their blocks and take turns, and no new one is admitted
+    /// until the running count is below the limit.
     pub fn set_limits(&mut self, max_num_seqs: usize, max_num_batched_tokens: usize) -> Result<(), Error> {
         let cfg = SchedulerConfig { max_num_seqs, max_num_batched_tokens, ..self.cfg.clone() };
         cfg.validate()?;

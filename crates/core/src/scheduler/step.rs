@@ -97,7 +97,8 @@ impl Scheduler {
 
     fn schedule_running(&mut self, plan: &mut Plan, step: u64) {
         let mut i = 0;
-        while i < self.running.len() && plan.budget > 0 {
+        // After `set_limits` lowers the batch size, more may be running than one step serves.
+        while i < self.running.len() && plan.budget > 0 && plan.entries.len() < self.max_num_seqs {
             let slot = self.running[i];
             let seq = self.seq(slot);
             let remaining = if seq.pending_sample { 0 } else { seq.tokens.len() - seq.num_computed };
@@ -189,7 +190,10 @@ impl Scheduler {
         let Some(n) = self.chunk(remaining, plan) else { return Admission::NotNow };
         let total = computed + n;
         let (blocks_now, blocks_to_completion) = if swapped {
-            (self.kv.blocks_for(total), self.kv.blocks_for(seq.max_len))
+            // Swap-in restores every host block, which may be more than `total` needs (a
+            // victim can be swapped with a block allocated for a chunk that never ran).
+            let held = seq.kv.host_blocks().len();
+            (held.max(self.kv.blocks_for(total)), held.max(self.kv.blocks_for(seq.max_len)))
         } else {
             (
                 self.kv.blocks_needed(&seq.kv, &hit.blocks, total),
@@ -239,11 +243,7 @@ impl Scheduler {
 
     /// The running request to preempt first, and its index in the running list.
     fn worst_running(&self) -> Option<(Slot, usize)> {
-        self.running
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, &s)| self.seq(s).victim_key())
-            .map(|(i, &s)| (s, i))
+        self.running.iter().enumerate().max_by_key(|(_, &s)| self.seq(s).victim_key()).map(|(i, &s)| (s, i))
     }
 
     /// Preempts the worst running request for the waiting `head`, if the queue policy allows
@@ -271,7 +271,8 @@ impl Scheduler {
         let host_free_blocks = self.kv.host().num_free();
         let seq = self.slots[slot as usize].as_mut().expect("running slot");
         let view = VictimView { computed_tokens: seq.num_computed, blocks: seq.kv.blocks().len(), host_free_blocks };
-        let swapped = self.preemption.choose(&view) == PreemptionMode::Swap && self.kv.swap_out(&mut seq.kv, &mut plan.swap_out);
+        let swapped =
+            self.preemption.choose(&view) == PreemptionMode::Swap && self.kv.swap_out(&mut seq.kv, &mut plan.swap_out);
         if swapped {
             seq.state = RequestState::Swapped;
             self.num_swapped += 1;

@@ -1,0 +1,504 @@
+//! Tiny-number tests of the scheduling rules, one per policy, arithmetic in the comments.
+//! Most use 4-token blocks so block counts stay small enough to follow by hand.
+
+use std::time::Duration;
+
+use crate::output::{ModelOutput, SchedulerOutput};
+use crate::policy::{CapacityPolicyKind, PreemptionCost, PreemptionModeKind, QueuePolicyKind};
+use crate::request::{AbortCause, FinishReason, NewRequest, RejectReason, RequestDelta, RequestState, StopCause};
+use crate::types::{RequestId, TokenId};
+use crate::{Error, Scheduler, SchedulerConfig};
+
+fn t(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// 4-token blocks, `blocks` of them, budget 8, no prefix caching unless asked.
+fn small(blocks: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        block_size: 4,
+        num_gpu_blocks: blocks,
+        max_num_batched_tokens: 8,
+        max_model_len: 64,
+        enable_prefix_caching: false,
+        ..SchedulerConfig::default()
+    }
+}
+
+fn req(id: u64, prompt_len: u32, max_tokens: usize, arrival_ms: u64) -> NewRequest {
+    NewRequest::new(id, (1..=prompt_len).map(|i| 100 + i).collect(), max_tokens, t(arrival_ms))
+}
+
+/// Runs one step, sampling `token` wherever asked; checks invariants before returning.
+fn step(s: &mut Scheduler, now_ms: u64, token: TokenId) -> (SchedulerOutput, Vec<RequestDelta>) {
+    let out = s.schedule(t(now_ms));
+    s.check_invariants().unwrap();
+    let model = ModelOutput { sampled: out.seqs.iter().map(|q| q.sample.then_some(token)).collect() };
+    let deltas = s.update(&out, &model, t(now_ms)).unwrap();
+    s.check_invariants().unwrap();
+    (out, deltas)
+}
+
+fn ids(out: &SchedulerOutput) -> Vec<u64> {
+    out.seqs.iter().map(|q| q.id.0).collect()
+}
+
+fn fed(out: &SchedulerOutput) -> Vec<usize> {
+    out.seqs.iter().map(|q| q.tokens.len()).collect()
+}
+
+#[test]
+fn prefill_then_decode_under_one_budget() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    s.add_request(req(1, 5, 3, 0)).unwrap();
+    let (out, deltas) = step(&mut s, 0, 7);
+    // Step 0 feeds the whole 5-token prompt (5 <= budget 8) and samples.
+    assert_eq!(fed(&out), vec![5]);
+    assert_eq!(out.seqs[0].start_pos, 0);
+    assert!(out.seqs[0].sample);
+    assert_eq!(out.block_table(&out.seqs[0]).len(), 2); // ceil(5/4) = 2 blocks
+    assert_eq!(deltas, vec![RequestDelta { id: RequestId(1), token: Some(7), finish: None }]);
+    // Step 1 feeds the sampled token at position 5.
+    let (out, _) = step(&mut s, 1, 8);
+    assert_eq!(out.tokens(&out.seqs[0]), &[7]);
+    assert_eq!(out.seqs[0].start_pos, 5);
+    // Step 2: the 3rd token ends it on length (max_tokens 3).
+    let (_, deltas) = step(&mut s, 2, 9);
+    assert_eq!(deltas[0].finish, Some(FinishReason::Length));
+    assert_eq!(s.tokens(RequestId(1)), None);
+    assert_eq!(s.kv().num_free(), 16, "all blocks back");
+    // The executor hears of the finish in the next output.
+    let (out, _) = step(&mut s, 3, 0);
+    assert_eq!(out.finished, vec![RequestId(1)]);
+}
+
+#[test]
+fn long_prompt_is_chunked_and_samples_only_at_its_end() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    s.add_request(req(1, 10, 2, 0)).unwrap();
+    let (out, deltas) = step(&mut s, 0, 7);
+    assert_eq!((fed(&out), out.seqs[0].sample), (vec![8], false)); // 8 of 10 (budget 8)
+    assert!(deltas.is_empty());
+    let (out, deltas) = step(&mut s, 1, 7);
+    assert_eq!((fed(&out), out.seqs[0].start_pos, out.seqs[0].sample), (vec![2], 8, true)); // the other 2
+    assert_eq!(deltas.len(), 1);
+}
+
+#[test]
+fn running_requests_are_served_before_admissions() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    s.add_request(req(1, 4, 5, 0)).unwrap();
+    step(&mut s, 0, 7);
+    s.add_request(req(2, 12, 5, 1)).unwrap();
+    // Budget 8: request 1 decodes (1 token), request 2 gets the other 7 of its 12.
+    let (out, _) = step(&mut s, 1, 7);
+    assert_eq!(ids(&out), vec![1, 2]);
+    assert_eq!(fed(&out), vec![1, 7]);
+    assert_eq!(out.num_batched_tokens, 8);
+}
+
+#[test]
+fn long_prefill_threshold_shares_a_step_between_prompts() {
+    let cfg = SchedulerConfig { long_prefill_token_threshold: 4, ..small(16) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 10, 2, 0)).unwrap();
+    s.add_request(req(2, 10, 2, 0)).unwrap();
+    // Each capped at 4: 4 + 4 = 8 = budget.
+    let (out, _) = step(&mut s, 0, 7);
+    assert_eq!(fed(&out), vec![4, 4]);
+}
+
+#[test]
+fn partial_prefill_limit_and_batch_size_limit() {
+    let cfg = SchedulerConfig { max_num_partial_prefills: 1, max_num_batched_tokens: 16, ..small(32) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 3, 2, 0)).unwrap();
+    s.add_request(req(2, 3, 2, 0)).unwrap();
+    // Only one prefill per step although 3 + 3 <= 16.
+    let (out, _) = step(&mut s, 0, 7);
+    assert_eq!(ids(&out), vec![1]);
+    // Step 1: request 1 decodes (not a prefill), request 2 prefills.
+    let (out, _) = step(&mut s, 1, 7);
+    assert_eq!(ids(&out), vec![1, 2]);
+
+    let cfg = SchedulerConfig { max_num_seqs: 2, max_num_batched_tokens: 16, ..small(32) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    for i in 1..=3 {
+        s.add_request(req(i, 2, 4, 0)).unwrap();
+    }
+    let (out, _) = step(&mut s, 0, 7);
+    assert_eq!(ids(&out), vec![1, 2], "batch of at most 2");
+    assert_eq!(s.num_waiting(), 1);
+}
+
+#[test]
+fn without_chunking_a_prompt_waits_for_a_step_it_fits_whole() {
+    let cfg =
+        SchedulerConfig { enable_chunked_prefill: false, max_num_batched_tokens: 16, max_model_len: 16, ..small(32) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 12, 2, 0)).unwrap();
+    s.add_request(req(2, 8, 2, 0)).unwrap();
+    // 12 fits; 8 > 16 - 12 = 4 left, so request 2 waits whole.
+    let (out, _) = step(&mut s, 0, 7);
+    assert_eq!(fed(&out), vec![12]);
+    // Step 1: 1 decode + 8 = 9 <= 16.
+    let (out, _) = step(&mut s, 1, 7);
+    assert_eq!(fed(&out), vec![1, 8]);
+}
+
+/// Two 7-token prompts in a 4-block pool of 4-token blocks: 2 + 2 blocks, full.
+fn two_in_a_full_pool(cfg: SchedulerConfig) -> Scheduler {
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 7, 10, 0)).unwrap();
+    s.add_request(req(2, 7, 10, 1)).unwrap();
+    let cfg_budget = s.limits().1;
+    assert!(cfg_budget >= 14);
+    let (out, _) = step(&mut s, 0, 7); // both prefilled: ceil(7/4) = 2 blocks each, 0 free
+    assert_eq!(fed(&out), vec![7, 7]);
+    let (out, _) = step(&mut s, 1, 7); // 8 tokens each still fit 2 blocks
+    assert_eq!(fed(&out), vec![1, 1]);
+    assert_eq!(s.kv().num_free(), 0);
+    s
+}
+
+#[test]
+fn max_utilization_preempts_the_latest_arrival_by_recompute() {
+    let cfg = SchedulerConfig { max_num_batched_tokens: 16, ..small(4) };
+    let mut s = two_in_a_full_pool(cfg);
+    // Step 2: request 1 needs a 3rd block (9 tokens), none free → request 2 (latest) is
+    // preempted, its 2 blocks freed, request 1 takes one: 4 - 2 (req 1) - 1 = 1 free.
+    let (out, _) = step(&mut s, 2, 7);
+    assert_eq!(ids(&out), vec![1]);
+    assert_eq!(out.preempted, vec![RequestId(2)]);
+    assert_eq!(s.state(RequestId(2)), Some(RequestState::Preempted));
+    assert_eq!(s.stats().preemptions_recompute, 1);
+    assert_eq!(s.kv().num_free(), 1);
+    // Nothing is admitted in a step that preempted for KV pressure.
+    assert!(out.seqs.iter().all(|q| q.id != RequestId(2)));
+    // Once request 1 finishes, request 2 re-prefills prompt + its 2 outputs = 9 tokens.
+    s.abort(RequestId(1)).unwrap();
+    let (out, _) = step(&mut s, 3, 7);
+    assert_eq!((ids(&out), fed(&out), out.seqs[0].start_pos), (vec![2], vec![9], 0));
+    assert_eq!(out.seqs[0].num_generated, 2);
+}
+
+#[test]
+fn swap_mode_lists_copies_out_and_back_in() {
+    let cfg = SchedulerConfig {
+        max_num_batched_tokens: 16,
+        num_host_blocks: 4,
+        preemption: PreemptionModeKind::Swap,
+        ..small(4)
+    };
+    let mut s = two_in_a_full_pool(cfg);
+    let (out, _) = step(&mut s, 2, 7);
+    // Request 2's 2 device blocks are copied to 2 host blocks.
+    assert_eq!(out.swap_out.len(), 2);
+    let hosts: Vec<_> = out.swap_out.iter().map(|p| p.1).collect();
+    assert_eq!(s.state(RequestId(2)), Some(RequestState::Swapped));
+    assert_eq!((s.stats().preemptions_swap, s.stats().swapped, s.stats().host_blocks_used), (1, 1, 2));
+    s.abort(RequestId(1)).unwrap();
+    // Swapped back: 2 blocks copied in; it has computed 7 tokens and known 8, so it decodes 1.
+    let (out, _) = step(&mut s, 3, 7);
+    assert_eq!(out.swap_in.iter().map(|p| p.0).collect::<Vec<_>>(), hosts);
+    assert_eq!((ids(&out), fed(&out), out.seqs[0].start_pos), (vec![2], vec![1], 8));
+    assert_eq!(out.block_table(&out.seqs[0])[..2], out.swap_in.iter().map(|p| p.1).collect::<Vec<_>>()[..]);
+    // Host blocks come back at the end of the swap-in step.
+    assert_eq!(s.stats().host_blocks_used, 0);
+}
+
+#[test]
+fn auto_mode_picks_per_victim_by_cost() {
+    // Swapping 2 blocks of 1000 bytes at 1000 B/s costs 2·2·1000/1000 = 4 s.
+    let slow_link =
+        PreemptionCost { kv_bytes_per_block: 1000, swap_bytes_per_sec: 1000.0, recompute_tokens_per_sec: 1.0 };
+    // Recomputing 8 tokens at 1 tok/s costs 8 s > 4 s: swap.
+    let cfg = SchedulerConfig {
+        max_num_batched_tokens: 16,
+        num_host_blocks: 4,
+        preemption: PreemptionModeKind::Auto,
+        preemption_cost: slow_link,
+        ..small(4)
+    };
+    let mut s = two_in_a_full_pool(cfg.clone());
+    step(&mut s, 2, 7);
+    assert_eq!(s.state(RequestId(2)), Some(RequestState::Swapped));
+    // At 100 tok/s recompute costs 0.08 s < 4 s: recompute.
+    let cheap_prefill = PreemptionCost { recompute_tokens_per_sec: 100.0, ..slow_link };
+    let mut s = two_in_a_full_pool(SchedulerConfig { preemption_cost: cheap_prefill, ..cfg });
+    step(&mut s, 2, 7);
+    assert_eq!(s.state(RequestId(2)), Some(RequestState::Preempted));
+}
+
+#[test]
+fn guaranteed_no_evict_reserves_to_completion() {
+    // 4 blocks of 4 tokens. A: 4 + 8 = 12 tokens → 3 blocks. B: 4 + 4 = 8 → 2 blocks. 3 + 2 > 4.
+    let cfg = SchedulerConfig { capacity: CapacityPolicyKind::GuaranteedNoEvict, ..small(4) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 4, 8, 0)).unwrap();
+    s.add_request(req(2, 4, 4, 0)).unwrap();
+    let (out, _) = step(&mut s, 0, 7);
+    assert_eq!(ids(&out), vec![1], "B's first chunk fits, but not its whole life");
+    // Under MaxUtilization both start (1 + 1 blocks now).
+    let mut s = Scheduler::new(small(4)).unwrap();
+    s.add_request(req(1, 4, 8, 0)).unwrap();
+    s.add_request(req(2, 4, 4, 0)).unwrap();
+    assert_eq!(ids(&step(&mut s, 0, 7).0), vec![1, 2]);
+    // A request that could never fit is refused up front: 4 + 20 = 24 tokens → 6 > 4 blocks.
+    let cfg = SchedulerConfig { capacity: CapacityPolicyKind::GuaranteedNoEvict, ..small(4) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    assert_eq!(
+        s.add_request(req(3, 4, 20, 0)),
+        Err(Error::NeverFits { id: RequestId(3), blocks_needed: 6, pool_blocks: 4 })
+    );
+}
+
+#[test]
+fn guaranteed_no_evict_never_preempts_under_pressure() {
+    let cfg =
+        SchedulerConfig { capacity: CapacityPolicyKind::GuaranteedNoEvict, max_num_batched_tokens: 16, ..small(4) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 7, 9, 0)).unwrap(); // 16 tokens → 4 blocks: the whole pool
+    s.add_request(req(2, 1, 1, 0)).unwrap();
+    for ms in 0..9 {
+        let (out, _) = step(&mut s, ms, 7);
+        assert!(out.preempted.is_empty());
+        assert!(ids(&out).iter().all(|&i| i == 1), "B waits until A is done");
+    }
+    assert_eq!(s.state(RequestId(1)), None, "A finished: 9 tokens");
+    assert_eq!(ids(&step(&mut s, 10, 7).0), vec![2]);
+}
+
+#[test]
+fn static_batch_forms_a_new_batch_only_when_the_last_is_done() {
+    let cfg = SchedulerConfig { capacity: CapacityPolicyKind::StaticBatch, ..small(16) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 2, 3, 0)).unwrap();
+    s.add_request(req(2, 2, 3, 0)).unwrap();
+    assert_eq!(ids(&step(&mut s, 0, 7).0), vec![1, 2], "one batch of two");
+    s.add_request(req(3, 2, 1, 1)).unwrap();
+    assert_eq!(ids(&step(&mut s, 1, 7).0), vec![1, 2], "room, but the batch is running");
+    assert_eq!(ids(&step(&mut s, 2, 7).0), vec![1, 2]); // third token: both finish
+    assert_eq!(ids(&step(&mut s, 3, 7).0), vec![3]);
+}
+
+#[test]
+fn fcfs_serves_by_arrival_and_priority_by_priority() {
+    let cfg = SchedulerConfig { max_num_seqs: 1, ..small(16) };
+    let mut s = Scheduler::new(cfg.clone()).unwrap();
+    let mut low = req(1, 2, 1, 0);
+    low.priority = 0;
+    let mut high = req(2, 2, 1, 5);
+    high.priority = 9;
+    s.add_request(low.clone()).unwrap();
+    s.add_request(high.clone()).unwrap();
+    assert_eq!(ids(&step(&mut s, 10, 7).0), vec![1], "FCFS: earliest first");
+
+    let cfg = SchedulerConfig { queue: QueuePolicyKind::Priority { aging_per_sec: 0.0 }, ..cfg };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(low).unwrap();
+    s.add_request(high).unwrap();
+    assert_eq!(ids(&step(&mut s, 10, 7).0), vec![2], "priority: most urgent first");
+}
+
+#[test]
+fn aging_lets_an_old_low_priority_request_go_first() {
+    // aging 1/s: low (prio 0, t=0 s) has rank 0; high (prio 5, t=10 s) has rank -5 + 10 = 5.
+    let cfg = SchedulerConfig { max_num_seqs: 1, queue: QueuePolicyKind::Priority { aging_per_sec: 1.0 }, ..small(16) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    let low = req(1, 2, 1, 0);
+    let mut high = req(2, 2, 1, 10_000);
+    high.priority = 5;
+    s.add_request(high).unwrap();
+    s.add_request(low).unwrap();
+    assert_eq!(ids(&step(&mut s, 10_000, 7).0), vec![1]);
+}
+
+#[test]
+fn a_higher_priority_arrival_preempts_a_lower_priority_runner() {
+    let cfg = SchedulerConfig { max_num_seqs: 1, queue: QueuePolicyKind::Priority { aging_per_sec: 0.0 }, ..small(16) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 2, 10, 0)).unwrap();
+    step(&mut s, 0, 7);
+    let mut urgent = req(2, 2, 1, 1);
+    urgent.priority = 1;
+    s.add_request(urgent).unwrap();
+    let (out, _) = step(&mut s, 1, 7);
+    assert_eq!((ids(&out), out.preempted.clone()), (vec![2], vec![RequestId(1)]));
+    // An equal-priority arrival does not preempt.
+    let mut same = req(3, 2, 1, 2);
+    same.priority = 0;
+    s.add_request(same).unwrap();
+    let (out, _) = step(&mut s, 2, 7); // request 1 resumes (it outranks 3: earlier)
+    assert_eq!((ids(&out), out.preempted.len()), (vec![1], 0));
+}
+
+#[test]
+fn abort_frees_blocks_at_once_and_reports_the_finish() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    s.add_request(req(1, 9, 10, 0)).unwrap();
+    s.add_request(req(2, 2, 10, 0)).unwrap();
+    step(&mut s, 0, 7);
+    assert_eq!(s.kv().num_free(), 16 - 2); // 8 of 9 tokens fed: 2 blocks; request 2 got no budget
+    let d = s.abort(RequestId(1)).unwrap();
+    assert_eq!(d.finish, Some(FinishReason::Aborted(AbortCause::Client)));
+    assert_eq!(s.kv().num_free(), 16);
+    assert_eq!(s.abort(RequestId(1)), Err(Error::UnknownRequest(RequestId(1))));
+    s.abort(RequestId(2)).unwrap(); // a waiting one
+    s.check_invariants().unwrap();
+    let (out, _) = step(&mut s, 1, 7);
+    assert_eq!(out.finished, vec![RequestId(1), RequestId(2)]);
+    assert!(s.is_idle());
+}
+
+#[test]
+fn an_update_for_an_aborted_request_is_ignored() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    s.add_request(req(1, 2, 10, 0)).unwrap();
+    let out = s.schedule(t(0));
+    s.abort(RequestId(1)).unwrap();
+    s.add_request(req(1, 3, 10, 0)).unwrap(); // same id, same slot, new request
+    let deltas = s.update(&out, &ModelOutput { sampled: vec![Some(5)] }, t(0)).unwrap();
+    assert!(deltas.is_empty());
+    assert_eq!(s.tokens(RequestId(1)).unwrap().len(), 3, "the new request is untouched");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    let mut s = Scheduler::new(small(4)).unwrap();
+    assert_eq!(s.add_request(req(1, 0, 1, 0)), Err(Error::EmptyPrompt(RequestId(1))));
+    assert_eq!(s.add_request(req(1, 2, 0, 0)), Err(Error::ZeroMaxTokens(RequestId(1))));
+    // 64 tokens leave no room in a 64-token model.
+    assert!(matches!(s.add_request(req(1, 64, 1, 0)), Err(Error::PromptTooLong { .. })));
+    // 20 + 1 tokens need 6 blocks; the pool has 4.
+    assert_eq!(
+        s.add_request(req(1, 20, 1, 0)),
+        Err(Error::NeverFits { id: RequestId(1), blocks_needed: 6, pool_blocks: 4 })
+    );
+    s.add_request(req(1, 2, 1, 0)).unwrap();
+    assert_eq!(s.add_request(req(1, 2, 1, 0)), Err(Error::DuplicateRequest(RequestId(1))));
+    assert!(Scheduler::new(SchedulerConfig { max_num_seqs: 0, ..small(4) }).is_err());
+    assert!(s.set_limits(0, 8).is_err());
+    assert!(s.set_limits(4, 2).is_err(), "budget below one block");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn deadlines_reject_waiting_and_abort_running_requests() {
+    let cfg = SchedulerConfig { max_num_seqs: 1, ..small(16) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    let mut a = req(1, 2, 100, 0);
+    a.deadline = Some(t(50));
+    let mut b = req(2, 2, 1, 0);
+    b.deadline = Some(t(20));
+    s.add_request(a).unwrap();
+    s.add_request(b).unwrap();
+    step(&mut s, 0, 7); // a runs, b waits (batch of 1)
+    let (_, deltas) = step(&mut s, 20, 7);
+    assert!(deltas.contains(&RequestDelta {
+        id: RequestId(2),
+        token: None,
+        finish: Some(FinishReason::Rejected(RejectReason::DeadlineExceeded))
+    }));
+    let (out, deltas) = step(&mut s, 50, 7);
+    assert!(out.seqs.is_empty());
+    assert_eq!(deltas[0].finish, Some(FinishReason::Aborted(AbortCause::Deadline)));
+    assert!(s.is_idle());
+    assert_eq!(s.kv().num_free(), 16);
+}
+
+#[test]
+fn stop_conditions_eos_stop_tokens_length_and_pool_cap() {
+    let cfg = SchedulerConfig { eos_token_ids: vec![0], ..small(16) };
+    let mut s = Scheduler::new(cfg.clone()).unwrap();
+    s.add_request(req(1, 2, 10, 0)).unwrap();
+    let mut ignoring = req(2, 2, 2, 0);
+    ignoring.params.ignore_eos = true;
+    s.add_request(ignoring).unwrap();
+    let mut stop = req(3, 2, 10, 0);
+    stop.params.stop_token_ids = vec![0];
+    s.add_request(stop).unwrap();
+    let (_, deltas) = step(&mut s, 0, 0);
+    let finish = |id| deltas.iter().find(|d| d.id == RequestId(id)).unwrap().finish;
+    assert_eq!(finish(1), Some(FinishReason::Stopped(StopCause::Eos(0))));
+    assert_eq!(finish(2), None, "ignore_eos");
+    assert_eq!(finish(3), Some(FinishReason::Stopped(StopCause::Eos(0))), "EOS is checked first");
+    let (_, deltas) = step(&mut s, 1, 0);
+    assert_eq!(deltas[0].finish, Some(FinishReason::Length));
+
+    // Pool cap: 2 blocks of 4 = 8 tokens; a 5-token prompt can grow to 8, so 3 outputs.
+    let mut s = Scheduler::new(SchedulerConfig { num_gpu_blocks: 2, ..cfg }).unwrap();
+    s.add_request(req(1, 5, 100, 0)).unwrap();
+    let mut n = 0;
+    loop {
+        let (_, deltas) = step(&mut s, n, 9);
+        n += 1;
+        if let Some(f) = deltas[0].finish {
+            assert_eq!(f, FinishReason::Length);
+            break;
+        }
+    }
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn prefix_cache_reuses_computed_blocks() {
+    let cfg = SchedulerConfig { enable_prefix_caching: true, max_num_batched_tokens: 16, ..small(16) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 10, 1, 0)).unwrap();
+    step(&mut s, 0, 7); // 10 tokens computed: blocks 0 and 1 full (8 tokens) get cached
+    s.add_request(req(2, 10, 1, 1)).unwrap();
+    let (out, _) = step(&mut s, 1, 7);
+    // 8 of 10 prompt tokens found: feed 2 from position 8.
+    assert_eq!((fed(&out), out.seqs[0].start_pos), (vec![2], 8));
+    let st = s.stats();
+    assert_eq!((st.prefix_cache_queries, st.prefix_cache_hits), (20, 8));
+    assert!((st.prefix_cache_hit_rate() - 0.4).abs() < 1e-9); // 8 / 20
+}
+
+#[test]
+fn update_rejects_wrong_step_or_misaligned_output() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    s.add_request(req(1, 2, 3, 0)).unwrap();
+    let out = s.schedule(t(0));
+    let bad = ModelOutput { sampled: vec![None] }; // sample was asked
+    assert!(matches!(s.update(&out, &bad, t(0)), Err(Error::OutputMismatch { .. })));
+    let mut other = out.clone();
+    other.step = 7;
+    assert!(matches!(
+        s.update(&other, &ModelOutput { sampled: vec![Some(1)] }, t(0)),
+        Err(Error::StepOutOfOrder { .. })
+    ));
+    // The right answer still works after the refusals.
+    assert_eq!(s.update(&out, &ModelOutput { sampled: vec![Some(1)] }, t(0)).unwrap().len(), 1);
+    assert!(matches!(s.update(&out, &ModelOutput { sampled: vec![Some(1)] }, t(0)), Err(Error::StepOutOfOrder { .. })));
+}
+
+#[test]
+fn two_steps_in_flight_pipeline_prefill_chunks() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    s.add_request(req(1, 12, 2, 0)).unwrap();
+    let a = s.schedule(t(0)); // tokens 0..8, no sample
+    let b = s.schedule(t(0)); // tokens 8..12 and sample, before `a` is answered
+    assert_eq!((fed(&a), fed(&b), b.seqs[0].start_pos, b.seqs[0].sample), (vec![8], vec![4], 8, true));
+    let c = s.schedule(t(0)); // waits for b's token
+    assert!(c.seqs.is_empty());
+    s.update(&a, &ModelOutput { sampled: vec![None] }, t(0)).unwrap();
+    let d = s.update(&b, &ModelOutput { sampled: vec![Some(3)] }, t(0)).unwrap();
+    assert_eq!(d[0].token, Some(3));
+    s.update(&c, &ModelOutput::default(), t(0)).unwrap();
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn set_limits_takes_effect_next_step() {
+    let mut s = Scheduler::new(small(32)).unwrap();
+    for i in 1..=4 {
+        s.add_request(req(i, 2, 5, 0)).unwrap();
+    }
+    s.set_limits(2, 8).unwrap();
+    assert_eq!(ids(&step(&mut s, 0, 7).0), vec![1, 2]);
+    s.set_limits(4, 8).unwrap();
+    assert_eq!(ids(&step(&mut s, 1, 7).0), vec![1, 2, 3, 4]);
+}

@@ -15,7 +15,12 @@ impl Scheduler {
     ///
     /// Fails, changing nothing, if `out` is not the oldest step in flight or `model` does not
     /// line up with it.
-    pub fn update(&mut self, out: &SchedulerOutput, model: &ModelOutput, _now: Time) -> Result<Vec<RequestDelta>, Error> {
+    pub fn update(
+        &mut self,
+        out: &SchedulerOutput,
+        model: &ModelOutput,
+        _now: Time,
+    ) -> Result<Vec<RequestDelta>, Error> {
         let expected = self.inflight.front().map(|f| f.step);
         if expected != Some(out.step) {
             return Err(Error::StepOutOfOrder { expected, got: out.step });

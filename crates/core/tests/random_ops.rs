@@ -1,0 +1,391 @@
+//! Seeded randomized harness: random adds, aborts, stop strings, limit changes and steps
+//! (sometimes two in flight) against tiny KV pools that force preemption, under every capacity
+//! policy, queue policy and preemption mode. After every operation the scheduler's invariants
+//! are checked; every step is also executed by a fake device that *stores KV contents* (each
+//! position holds a hash of the token prefix that produced it), so a wrong block table, a bad
+//! prefix-cache hit or a mixed-up swap is caught as a content mismatch, not only as a leak.
+//!
+//! CI runs `TANDEM_FUZZ_OPS` operations in total (default 150,000); the `--ignored` test runs
+//! 1,200,000 (`cargo test --release -p tandem-core --test random_ops -- --ignored`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tandem_core::{
+    CapacityPolicyKind, FinishReason, ModelOutput, NewRequest, PreemptionCost, PreemptionModeKind, QueuePolicyKind,
+    RequestId, Scheduler, SchedulerConfig, SchedulerOutput, StopCause, TokenId,
+};
+
+const EOS: TokenId = 0;
+
+/// Hash of a token prefix: what a KV slot computed from that prefix "contains".
+fn extend(h: u64, t: TokenId) -> u64 {
+    (h ^ t as u64).wrapping_mul(0x100_0000_01b3).rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// A device that remembers what each KV position holds and checks every read.
+struct FakeDevice {
+    block_size: usize,
+    device: Vec<Vec<Option<u64>>>,
+    host: Vec<Vec<Option<u64>>>,
+}
+
+/// The harness's own record of a request: its tokens and prefix hashes.
+#[derive(Debug)]
+struct Model {
+    tokens: Vec<TokenId>,
+    prefix: Vec<u64>,
+    finished: bool,
+    max_tokens: usize,
+    prompt_len: usize,
+    arrival_step: u64,
+    deadline_ms: Option<u64>,
+}
+
+impl Model {
+    fn new(tokens: Vec<TokenId>, max_tokens: usize, arrival_step: u64) -> Self {
+        let mut m = Model {
+            tokens: Vec::new(),
+            prefix: Vec::new(),
+            finished: false,
+            max_tokens,
+            prompt_len: 0,
+            arrival_step,
+            deadline_ms: None,
+        };
+        m.prompt_len = tokens.len();
+        for t in tokens {
+            m.push(t);
+        }
+        m
+    }
+    fn push(&mut self, t: TokenId) {
+        let h = extend(self.prefix.last().copied().unwrap_or(7), t);
+        self.tokens.push(t);
+        self.prefix.push(h);
+    }
+}
+
+impl FakeDevice {
+    fn new(cfg: &SchedulerConfig) -> Self {
+        Self {
+            block_size: cfg.block_size,
+            device: vec![vec![None; cfg.block_size]; cfg.num_gpu_blocks],
+            host: vec![vec![None; cfg.block_size]; cfg.num_host_blocks],
+        }
+    }
+
+    /// Executes `out` in the contract's order, checking reads against `models`.
+    fn execute(
+        &mut self,
+        out: &SchedulerOutput,
+        models: &HashMap<RequestId, Model>,
+        rng: &mut ChaCha8Rng,
+    ) -> ModelOutput {
+        for &(d, h) in &out.swap_out {
+            self.host[h.index()] = self.device[d.index()].clone();
+        }
+        for &(h, d) in &out.swap_in {
+            self.device[d.index()] = self.host[h.index()].clone();
+        }
+        let bs = self.block_size;
+        let mut sampled = Vec::with_capacity(out.seqs.len());
+        for seq in &out.seqs {
+            let m = &models[&seq.id];
+            let table = out.block_table(seq);
+            let fed = out.tokens(seq);
+            let end = seq.start_pos + fed.len();
+            assert!(table.len() * bs >= end, "{}: table of {} blocks for {end} tokens", seq.id, table.len());
+            assert_eq!(fed, &m.tokens[seq.start_pos..end], "{}: fed tokens differ from the request's", seq.id);
+            for pos in 0..seq.start_pos {
+                let got = self.device[table[pos / bs].index()][pos % bs];
+                assert_eq!(got, Some(m.prefix[pos]), "{}: KV at position {pos} is not its prefix's", seq.id);
+            }
+            for pos in seq.start_pos..end {
+                self.device[table[pos / bs].index()][pos % bs] = Some(m.prefix[pos]);
+            }
+            sampled.push(seq.sample.then(|| if rng.random_bool(0.04) { EOS } else { rng.random_range(1..50) }));
+        }
+        ModelOutput { sampled }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    cfg: SchedulerConfig,
+    name: String,
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for capacity in
+        [CapacityPolicyKind::MaxUtilization, CapacityPolicyKind::GuaranteedNoEvict, CapacityPolicyKind::StaticBatch]
+    {
+        for preemption in [PreemptionModeKind::Recompute, PreemptionModeKind::Swap, PreemptionModeKind::Auto] {
+            for queue in [QueuePolicyKind::Fcfs, QueuePolicyKind::Priority { aging_per_sec: 2.0 }] {
+                let reserving = capacity != CapacityPolicyKind::MaxUtilization;
+                if reserving && preemption != PreemptionModeKind::Recompute {
+                    continue; // reserving policies never preempt: one mode is enough
+                }
+                let cfg = SchedulerConfig {
+                    block_size: 4,
+                    num_gpu_blocks: 12,
+                    num_host_blocks: 10,
+                    max_num_seqs: 5,
+                    max_num_batched_tokens: 12,
+                    max_model_len: 40,
+                    long_prefill_token_threshold: 0,
+                    max_num_partial_prefills: 2,
+                    enable_prefix_caching: true,
+                    eos_token_ids: vec![EOS],
+                    capacity,
+                    queue,
+                    preemption,
+                    preemption_cost: PreemptionCost {
+                        kv_bytes_per_block: 1000,
+                        swap_bytes_per_sec: 1e6,
+                        recompute_tokens_per_sec: 5e3,
+                    },
+                    ..SchedulerConfig::default()
+                };
+                v.push(Case { name: format!("{capacity:?}/{preemption:?}/{queue:?}"), cfg });
+            }
+        }
+    }
+    v
+}
+
+struct Harness {
+    s: Scheduler,
+    dev: FakeDevice,
+    models: HashMap<RequestId, Model>,
+    rng: ChaCha8Rng,
+    next_id: u64,
+    now_ms: u64,
+    steps: u64,
+    inflight: Vec<SchedulerOutput>,
+    max_wait_steps: u64,
+}
+
+impl Harness {
+    fn new(case: &Case, seed: u64) -> Self {
+        Self {
+            s: Scheduler::new(case.cfg.clone()).unwrap(),
+            dev: FakeDevice::new(&case.cfg),
+            models: HashMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            next_id: 0,
+            now_ms: 0,
+            steps: 0,
+            inflight: Vec::new(),
+            max_wait_steps: 0,
+        }
+    }
+
+    fn add(&mut self) {
+        let cfg = self.s.config().clone();
+        let shared_prefix = self.rng.random_bool(0.3);
+        let len = self.rng.random_range(1..24usize);
+        let prompt: Vec<TokenId> = (0..len)
+            .map(|i| if shared_prefix && i < 12 { 100 + i as TokenId } else { self.rng.random_range(1..50) })
+            .collect();
+        let max_tokens = self.rng.random_range(1..16usize);
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let mut r = NewRequest::new(id.0, prompt.clone(), max_tokens, Duration::from_millis(self.now_ms));
+        r.priority = self.rng.random_range(0..4);
+        let deadline_ms = self.rng.random_bool(0.02).then(|| self.now_ms + self.rng.random_range(0..200));
+        r.deadline = deadline_ms.map(Duration::from_millis);
+        let bad = self.rng.random_bool(0.02);
+        if bad {
+            r.prompt.clear(); // must be refused, not panic
+        }
+        match self.s.add_request(r) {
+            Ok(()) => {
+                assert!(!bad);
+                let mut m = Model::new(prompt, max_tokens, self.steps);
+                m.deadline_ms = deadline_ms;
+                self.models.insert(id, m);
+            }
+            Err(e) => {
+                let reserving = cfg.capacity != CapacityPolicyKind::MaxUtilization;
+                let never_fits =
+                    (len + max_tokens).min(cfg.max_model_len).div_ceil(cfg.block_size) > cfg.num_gpu_blocks;
+                assert!(bad || (reserving && never_fits), "unexpected refusal: {e}");
+            }
+        }
+    }
+
+    fn live_ids(&self) -> Vec<RequestId> {
+        let mut ids: Vec<_> = self.models.iter().filter(|(_, m)| !m.finished).map(|(id, _)| *id).collect();
+        ids.sort();
+        ids
+    }
+
+    fn end(&mut self, id: RequestId, reason: FinishReason) {
+        let m = self.models.get_mut(&id).expect("known request");
+        assert!(!m.finished, "{id} finished twice");
+        m.finished = true;
+        let wait = self.steps - m.arrival_step;
+        if !matches!(reason, FinishReason::Aborted(_) | FinishReason::Rejected(_)) {
+            self.max_wait_steps = self.max_wait_steps.max(wait);
+        }
+    }
+
+    fn abort_or_stop(&mut self, stop_string: bool) {
+        let ids = self.live_ids();
+        if ids.is_empty() {
+            return;
+        }
+        let id = ids[self.rng.random_range(0..ids.len())];
+        let reason = if stop_string {
+            FinishReason::Stopped(StopCause::StopString)
+        } else {
+            FinishReason::Aborted(tandem_core::AbortCause::Client)
+        };
+        if self.s.state(id).is_none() {
+            // Ended by its deadline in a `schedule` whose update (carrying the delta) is pending.
+            let deadline = self.models[&id].deadline_ms.expect("only a deadline ends a request silently");
+            assert!(deadline <= self.now_ms && !self.inflight.is_empty());
+            return;
+        }
+        let d = self.s.finish_request(id, reason).unwrap();
+        assert_eq!(d.finish, Some(reason));
+        self.end(id, reason);
+        assert!(self.s.abort(id).is_err(), "a finished request is unknown");
+    }
+
+    fn schedule(&mut self) {
+        self.now_ms += 1;
+        let out = self.s.schedule(Duration::from_millis(self.now_ms));
+        let (max_seqs, budget) = self.s.limits();
+        assert!(out.num_batched_tokens <= budget, "budget exceeded");
+        assert_eq!(out.num_batched_tokens, out.seqs.iter().map(|q| q.tokens.len()).sum::<usize>());
+        assert!(out.seqs.len() <= max_seqs, "batch limit exceeded");
+        let mut seen = std::collections::HashSet::new();
+        for q in &out.seqs {
+            assert!(!q.tokens.is_empty());
+            assert!(seen.insert(q.id), "{} twice in one step", q.id);
+            // A block written this step must belong to this sequence alone.
+            let bs = self.s.config().block_size;
+            let table = out.block_table(q);
+            for pos in q.start_pos..q.start_pos + q.tokens.len() {
+                let b = table[pos / bs];
+                assert_eq!(self.s.kv().pool().ref_count(b), 1, "{} writes shared block {}", q.id, b.0);
+            }
+        }
+        self.steps += 1;
+        self.inflight.push(out);
+    }
+
+    fn complete_oldest(&mut self) {
+        if self.inflight.is_empty() {
+            return;
+        }
+        let out = self.inflight.remove(0);
+        let model = self.dev.execute(&out, &self.models, &mut self.rng);
+        let deltas = self.s.update(&out, &model, Duration::from_millis(self.now_ms)).unwrap();
+        for d in deltas {
+            let m = self.models.get_mut(&d.id).expect("delta for a known request");
+            assert!(!m.finished, "delta after finish for {}", d.id);
+            if let Some(t) = d.token {
+                m.push(t);
+            }
+            if let Some(reason) = d.finish {
+                if reason == FinishReason::Length {
+                    let m = &self.models[&d.id];
+                    let cfg = self.s.config();
+                    let generated = m.tokens.len() - m.prompt_len;
+                    assert!(
+                        generated == m.max_tokens || m.tokens.len() == cfg.effective_max_len(),
+                        "{}: early Length",
+                        d.id
+                    );
+                }
+                self.end(d.id, reason);
+            }
+        }
+    }
+
+    fn op(&mut self, max_live: usize) {
+        let roll = self.rng.random_range(0..100);
+        match roll {
+            0..=24 if self.live_ids().len() < max_live => self.add(),
+            25..=27 => self.abort_or_stop(false),
+            28..=29 => self.abort_or_stop(true),
+            30 => {
+                let seqs = self.rng.random_range(1..8);
+                let budget = self.rng.random_range(4..20);
+                let _ = self.s.set_limits(seqs, budget);
+            }
+            31..=40 if self.inflight.len() < 2 => self.schedule(), // a second step in flight
+            _ => {
+                if self.inflight.is_empty() {
+                    self.schedule();
+                }
+                self.complete_oldest();
+            }
+        }
+        if let Err(e) = self.s.check_invariants() {
+            panic!("after {} steps: {e}", self.steps);
+        }
+    }
+
+    /// Stops adding and steps until every request has ended.
+    fn drain(&mut self, case: &Case) {
+        let mut guard = 0;
+        while !self.s.is_idle() || !self.inflight.is_empty() {
+            if self.inflight.is_empty() {
+                self.schedule();
+            }
+            self.complete_oldest();
+            self.s.check_invariants().unwrap();
+            guard += 1;
+            assert!(guard < 100_000, "{}: requests stuck: {:?}", case.name, self.live_ids());
+        }
+        assert!(self.live_ids().is_empty(), "{}: never finished: {:?}", case.name, self.live_ids());
+        let st = self.s.stats();
+        assert_eq!(st.kv_blocks_used, 0, "{}: leaked device blocks", case.name);
+        assert_eq!(st.host_blocks_used, 0, "{}: leaked host blocks", case.name);
+    }
+}
+
+fn run(total_ops: usize) {
+    let cases = cases();
+    let per_case = total_ops / cases.len();
+    let mut preemptions = [0u64; 2];
+    for (i, case) in cases.iter().enumerate() {
+        let mut h = Harness::new(case, 0xC0FFEE + i as u64);
+        for _ in 0..per_case {
+            h.op(8);
+        }
+        h.drain(case);
+        let st = h.s.stats();
+        preemptions[0] += st.preemptions_recompute;
+        preemptions[1] += st.preemptions_swap;
+        if case.cfg.capacity == CapacityPolicyKind::MaxUtilization {
+            assert!(st.preemptions() > 0, "{}: tiny pool never forced a preemption", case.name);
+            if case.cfg.preemption == PreemptionModeKind::Swap {
+                assert!(st.preemptions_swap > 0, "{}: never swapped", case.name);
+            }
+        } else {
+            assert_eq!(st.preemptions(), 0, "{}: a reserving policy preempted", case.name);
+        }
+        assert!(st.prefix_cache_hits > 0, "{}: shared prefixes never hit", case.name);
+    }
+    assert!(preemptions[0] > 0 && preemptions[1] > 0, "both recompute and swap exercised: {preemptions:?}");
+}
+
+#[test]
+fn random_operations_keep_every_invariant() {
+    let ops = std::env::var("TANDEM_FUZZ_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(150_000);
+    run(ops);
+}
+
+#[test]
+#[ignore = "the full 1.2M-operation run; use --release"]
+fn random_operations_full_run() {
+    run(1_200_000);
+}
