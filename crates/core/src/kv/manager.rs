@@ -113,18 +113,20 @@ impl KvCacheManager {
         new + hit.iter().filter(|b| self.pool.ref_count(**b) == 0).count()
     }
 
-    /// Appends `hit` to `seq`'s (empty) table and grows it to hold `total_tokens` tokens.
-    /// All or nothing: returns false and changes nothing when the pool is short.
-    pub fn allocate_slots(&mut self, seq: &mut SeqBlocks, hit: &[BlockId], total_tokens: usize) -> bool {
-        if self.blocks_needed(seq, hit, total_tokens) > self.pool.num_free() {
-            return false;
+    /// Appends `hit` to `seq`'s (empty) table and grows it to hold `total_tokens` tokens,
+    /// returning how many free blocks it took. All or nothing: `None`, with nothing changed,
+    /// when the pool is short (the scheduler then preempts or waits).
+    pub fn allocate_slots(&mut self, seq: &mut SeqBlocks, hit: &[BlockId], total_tokens: usize) -> Option<usize> {
+        let taken = self.blocks_needed(seq, hit, total_tokens);
+        if taken > self.pool.num_free() {
+            return None;
         }
         for &b in hit {
             self.pool.touch(b);
             seq.blocks.push(b);
         }
         let new = self.blocks_for(total_tokens).saturating_sub(seq.blocks.len());
-        self.pool.allocate(new, &mut seq.blocks)
+        self.pool.allocate(new, &mut seq.blocks).then_some(taken)
     }
 
     /// Offers the full blocks among the first `num_computed` tokens to the prefix cache.
@@ -214,12 +216,12 @@ mod tests {
         // 4-token blocks, 5 blocks.
         let mut kv = KvCacheManager::new(5, 0, 4, true);
         let mut a = SeqBlocks::default();
-        assert!(kv.allocate_slots(&mut a, &[], 9)); // ceil(9/4) = 3 blocks; 5 - 3 = 2 free
+        assert_eq!(kv.allocate_slots(&mut a, &[], 9), Some(3)); // ceil(9/4) = 3 blocks; 5 - 3 = 2 free
         assert_eq!(a.blocks.len(), 3);
-        assert!(kv.allocate_slots(&mut a, &[], 12)); // still 3 blocks: nothing new
+        assert_eq!(kv.allocate_slots(&mut a, &[], 12), Some(0)); // still 3 blocks: nothing new
         assert_eq!(kv.num_free(), 2);
         let mut b = SeqBlocks::default();
-        assert!(!kv.allocate_slots(&mut b, &[], 12), "3 > 2 free");
+        assert_eq!(kv.allocate_slots(&mut b, &[], 12), None, "3 > 2 free");
         assert!(b.blocks.is_empty());
         kv.free(&mut a);
         assert_eq!(kv.num_free(), 5);
@@ -231,7 +233,7 @@ mod tests {
         let mut kv = KvCacheManager::new(8, 0, 4, true);
         let prompt = toks(10); // 2 full blocks + 2 tokens
         let mut a = SeqBlocks::default();
-        assert!(kv.allocate_slots(&mut a, &[], 10));
+        assert_eq!(kv.allocate_slots(&mut a, &[], 10), Some(3));
         // Nothing computed yet: nothing cached.
         let mut probe = SeqBlocks::default();
         assert_eq!(kv.find_prefix(&mut probe, &prompt).num_tokens, 0);
@@ -242,7 +244,7 @@ mod tests {
         assert_eq!(hit.blocks, a.blocks[..2].to_vec());
         // b needs ceil(10/4) = 3 blocks: 2 shared (in use: cost 0) + 1 new.
         assert_eq!(kv.blocks_needed(&b, &hit.blocks, 10), 1);
-        assert!(kv.allocate_slots(&mut b, &hit.blocks, 10));
+        assert_eq!(kv.allocate_slots(&mut b, &hit.blocks, 10), Some(1));
         assert_eq!(kv.pool().ref_count(a.blocks[0]), 2);
         // 8 - 3 (a) - 1 (b's own) = 4 free
         assert_eq!(kv.num_free(), 4);

@@ -109,7 +109,7 @@ impl Scheduler {
             let total = seq.num_computed + n;
             loop {
                 let seq = self.slots[slot as usize].as_mut().expect("running slot");
-                if self.kv.allocate_slots(&mut seq.kv, &[], total) {
+                if self.kv.allocate_slots(&mut seq.kv, &[], total).is_some() {
                     plan.push(slot, n, remaining > 1);
                     i += 1;
                     break;
@@ -218,12 +218,12 @@ impl Scheduler {
         let prompt_len = seq.tokens.len();
         let seq = self.slots[slot as usize].as_mut().expect("waiting slot");
         let ok = if swapped {
-            self.kv.swap_in(&mut seq.kv, &mut plan.swap_in) && self.kv.allocate_slots(&mut seq.kv, &[], total)
+            self.kv.swap_in(&mut seq.kv, &mut plan.swap_in) && self.kv.allocate_slots(&mut seq.kv, &[], total).is_some()
         } else {
             seq.num_computed = hit.num_tokens;
             self.stats.prefix_cache_queries += prompt_len as u64;
             self.stats.prefix_cache_hits += hit.num_tokens as u64;
-            self.kv.allocate_slots(&mut seq.kv, &hit.blocks, total)
+            self.kv.allocate_slots(&mut seq.kv, &hit.blocks, total).is_some()
         };
         debug_assert!(ok, "room was checked");
         if swapped {
