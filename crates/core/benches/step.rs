@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tandem_core::{ModelOutput, NewRequest, Scheduler, SchedulerConfig};
+use tandem_core::{Limits, ModelOutput, NewRequest, Scheduler, SchedulerConfig};
 
 const WAITING: u64 = 2_000;
 const PROMPT: u32 = 1_000;
@@ -31,7 +31,12 @@ fn steady_state(batch: usize) -> Scheduler {
         s.add_request(NewRequest::new(id, prompt, 3_000, Duration::ZERO)).unwrap();
     }
     step(&mut s, 1); // prefill all `batch`
-    s.set_limits(batch, batch.max(2_048)).unwrap();
+    s.set_limits(Limits {
+        max_num_seqs: batch,
+        max_num_batched_tokens: batch.max(2_048),
+        long_prefill_token_threshold: 0,
+    })
+    .unwrap();
     step(&mut s, 2);
     assert_eq!(s.stats().last_batch_size, batch, "decoding the whole batch");
     assert_eq!(s.num_waiting() as u64, WAITING);
@@ -40,7 +45,7 @@ fn steady_state(batch: usize) -> Scheduler {
 
 fn step(s: &mut Scheduler, token: u32) -> usize {
     let out = s.schedule(Duration::ZERO);
-    let model = ModelOutput { sampled: out.seqs.iter().map(|q| q.sample.then_some(token)).collect() };
+    let model = ModelOutput::sampled(out.seqs.iter().map(|q| q.sample.then_some(token)).collect());
     let deltas = s.update(&out, &model, Duration::ZERO).unwrap();
     deltas.len()
 }

@@ -3,7 +3,8 @@
 //! TensorRT-LLM (capacity policies) so users can carry their settings over.
 
 use crate::error::Error;
-use crate::policy::{CapacityPolicyKind, PreemptionCost, PreemptionModeKind, QueuePolicyKind};
+use crate::policy::{BatchingKind, CapacityPolicyKind, PreemptionCost, PreemptionModeKind, QueuePolicyKind};
+use crate::streams::StreamConfig;
 use crate::types::TokenId;
 
 /// Scheduler limits, cache shape and policy choices.
@@ -42,6 +43,10 @@ pub struct SchedulerConfig {
     pub preemption: PreemptionModeKind,
     /// Costs the `Auto` preemption mode weighs.
     pub preemption_cost: PreemptionCost,
+    /// When waiting requests may start (switchable at run time).
+    pub batching: BatchingKind,
+    /// How a step is split over execution streams (switchable at run time).
+    pub streams: StreamConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -62,6 +67,8 @@ impl Default for SchedulerConfig {
             queue: QueuePolicyKind::Fcfs,
             preemption: PreemptionModeKind::Recompute,
             preemption_cost: PreemptionCost::default(),
+            batching: BatchingKind::Continuous,
+            streams: StreamConfig::default(),
         }
     }
 }
@@ -113,6 +120,8 @@ impl SchedulerConfig {
         }
         self.queue.validate()?;
         self.preemption_cost.validate()?;
+        self.batching.validate()?;
+        self.streams.validate()?;
         Ok(())
     }
 }

@@ -16,7 +16,7 @@
 //! while !sched.is_idle() {
 //!     let out = sched.schedule(Duration::ZERO);
 //!     // An executor would run the model here; we "sample" token 7 everywhere.
-//!     let model = ModelOutput { sampled: out.seqs.iter().map(|s| s.sample.then_some(7)).collect() };
+//!     let model = ModelOutput::sampled(out.seqs.iter().map(|s| s.sample.then_some(7)).collect());
 //!     for delta in sched.update(&out, &model, Duration::ZERO).unwrap() {
 //!         text.extend(delta.token);
 //!     }
@@ -32,16 +32,18 @@ pub mod policy;
 pub mod request;
 pub mod scheduler;
 pub mod stats;
+pub mod streams;
 pub mod types;
 
 pub use config::SchedulerConfig;
 pub use error::{Error, InvariantViolation};
-pub use output::{ModelOutput, ScheduledSeq, SchedulerOutput};
-pub use policy::{CapacityPolicyKind, PreemptionCost, PreemptionModeKind, QueuePolicyKind};
+pub use output::{ModelOutput, ScheduledSeq, SchedulerOutput, StepTiming, PLACEHOLDER_TOKEN};
+pub use policy::{BatchingKind, CapacityPolicyKind, Limits, PreemptionCost, PreemptionModeKind, QueuePolicyKind};
 pub use request::{
     AbortCause, FinishReason, NewRequest, RejectReason, RequestDelta, RequestState, SamplerParams, SamplingParams,
     StopCause,
 };
 pub use scheduler::Scheduler;
 pub use stats::SchedulerStats;
+pub use streams::{StreamAssignment, StreamConfig};
 pub use types::{BlockId, HostBlockId, RequestId, Time, TokenId};

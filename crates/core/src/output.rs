@@ -14,6 +14,7 @@
 //! A device block freed by a swap-out may be reused by this very step (hence 1 before 2 and 3).
 
 use std::ops::Range;
+use std::time::Duration;
 
 use crate::request::SamplerParams;
 use crate::types::{BlockId, HostBlockId, RequestId, TokenId};
@@ -33,9 +34,17 @@ pub struct ScheduledSeq {
     /// Sample a token after the last fed one (the chunk reaches the end of the known tokens).
     pub sample: bool,
     pub sampler: SamplerParams,
-    /// Tokens the request has generated so far (for seeded sampling streams).
+    /// Tokens generated before the one this step samples (for seeded sampling streams).
     pub num_generated: usize,
+    /// Async scheduling: the one fed token is not known yet; feed the token this executor
+    /// sampled for this request in the previous step (its value in `token_ids` is
+    /// [`PLACEHOLDER_TOKEN`]). If there is none (the request was aborted or its previous step
+    /// failed meanwhile), feed any token: the scheduler discards that result.
+    pub feeds_last_sample: bool,
 }
+
+/// Stands in `token_ids` for a token still being sampled on the device.
+pub const PLACEHOLDER_TOKEN: TokenId = TokenId::MAX;
 
 impl ScheduledSeq {
     pub fn num_tokens(&self) -> usize {
@@ -57,7 +66,8 @@ pub struct SchedulerOutput {
     pub token_ids: Vec<TokenId>,
     /// All block tables, concatenated in `seqs` order.
     pub block_ids: Vec<BlockId>,
-    /// Index ranges into `seqs`, one per execution stream; a single range when serial.
+    /// Index ranges into `seqs`, one per execution stream (index = stream; a range may be
+    /// empty); a single range when serial, none when nothing is scheduled.
     pub micro_batches: Vec<Range<usize>>,
     /// Device → host copies to do first.
     pub swap_out: Vec<(BlockId, HostBlockId)>,
@@ -93,9 +103,26 @@ impl SchedulerOutput {
     }
 }
 
+/// Measured (or simulated) time of one step on the device.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepTiming {
+    /// Wall time from the step's launch to its results.
+    pub device: Duration,
+    /// Busy time of each stream, aligned with `SchedulerOutput::micro_batches`.
+    pub stream_busy: Vec<Duration>,
+}
+
 /// What the executor returns for one [`SchedulerOutput`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelOutput {
     /// Aligned with `SchedulerOutput::seqs`: `Some(token)` exactly where `sample` was set.
     pub sampled: Vec<Option<TokenId>>,
+    pub timing: StepTiming,
+}
+
+impl ModelOutput {
+    /// An output with `sampled` and no timing (tests, fake executors).
+    pub fn sampled(sampled: Vec<Option<TokenId>>) -> Self {
+        Self { sampled, timing: StepTiming::default() }
+    }
 }

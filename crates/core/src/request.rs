@@ -92,6 +92,8 @@ pub enum AbortCause {
     Client,
     /// The request's deadline passed while it was running.
     Deadline,
+    /// The executor failed the step the request was in.
+    ExecutorError,
 }
 
 /// Why a request was refused without generating anything.

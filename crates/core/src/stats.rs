@@ -23,6 +23,13 @@ pub struct SchedulerStats {
     pub steps: u64,
     pub last_batch_size: usize,
     pub last_num_batched_tokens: usize,
+    /// Limits in force (batching strategies may tune them).
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    /// Steps that admitted a batch into an idle scheduler (static / fixed batches formed).
+    pub batches_formed: u64,
+    /// Decode tokens scheduled before their previous token was known (async scheduling).
+    pub placeholder_tokens: u64,
     pub requests_added: u64,
     pub requests_finished: u64,
     pub requests_aborted: u64,

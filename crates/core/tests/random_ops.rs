@@ -15,8 +15,9 @@ use std::time::Duration;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tandem_core::{
-    CapacityPolicyKind, FinishReason, ModelOutput, NewRequest, PreemptionCost, PreemptionModeKind, QueuePolicyKind,
-    RequestId, Scheduler, SchedulerConfig, SchedulerOutput, StopCause, TokenId,
+    BatchingKind, CapacityPolicyKind, FinishReason, Limits, ModelOutput, NewRequest, PreemptionCost,
+    PreemptionModeKind, QueuePolicyKind, RequestId, Scheduler, SchedulerConfig, SchedulerOutput, StopCause,
+    StreamAssignment, StreamConfig, TokenId, PLACEHOLDER_TOKEN,
 };
 
 const EOS: TokenId = 0;
@@ -29,6 +30,8 @@ fn extend(h: u64, t: TokenId) -> u64 {
 /// A device that remembers what each KV position holds and checks every read.
 struct FakeDevice {
     block_size: usize,
+    /// What this device sampled last for each request (placeholders are fed from it).
+    last_sampled: HashMap<RequestId, TokenId>,
     device: Vec<Vec<Option<u64>>>,
     host: Vec<Vec<Option<u64>>>,
 }
@@ -73,6 +76,7 @@ impl FakeDevice {
     fn new(cfg: &SchedulerConfig) -> Self {
         Self {
             block_size: cfg.block_size,
+            last_sampled: HashMap::new(),
             device: vec![vec![None; cfg.block_size]; cfg.num_gpu_blocks],
             host: vec![vec![None; cfg.block_size]; cfg.num_host_blocks],
         }
@@ -95,11 +99,27 @@ impl FakeDevice {
         let mut sampled = Vec::with_capacity(out.seqs.len());
         for seq in &out.seqs {
             let m = &models[&seq.id];
+            if m.finished {
+                // Aborted or failed after this step was scheduled: the scheduler ignores the
+                // result, and a placeholder may have no sample behind it.
+                sampled.push(seq.sample.then_some(1));
+                continue;
+            }
             let table = out.block_table(seq);
             let fed = out.tokens(seq);
             let end = seq.start_pos + fed.len();
             assert!(table.len() * bs >= end, "{}: table of {} blocks for {end} tokens", seq.id, table.len());
-            assert_eq!(fed, &m.tokens[seq.start_pos..end], "{}: fed tokens differ from the request's", seq.id);
+            if seq.feeds_last_sample {
+                assert_eq!(fed, &[PLACEHOLDER_TOKEN]);
+                assert_eq!(
+                    Some(&m.tokens[seq.start_pos]),
+                    self.last_sampled.get(&seq.id),
+                    "{}: placeholder is not the last sample",
+                    seq.id
+                );
+            } else {
+                assert_eq!(fed, &m.tokens[seq.start_pos..end], "{}: fed tokens differ from the request's", seq.id);
+            }
             for pos in 0..seq.start_pos {
                 let got = self.device[table[pos / bs].index()][pos % bs];
                 assert_eq!(got, Some(m.prefix[pos]), "{}: KV at position {pos} is not its prefix's", seq.id);
@@ -107,9 +127,13 @@ impl FakeDevice {
             for pos in seq.start_pos..end {
                 self.device[table[pos / bs].index()][pos % bs] = Some(m.prefix[pos]);
             }
-            sampled.push(seq.sample.then(|| if rng.random_bool(0.04) { EOS } else { rng.random_range(1..50) }));
+            let token = seq.sample.then(|| if rng.random_bool(0.04) { EOS } else { rng.random_range(1..50) });
+            if let Some(t) = token {
+                self.last_sampled.insert(seq.id, t);
+            }
+            sampled.push(token);
         }
-        ModelOutput { sampled }
+        ModelOutput::sampled(sampled)
     }
 }
 
@@ -269,10 +293,16 @@ impl Harness {
     fn schedule(&mut self) {
         self.now_ms += 1;
         let out = self.s.schedule(Duration::from_millis(self.now_ms));
-        let (max_seqs, budget) = self.s.limits();
+        let lim = self.s.limits();
+        let (max_seqs, budget) = (lim.max_num_seqs, lim.max_num_batched_tokens);
         assert!(out.num_batched_tokens <= budget, "budget exceeded");
         assert_eq!(out.num_batched_tokens, out.seqs.iter().map(|q| q.tokens.len()).sum::<usize>());
         assert!(out.seqs.len() <= max_seqs, "batch limit exceeded");
+        let covered: usize = out.micro_batches.iter().map(|r| r.len()).sum();
+        assert_eq!(covered, out.seqs.len(), "micro-batches must partition the step");
+        for w in out.micro_batches.windows(2) {
+            assert_eq!(w[0].end, w[1].start, "micro-batches are contiguous");
+        }
         let mut seen = std::collections::HashSet::new();
         for q in &out.seqs {
             assert!(!q.tokens.is_empty());
@@ -294,8 +324,20 @@ impl Harness {
             return;
         }
         let out = self.inflight.remove(0);
-        let model = self.dev.execute(&out, &self.models, &mut self.rng);
-        let deltas = self.s.update(&out, &model, Duration::from_millis(self.now_ms)).unwrap();
+        let deltas = if self.rng.random_bool(0.005) {
+            // The device failed this step: its requests end, nothing else changes.
+            let deltas = self.s.fail_step(&out, Duration::from_millis(self.now_ms)).unwrap();
+            for d in &deltas {
+                if d.finish == Some(FinishReason::Aborted(tandem_core::AbortCause::ExecutorError)) {
+                    let in_step = out.seqs.iter().any(|q| q.id == d.id) || out.preempted.contains(&d.id);
+                    assert!(in_step, "{} failed but was not in the step", d.id);
+                }
+            }
+            deltas
+        } else {
+            let model = self.dev.execute(&out, &self.models, &mut self.rng);
+            self.s.update(&out, &model, Duration::from_millis(self.now_ms)).unwrap()
+        };
         for d in deltas {
             let m = self.models.get_mut(&d.id).expect("delta for a known request");
             assert!(!m.finished, "delta after finish for {}", d.id);
@@ -327,7 +369,11 @@ impl Harness {
             30 => {
                 let seqs = self.rng.random_range(1..8);
                 let budget = self.rng.random_range(4..20);
-                let _ = self.s.set_limits(seqs, budget);
+                let _ = self.s.set_limits(Limits {
+                    max_num_seqs: seqs,
+                    max_num_batched_tokens: budget,
+                    long_prefill_token_threshold: 0,
+                });
             }
             31..=40 if self.inflight.len() < 2 => self.schedule(), // a second step in flight
             _ => {
@@ -344,6 +390,7 @@ impl Harness {
 
     /// Stops adding and steps until every request has ended.
     fn drain(&mut self, case: &Case) {
+        self.s.set_draining(true);
         let mut guard = 0;
         while !self.s.is_idle() || !self.inflight.is_empty() {
             if self.inflight.is_empty() {

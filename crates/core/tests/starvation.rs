@@ -22,7 +22,7 @@ fn finish_step_of_low_priority_request(aging_per_sec: f64, max_steps: u64) -> Op
         r.priority = 5;
         s.add_request(r).unwrap();
         let out = s.schedule(ms(step));
-        let model = ModelOutput { sampled: out.seqs.iter().map(|q| q.sample.then_some(9)).collect() };
+        let model = ModelOutput::sampled(out.seqs.iter().map(|q| q.sample.then_some(9)).collect());
         for d in s.update(&out, &model, ms(step)).unwrap() {
             if d.id == RequestId(0) && d.finish.is_some() {
                 return Some(step);

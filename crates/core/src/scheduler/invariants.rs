@@ -25,12 +25,16 @@ impl Scheduler {
         let mut host_owner = vec![false; self.kv.host().num_blocks()];
         let mut live = 0;
         let mut swapped = 0;
+        let mut resumable = 0;
         for (slot, seq) in self.slots.iter().enumerate() {
             let Some(seq) = seq else { continue };
             if matches!(seq.state, RequestState::Finished(_)) {
                 return fail(format!("{} is finished but still holds slot {slot}", seq.id));
             }
             live += 1;
+            if seq.is_resumable() {
+                resumable += 1;
+            }
             if self.by_id.get(&seq.id) != Some(&(slot as u32)) {
                 return fail(format!("{} in slot {slot} is not indexed by id", seq.id));
             }
@@ -72,7 +76,7 @@ impl Scheduler {
                     seq.num_computed
                 ));
             }
-            if seq.num_computed > seq.tokens.len() || seq.tokens.len() > seq.max_len {
+            if seq.num_computed > seq.num_known() || seq.tokens.len() > seq.max_len || seq.pending_samples > 2 {
                 return fail(format!(
                     "{}: computed {} of {} tokens, max {}",
                     seq.id,
@@ -105,6 +109,9 @@ impl Scheduler {
         }
         if self.running.iter().collect::<HashSet<_>>().len() != self.running.len() {
             return fail("a slot is twice in the running list".into());
+        }
+        if resumable != self.waiting.resumable() {
+            return fail(format!("{resumable} resumable sequences but the queue counts {}", self.waiting.resumable()));
         }
         if swapped != self.num_swapped {
             return fail(format!("{swapped} swapped sequences but the counter says {}", self.num_swapped));

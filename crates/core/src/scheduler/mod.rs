@@ -1,11 +1,13 @@
 //! The scheduler: a deterministic state machine over requests and the paged KV cache.
 //!
 //! Driven like raft-rs's `RawNode`: the caller adds and aborts requests, calls
-//! [`Scheduler::schedule`] with the current time to get a [`SchedulerOutput`], runs it, and
-//! hands the result to [`Scheduler::update`], which returns per-request deltas. No threads, no
-//! clock, no I/O. Every `schedule` must be answered by exactly one `update`, in order; several
-//! may be in flight (vLLM's async scheduling), in which case a request waiting for its sampled
-//! token is skipped until that token arrives.
+//! [`Scheduler::schedule`] with the current time to get a [`crate::SchedulerOutput`], runs it,
+//! and hands the result to [`Scheduler::update`], which returns per-request deltas. No threads,
+//! no clock, no I/O. Every `schedule` must be answered by exactly one `update` (or
+//! [`Scheduler::fail_step`]), in order. Several may be in flight (vLLM's async scheduling): a
+//! request whose sampled token is still on the device may be scheduled again with a
+//! *placeholder* (`ScheduledSeq::feeds_last_sample`), which the executor fills with the token it
+//! sampled for that request in the previous step.
 //!
 //! One rule for all phases (vLLM v1): each request's computed tokens catch up with its known
 //! tokens under one per-step token budget, so prefill, chunked prefill and decode are the same
@@ -15,6 +17,7 @@ mod invariants;
 mod seq;
 mod step;
 mod update;
+mod waiting;
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -23,12 +26,14 @@ use rustc_hash::FxHashMap;
 use crate::config::SchedulerConfig;
 use crate::error::Error;
 use crate::kv::{KvCacheManager, SeqBlocks};
-use crate::policy::{CapacityPolicy, PreemptionPolicy, QueuePolicy};
+use crate::policy::{BatchingKind, BatchingStrategy, CapacityPolicy, Limits, PreemptionPolicy, QueuePolicy};
 use crate::request::{FinishReason, NewRequest, RequestDelta, RequestState};
 use crate::stats::SchedulerStats;
+use crate::streams::StreamConfig;
 use crate::types::{RequestId, Time, TokenId};
 
-use seq::{Seq, Slot, WaitKey};
+use seq::{Seq, Slot};
+use waiting::WaitingQueue;
 
 /// The steps scheduled but not yet updated, with the slots they refer to.
 #[derive(Debug)]
@@ -43,16 +48,22 @@ struct Inflight {
 pub struct Scheduler {
     cfg: SchedulerConfig,
     max_len: usize,
-    max_num_seqs: usize,
-    max_num_batched_tokens: usize,
+    /// Limits in force (a strategy may tune them).
+    limits: Limits,
+    /// Limits as configured (what strategies start from).
+    base_limits: Limits,
     capacity: Box<dyn CapacityPolicy>,
     queue: Box<dyn QueuePolicy>,
     preemption: Box<dyn PreemptionPolicy>,
+    batching: Box<dyn BatchingStrategy>,
+    batching_kind: BatchingKind,
+    streams: StreamConfig,
+    draining: bool,
     kv: KvCacheManager,
     slots: Vec<Option<Seq>>,
     free_slots: Vec<Slot>,
     by_id: FxHashMap<RequestId, Slot>,
-    waiting: BTreeSet<WaitKey>,
+    waiting: WaitingQueue,
     /// Running slots in admission order (the order the running loop serves them).
     running: Vec<Slot>,
     deadlines: BTreeSet<(Time, u64, Slot)>,
@@ -75,7 +86,8 @@ impl Scheduler {
         Self::with_policies(cfg, capacity, queue, preemption)
     }
 
-    /// A scheduler with caller-supplied policy objects (the config's policy kinds are ignored).
+    /// A scheduler with caller-supplied capacity, queue and preemption policy objects (the
+    /// config's kinds for those three are ignored).
     pub fn with_policies(
         cfg: SchedulerConfig,
         capacity: Box<dyn CapacityPolicy>,
@@ -85,18 +97,27 @@ impl Scheduler {
         cfg.validate()?;
         let kv =
             KvCacheManager::new(cfg.num_gpu_blocks, cfg.num_host_blocks, cfg.block_size, cfg.enable_prefix_caching);
-        Ok(Self {
-            max_len: cfg.effective_max_len(),
+        let base_limits = Limits {
             max_num_seqs: cfg.max_num_seqs,
             max_num_batched_tokens: cfg.max_num_batched_tokens,
+            long_prefill_token_threshold: cfg.long_prefill_token_threshold,
+        };
+        let mut s = Self {
+            max_len: cfg.effective_max_len(),
+            limits: base_limits,
+            base_limits,
             capacity,
             queue,
             preemption,
+            batching: BatchingKind::Continuous.build(base_limits, cfg.block_size),
+            batching_kind: BatchingKind::Continuous,
+            streams: cfg.streams,
+            draining: false,
             kv,
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_id: FxHashMap::default(),
-            waiting: BTreeSet::new(),
+            waiting: WaitingQueue::default(),
             running: Vec::new(),
             deadlines: BTreeSet::new(),
             inflight: VecDeque::new(),
@@ -108,7 +129,9 @@ impl Scheduler {
             num_swapped: 0,
             stats: SchedulerStats::default(),
             cfg,
-        })
+        };
+        s.set_batching(s.cfg.batching)?;
+        Ok(s)
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -120,21 +143,70 @@ impl Scheduler {
         &self.kv
     }
 
-    /// Current batch-size and token-budget limits.
-    pub fn limits(&self) -> (usize, usize) {
-        (self.max_num_seqs, self.max_num_batched_tokens)
+    /// Limits in force now.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
-    /// Changes the batch-size and token-budget limits from the next step on (adaptive batching).
-    /// Lowering `max_num_seqs` preempts nobody: no step serves more than the new limit, the
-    /// running requests beyond it keep their blocks and take turns, and no new one is admitted
-    /// until the running count is below the limit.
-    pub fn set_limits(&mut self, max_num_seqs: usize, max_num_batched_tokens: usize) -> Result<(), Error> {
-        let cfg = SchedulerConfig { max_num_seqs, max_num_batched_tokens, ..self.cfg.clone() };
+    /// Keeps `l` within what the config allows (a budget of at least a block, or of the whole
+    /// model length when chunking is off; at least one sequence).
+    fn sanitize(&self, l: Limits) -> Limits {
+        let min_budget = if self.cfg.enable_chunked_prefill {
+            self.cfg.block_size
+        } else {
+            self.cfg.max_model_len.max(self.cfg.block_size)
+        };
+        Limits {
+            max_num_seqs: l.max_num_seqs.max(1),
+            max_num_batched_tokens: l.max_num_batched_tokens.max(min_budget),
+            long_prefill_token_threshold: l.long_prefill_token_threshold,
+        }
+    }
+
+    /// Sets the configured limits from the next step on; the active batching strategy derives
+    /// the limits in force from them. Lowering `max_num_seqs` preempts nobody: no step serves
+    /// more than the new limit, running requests beyond it keep their blocks and take turns, and
+    /// none is admitted until the running count is below the limit.
+    pub fn set_limits(&mut self, limits: Limits) -> Result<(), Error> {
+        let cfg = SchedulerConfig {
+            max_num_seqs: limits.max_num_seqs,
+            max_num_batched_tokens: limits.max_num_batched_tokens,
+            long_prefill_token_threshold: limits.long_prefill_token_threshold,
+            ..self.cfg.clone()
+        };
         cfg.validate()?;
-        self.max_num_seqs = max_num_seqs;
-        self.max_num_batched_tokens = max_num_batched_tokens;
+        self.base_limits = limits;
+        self.limits = self.sanitize(self.batching.limits(limits));
         Ok(())
+    }
+
+    /// Switches the batching strategy from the next step on (run-time switch).
+    pub fn set_batching(&mut self, kind: BatchingKind) -> Result<(), Error> {
+        kind.validate()?;
+        self.batching = kind.build(self.base_limits, self.cfg.block_size);
+        self.batching_kind = kind;
+        self.limits = self.sanitize(self.batching.limits(self.base_limits));
+        Ok(())
+    }
+
+    pub fn batching(&self) -> BatchingKind {
+        self.batching_kind
+    }
+
+    /// Switches the parallel-stream plan from the next step on.
+    pub fn set_streams(&mut self, streams: StreamConfig) -> Result<(), Error> {
+        streams.validate()?;
+        self.streams = streams;
+        Ok(())
+    }
+
+    pub fn streams(&self) -> StreamConfig {
+        self.streams
+    }
+
+    /// Tells batching strategies that no more requests will arrive, so partial batches flush.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
     }
 
     /// Accepts a request into the waiting queue, or says why not.
@@ -177,7 +249,7 @@ impl Scheduler {
             rank: self.queue.rank(req.priority, req.arrival),
             state: RequestState::Waiting,
             kv: SeqBlocks::default(),
-            pending_sample: false,
+            pending_samples: 0,
             started: false,
             max_len,
             kv_generation: 0,
@@ -191,7 +263,7 @@ impl Scheduler {
                 (self.slots.len() - 1) as Slot
             }
         };
-        self.waiting.insert(seq.wait_key(slot));
+        self.waiting.insert(seq.wait_key(slot), false);
         if let Some(k) = seq.deadline_key(slot) {
             self.deadlines.insert(k);
         }
@@ -220,13 +292,13 @@ impl Scheduler {
     /// leaves the running list) in [`Self::release_finished`].
     fn finish_seq(&mut self, slot: Slot, reason: FinishReason) {
         let Some(seq) = self.slots[slot as usize].as_mut() else { return };
-        match seq.state {
-            RequestState::Finished(_) => return,
-            RequestState::Swapped => self.num_swapped -= 1,
-            _ => {}
+        if matches!(seq.state, RequestState::Finished(_)) {
+            return;
         }
-        let key = seq.wait_key(slot);
-        self.waiting.remove(&key);
+        if seq.state == RequestState::Swapped {
+            self.num_swapped -= 1;
+        }
+        self.waiting.remove(&seq.wait_key(slot), seq.is_resumable());
         if let Some(k) = seq.deadline_key(slot) {
             self.deadlines.remove(&k);
         }
@@ -271,7 +343,7 @@ impl Scheduler {
         self.by_id.get(&id).map(|&s| self.seq(s).state)
     }
 
-    /// A live request's tokens so far: prompt then output.
+    /// A live request's known tokens so far: prompt then output.
     pub fn tokens(&self, id: RequestId) -> Option<&[TokenId]> {
         self.by_id.get(&id).map(|&s| self.seq(s).tokens.as_slice())
     }
@@ -307,6 +379,8 @@ impl Scheduler {
             kv_blocks_cached: pool.num_cached(),
             host_blocks_total: host.num_blocks(),
             host_blocks_used: host.num_blocks() - host.num_free(),
+            max_num_seqs: self.limits.max_num_seqs,
+            max_num_batched_tokens: self.limits.max_num_batched_tokens,
             ..self.stats.clone()
         }
     }

@@ -35,8 +35,8 @@ pub(crate) struct Seq {
     pub rank: Rank,
     pub state: RequestState,
     pub kv: SeqBlocks,
-    /// Scheduled to sample in a step whose update has not arrived yet.
-    pub pending_sample: bool,
+    /// Samples scheduled in steps whose update has not arrived yet (0, 1 or 2).
+    pub pending_samples: u8,
     /// Scheduled at least once.
     pub started: bool,
     /// Final length bound: `min(prompt + max_tokens, effective max model len)`.
@@ -47,8 +47,14 @@ pub(crate) struct Seq {
 }
 
 impl Seq {
-    pub fn num_generated(&self) -> usize {
-        self.tokens.len() - self.prompt_len
+    /// Tokens known or on their way: `tokens` plus pending samples.
+    pub fn num_known(&self) -> usize {
+        self.tokens.len() + self.pending_samples as usize
+    }
+
+    /// Preempted at least once and waiting to resume.
+    pub fn is_resumable(&self) -> bool {
+        matches!(self.state, RequestState::Preempted | RequestState::Swapped)
     }
 
     pub fn wait_key(&self, slot: Slot) -> WaitKey {

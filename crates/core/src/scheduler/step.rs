@@ -1,24 +1,29 @@
-//! One scheduling step: expire deadlines, serve running requests, admit waiting ones, emit the
-//! [`SchedulerOutput`].
+//! One scheduling step: expire deadlines, serve running requests, admit waiting ones, split the
+//! step into micro-batches, emit the [`SchedulerOutput`].
 //!
 //! As vLLM v1's `Scheduler.schedule`: running requests are served first, in admission order,
 //! each getting `min(remaining, threshold, budget)` tokens. When a running request cannot get
 //! a block, the worst-ranked running request (lowest priority, then latest arrival) is preempted
 //! until it can, or until it is the victim itself. Then, unless a preemption happened for KV
 //! pressure, waiting requests are admitted in queue order while the batch has room, the budget
-//! lasts, and the capacity policy agrees. Under the `Priority` queue policy a waiting request
-//! that cannot be admitted may preempt a running request of strictly lower priority that it
-//! also outranks (aged priority), so it cannot be starved by it nor thrash with it.
+//! lasts, the batching strategy's quota lasts and the capacity policy agrees. Under the
+//! `Priority` queue policy a waiting request that cannot be admitted may preempt a running
+//! request of strictly lower priority that it also outranks (aged priority), so it cannot be
+//! starved by it nor thrash with it.
 
 use std::mem;
 
-use super::seq::Slot;
+use super::seq::{Slot, WaitKey};
 use super::{Inflight, Scheduler};
 use crate::kv::PrefixHit;
-use crate::output::{ScheduledSeq, SchedulerOutput};
-use crate::policy::{AdmissionView, PreemptionMode, VictimView};
+use crate::output::{ScheduledSeq, SchedulerOutput, PLACEHOLDER_TOKEN};
+use crate::policy::{AdmissionView, BatchView, PreemptionMode, VictimView};
 use crate::request::{AbortCause, FinishReason, RejectReason, RequestDelta, RequestState};
+use crate::streams::assign_streams;
 use crate::types::{BlockId, HostBlockId, RequestId, Time};
+
+/// How many non-joining candidates a coalescing step skips before it stops looking.
+const COALESCE_SCAN: usize = 64;
 
 /// What the step has decided so far.
 #[derive(Debug, Default)]
@@ -51,26 +56,27 @@ impl Plan {
     }
 }
 
-/// Outcome of trying to admit the head of the waiting queue.
+/// Outcome of trying to admit a waiting request.
 enum Admission {
     Admitted,
-    /// Not enough room (blocks, or the capacity policy said no): preemption may help.
+    /// Not enough room (blocks, batch size, or the capacity policy said no): preemption may help.
     NoRoom,
     /// Blocked for a reason preemption cannot fix (budget, partial-prefill limit, pending sample).
     NotNow,
 }
 
 impl Scheduler {
-    /// Decides the next step's work at time `now`. Must be answered by [`Scheduler::update`].
+    /// Decides the next step's work at time `now`. Must be answered by [`Scheduler::update`]
+    /// (or [`Scheduler::fail_step`]).
     pub fn schedule(&mut self, now: Time) -> SchedulerOutput {
         self.expire_deadlines(now);
         let step = self.next_step;
         self.next_step += 1;
-        let mut plan = Plan { budget: self.max_num_batched_tokens, ..Plan::default() };
+        let mut plan = Plan { budget: self.limits.max_num_batched_tokens, ..Plan::default() };
         let running_at_step_start = self.running.len();
         self.schedule_running(&mut plan, step);
         if !plan.kv_pressure {
-            self.admit_waiting(&mut plan, step, running_at_step_start);
+            self.admit_waiting(&mut plan, step, now, running_at_step_start);
         }
         self.materialize(plan, step)
     }
@@ -89,24 +95,36 @@ impl Scheduler {
             return (remaining <= plan.budget).then_some(remaining);
         }
         let mut n = remaining;
-        if self.cfg.long_prefill_token_threshold > 0 {
-            n = n.min(self.cfg.long_prefill_token_threshold);
+        if self.limits.long_prefill_token_threshold > 0 {
+            n = n.min(self.limits.long_prefill_token_threshold);
         }
         Some(n.min(plan.budget))
+    }
+
+    /// Tokens a running request could be fed now: its known tokens not yet computed. With one
+    /// sample in flight, only a one-token placeholder decode, and only if the request cannot
+    /// end by length on the pending token.
+    fn running_remaining(&self, slot: Slot) -> usize {
+        let seq = self.seq(slot);
+        let remaining = seq.num_known() - seq.num_computed;
+        match seq.pending_samples {
+            0 => remaining,
+            1 if remaining == 1 && seq.num_known() < seq.max_len => 1,
+            _ => 0,
+        }
     }
 
     fn schedule_running(&mut self, plan: &mut Plan, step: u64) {
         let mut i = 0;
         // After `set_limits` lowers the batch size, more may be running than one step serves.
-        while i < self.running.len() && plan.budget > 0 && plan.entries.len() < self.max_num_seqs {
+        while i < self.running.len() && plan.budget > 0 && plan.entries.len() < self.limits.max_num_seqs {
             let slot = self.running[i];
-            let seq = self.seq(slot);
-            let remaining = if seq.pending_sample { 0 } else { seq.tokens.len() - seq.num_computed };
+            let remaining = self.running_remaining(slot);
             let Some(n) = self.chunk(remaining, plan) else {
                 i += 1;
                 continue;
             };
-            let total = seq.num_computed + n;
+            let total = self.seq(slot).num_computed + n;
             loop {
                 let seq = self.slots[slot as usize].as_mut().expect("running slot");
                 if self.kv.allocate_slots(&mut seq.kv, &[], total).is_some() {
@@ -131,25 +149,54 @@ impl Scheduler {
         }
     }
 
-    fn admit_waiting(&mut self, plan: &mut Plan, step: u64, running_at_step_start: usize) {
+    fn admit_waiting(&mut self, plan: &mut Plan, step: u64, now: Time, running_at_step_start: usize) {
+        let view = BatchView {
+            now,
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            resumable_waiting: self.waiting.resumable(),
+            oldest_arrival: self.waiting.oldest_arrival(),
+            draining: self.draining,
+        };
+        let Some(quota) = self.batching.admission(&view) else { return };
         let mut reserved: Option<usize> = None;
-        while plan.budget > 0 {
-            let Some(&head) = self.waiting.first() else { break };
-            let outcome = if self.running.len() >= self.max_num_seqs {
+        let mut admitted = 0usize;
+        let mut anchor: Option<usize> = None;
+        let mut cursor: Option<WaitKey> = None;
+        let mut skipped = 0usize;
+        while plan.budget > 0 && admitted < quota {
+            let Some(cand) = self.waiting.next_after(cursor) else { break };
+            let prompt_len = self.seq(cand.slot).prompt_len;
+            if anchor.is_some_and(|a| !self.batching.joins(a, prompt_len)) {
+                skipped += 1;
+                if skipped > COALESCE_SCAN {
+                    break;
+                }
+                cursor = Some(cand);
+                continue;
+            }
+            let outcome = if self.running.len() >= self.limits.max_num_seqs {
                 Admission::NoRoom
             } else {
-                self.try_admit(head.slot, plan, step, running_at_step_start, &mut reserved)
+                self.try_admit(cand.slot, plan, step, running_at_step_start, &mut reserved)
             };
             match outcome {
-                Admission::Admitted => {}
+                Admission::Admitted => {
+                    admitted += 1;
+                    anchor.get_or_insert(prompt_len);
+                }
                 Admission::NotNow => break,
                 Admission::NoRoom => {
-                    if !self.preempt_for_priority(head.slot, plan, step) {
+                    if !self.preempt_for_priority(cand.slot, plan, step) {
                         break;
                     }
                     reserved = None;
                 }
             }
+        }
+        self.batching.admitted(admitted);
+        if admitted > 0 && running_at_step_start == 0 {
+            self.stats.batches_formed += 1;
         }
     }
 
@@ -173,7 +220,7 @@ impl Scheduler {
         reserved: &mut Option<usize>,
     ) -> Admission {
         let seq = self.seq(slot);
-        if seq.pending_sample || seq.preempted_at_step == Some(step) {
+        if seq.pending_samples > 0 || seq.preempted_at_step == Some(step) {
             return Admission::NotNow;
         }
         let swapped = seq.state == RequestState::Swapped;
@@ -216,6 +263,8 @@ impl Scheduler {
             return Admission::NoRoom;
         }
         let prompt_len = seq.tokens.len();
+        let key = seq.wait_key(slot);
+        let resumable = seq.is_resumable();
         let seq = self.slots[slot as usize].as_mut().expect("waiting slot");
         let ok = if swapped {
             self.kv.swap_in(&mut seq.kv, &mut plan.swap_in) && self.kv.allocate_slots(&mut seq.kv, &[], total).is_some()
@@ -229,10 +278,9 @@ impl Scheduler {
         if swapped {
             self.num_swapped -= 1;
         }
-        let key = seq.wait_key(slot);
         seq.state = RequestState::Running;
         seq.started = true;
-        self.waiting.remove(&key);
+        self.waiting.remove(&key, resumable);
         self.running.push(slot);
         plan.push(slot, n, remaining > 1);
         if let Some(r) = reserved.as_mut() {
@@ -246,15 +294,15 @@ impl Scheduler {
         self.running.iter().enumerate().max_by_key(|(_, &s)| self.seq(s).victim_key()).map(|(i, &s)| (s, i))
     }
 
-    /// Preempts the worst running request for the waiting `head`, if the queue policy allows
+    /// Preempts the worst running request for the waiting `cand`, if the queue policy allows
     /// and the victim has strictly lower priority and a worse rank. Returns whether it did.
-    fn preempt_for_priority(&mut self, head: Slot, plan: &mut Plan, step: u64) -> bool {
+    fn preempt_for_priority(&mut self, cand: Slot, plan: &mut Plan, step: u64) -> bool {
         if !self.queue.preempts_for_priority() || !self.capacity.may_preempt() {
             return false;
         }
         let Some((victim, _)) = self.worst_running() else { return false };
-        let (h, v) = (self.seq(head), self.seq(victim));
-        if v.priority < h.priority && v.victim_key() > h.victim_key() {
+        let (c, v) = (self.seq(cand), self.seq(victim));
+        if v.priority < c.priority && v.victim_key() > c.victim_key() {
             self.preempt(victim, plan, step);
             true
         } else {
@@ -286,7 +334,7 @@ impl Scheduler {
         seq.kv_generation = seq.kv_generation.wrapping_add(1);
         seq.preempted_at_step = Some(step);
         plan.preempted.push(seq.id);
-        self.waiting.insert(seq.wait_key(slot));
+        self.waiting.insert(seq.wait_key(slot), true);
     }
 
     /// Ends requests whose deadline has passed; their deltas go out with the next update.
@@ -309,28 +357,37 @@ impl Scheduler {
         self.release_finished();
     }
 
-    /// Advances the planned requests' computed counts and writes the output.
+    /// Advances the planned requests' computed counts, splits the step over streams and writes
+    /// the output.
     fn materialize(&mut self, plan: Plan, step: u64) -> SchedulerOutput {
+        let num_batched_tokens = self.limits.max_num_batched_tokens - plan.budget;
         let mut out = SchedulerOutput {
             step,
             seqs: Vec::with_capacity(plan.entries.len()),
-            token_ids: Vec::with_capacity(self.max_num_batched_tokens - plan.budget),
+            token_ids: Vec::with_capacity(num_batched_tokens),
             swap_out: plan.swap_out,
             swap_in: plan.swap_in,
             preempted: plan.preempted,
             finished: mem::take(&mut self.finished_since_output),
-            num_batched_tokens: self.max_num_batched_tokens - plan.budget,
+            num_batched_tokens,
             ..SchedulerOutput::default()
         };
         let mut entries = Vec::with_capacity(plan.entries.len());
         for &(slot, n, _) in &plan.entries {
             let seq = self.slots[slot as usize].as_mut().expect("planned slot");
             let start = seq.num_computed;
+            let known = seq.num_known();
             seq.num_computed += n;
-            let sample = seq.num_computed == seq.tokens.len();
-            seq.pending_sample = sample;
+            let sample = seq.num_computed == known;
+            let placeholder = start + n > seq.tokens.len();
+            seq.pending_samples += sample as u8;
             let t0 = out.token_ids.len();
-            out.token_ids.extend_from_slice(&seq.tokens[start..start + n]);
+            if placeholder {
+                out.token_ids.push(PLACEHOLDER_TOKEN);
+                self.stats.placeholder_tokens += 1;
+            } else {
+                out.token_ids.extend_from_slice(&seq.tokens[start..start + n]);
+            }
             let b0 = out.block_ids.len();
             out.block_ids.extend_from_slice(seq.kv.blocks());
             out.seqs.push(ScheduledSeq {
@@ -340,18 +397,40 @@ impl Scheduler {
                 blocks: b0..out.block_ids.len(),
                 sample,
                 sampler: seq.params.sampler,
-                num_generated: seq.num_generated(),
+                num_generated: known - seq.prompt_len,
+                feeds_last_sample: placeholder,
             });
             entries.push((slot, seq.epoch, seq.kv_generation));
         }
-        if !out.seqs.is_empty() {
-            out.micro_batches.push(0..out.seqs.len());
-        }
+        self.split_into_micro_batches(&mut out, &mut entries);
         self.inflight.push_back(Inflight { step, entries });
         self.kv.end_step();
         self.stats.steps += 1;
         self.stats.last_batch_size = out.seqs.len();
         self.stats.last_num_batched_tokens = out.num_batched_tokens;
         out
+    }
+
+    /// Groups the sequences by stream (stable within a stream) and records the ranges.
+    fn split_into_micro_batches(&self, out: &mut SchedulerOutput, entries: &mut Vec<(Slot, u64, u32)>) {
+        if out.seqs.is_empty() {
+            return;
+        }
+        let streams = assign_streams(&out.seqs, &self.streams);
+        let n = if streams.iter().all(|&s| s == 0) { 1 } else { self.streams.num_streams };
+        if n == 1 {
+            out.micro_batches.push(0..out.seqs.len());
+            return;
+        }
+        let mut order: Vec<usize> = (0..out.seqs.len()).collect();
+        order.sort_by_key(|&i| streams[i]);
+        out.seqs = order.iter().map(|&i| out.seqs[i].clone()).collect();
+        *entries = order.iter().map(|&i| entries[i]).collect();
+        let mut start = 0;
+        for s in 0..n {
+            let len = streams.iter().filter(|&&x| x == s).count();
+            out.micro_batches.push(start..start + len);
+            start += len;
+        }
     }
 }

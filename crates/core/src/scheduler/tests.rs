@@ -7,7 +7,7 @@ use crate::output::{ModelOutput, SchedulerOutput};
 use crate::policy::{CapacityPolicyKind, PreemptionCost, PreemptionModeKind, QueuePolicyKind};
 use crate::request::{AbortCause, FinishReason, NewRequest, RejectReason, RequestDelta, RequestState, StopCause};
 use crate::types::{RequestId, TokenId};
-use crate::{Error, Scheduler, SchedulerConfig};
+use crate::{Error, Limits, Scheduler, SchedulerConfig};
 
 fn t(ms: u64) -> Duration {
     Duration::from_millis(ms)
@@ -33,7 +33,7 @@ fn req(id: u64, prompt_len: u32, max_tokens: usize, arrival_ms: u64) -> NewReque
 fn step(s: &mut Scheduler, now_ms: u64, token: TokenId) -> (SchedulerOutput, Vec<RequestDelta>) {
     let out = s.schedule(t(now_ms));
     s.check_invariants().unwrap();
-    let model = ModelOutput { sampled: out.seqs.iter().map(|q| q.sample.then_some(token)).collect() };
+    let model = ModelOutput::sampled(out.seqs.iter().map(|q| q.sample.then_some(token)).collect());
     let deltas = s.update(&out, &model, t(now_ms)).unwrap();
     s.check_invariants().unwrap();
     (out, deltas)
@@ -151,7 +151,7 @@ fn two_in_a_full_pool(cfg: SchedulerConfig) -> Scheduler {
     let mut s = Scheduler::new(cfg).unwrap();
     s.add_request(req(1, 7, 10, 0)).unwrap();
     s.add_request(req(2, 7, 10, 1)).unwrap();
-    let cfg_budget = s.limits().1;
+    let cfg_budget = s.limits().max_num_batched_tokens;
     assert!(cfg_budget >= 14);
     let (out, _) = step(&mut s, 0, 7); // both prefilled: ceil(7/4) = 2 blocks each, 0 free
     assert_eq!(fed(&out), vec![7, 7]);
@@ -358,7 +358,7 @@ fn an_update_for_an_aborted_request_is_ignored() {
     let out = s.schedule(t(0));
     s.abort(RequestId(1)).unwrap();
     s.add_request(req(1, 3, 10, 0)).unwrap(); // same id, same slot, new request
-    let deltas = s.update(&out, &ModelOutput { sampled: vec![Some(5)] }, t(0)).unwrap();
+    let deltas = s.update(&out, &ModelOutput::sampled(vec![Some(5)]), t(0)).unwrap();
     assert!(deltas.is_empty());
     assert_eq!(s.tokens(RequestId(1)).unwrap().len(), 3, "the new request is untouched");
     s.check_invariants().unwrap();
@@ -379,8 +379,13 @@ fn bad_requests_are_typed_errors() {
     s.add_request(req(1, 2, 1, 0)).unwrap();
     assert_eq!(s.add_request(req(1, 2, 1, 0)), Err(Error::DuplicateRequest(RequestId(1))));
     assert!(Scheduler::new(SchedulerConfig { max_num_seqs: 0, ..small(4) }).is_err());
-    assert!(s.set_limits(0, 8).is_err());
-    assert!(s.set_limits(4, 2).is_err(), "budget below one block");
+    assert!(s
+        .set_limits(Limits { max_num_seqs: 0, max_num_batched_tokens: 8, long_prefill_token_threshold: 0 })
+        .is_err());
+    assert!(
+        s.set_limits(Limits { max_num_seqs: 4, max_num_batched_tokens: 2, long_prefill_token_threshold: 0 }).is_err(),
+        "budget below one block"
+    );
     s.check_invariants().unwrap();
 }
 
@@ -462,33 +467,65 @@ fn update_rejects_wrong_step_or_misaligned_output() {
     let mut s = Scheduler::new(small(16)).unwrap();
     s.add_request(req(1, 2, 3, 0)).unwrap();
     let out = s.schedule(t(0));
-    let bad = ModelOutput { sampled: vec![None] }; // sample was asked
+    let bad = ModelOutput::sampled(vec![None]); // sample was asked
     assert!(matches!(s.update(&out, &bad, t(0)), Err(Error::OutputMismatch { .. })));
     let mut other = out.clone();
     other.step = 7;
-    assert!(matches!(
-        s.update(&other, &ModelOutput { sampled: vec![Some(1)] }, t(0)),
-        Err(Error::StepOutOfOrder { .. })
-    ));
+    assert!(matches!(s.update(&other, &ModelOutput::sampled(vec![Some(1)]), t(0)), Err(Error::StepOutOfOrder { .. })));
     // The right answer still works after the refusals.
-    assert_eq!(s.update(&out, &ModelOutput { sampled: vec![Some(1)] }, t(0)).unwrap().len(), 1);
-    assert!(matches!(s.update(&out, &ModelOutput { sampled: vec![Some(1)] }, t(0)), Err(Error::StepOutOfOrder { .. })));
+    assert_eq!(s.update(&out, &ModelOutput::sampled(vec![Some(1)]), t(0)).unwrap().len(), 1);
+    assert!(matches!(s.update(&out, &ModelOutput::sampled(vec![Some(1)]), t(0)), Err(Error::StepOutOfOrder { .. })));
 }
 
 #[test]
-fn two_steps_in_flight_pipeline_prefill_chunks() {
+fn steps_in_flight_pipeline_prefill_chunks_and_placeholder_decodes() {
     let mut s = Scheduler::new(small(16)).unwrap();
-    s.add_request(req(1, 12, 2, 0)).unwrap();
+    s.add_request(req(1, 12, 3, 0)).unwrap();
     let a = s.schedule(t(0)); // tokens 0..8, no sample
     let b = s.schedule(t(0)); // tokens 8..12 and sample, before `a` is answered
     assert_eq!((fed(&a), fed(&b), b.seqs[0].start_pos, b.seqs[0].sample), (vec![8], vec![4], 8, true));
-    let c = s.schedule(t(0)); // waits for b's token
-    assert!(c.seqs.is_empty());
-    s.update(&a, &ModelOutput { sampled: vec![None] }, t(0)).unwrap();
-    let d = s.update(&b, &ModelOutput { sampled: vec![Some(3)] }, t(0)).unwrap();
-    assert_eq!(d[0].token, Some(3));
-    s.update(&c, &ModelOutput::default(), t(0)).unwrap();
+    // b's token is still on the device: c decodes it by placeholder at position 12.
+    let c = s.schedule(t(0));
+    assert_eq!((fed(&c), c.seqs[0].start_pos, c.seqs[0].feeds_last_sample), (vec![1], 12, true));
+    assert_eq!(c.tokens(&c.seqs[0]), &[crate::PLACEHOLDER_TOKEN]);
+    assert_eq!(c.seqs[0].num_generated, 1, "c samples the second output token");
+    // Two samples pending: nothing more until an update.
+    let d = s.schedule(t(0));
+    assert!(d.seqs.is_empty());
     s.check_invariants().unwrap();
+    assert!(s.update(&a, &ModelOutput::sampled(vec![None]), t(0)).unwrap().is_empty());
+    assert_eq!(s.update(&b, &ModelOutput::sampled(vec![Some(3)]), t(0)).unwrap()[0].token, Some(3));
+    assert_eq!(s.tokens(RequestId(1)).unwrap().len(), 13);
+    assert_eq!(s.update(&c, &ModelOutput::sampled(vec![Some(4)]), t(0)).unwrap()[0].token, Some(4));
+    s.update(&d, &ModelOutput::default(), t(0)).unwrap();
+    // 12 + 2 = 14 known, max_len 15: one more decode, no placeholder now.
+    let (e, deltas) = step(&mut s, 1, 5);
+    assert_eq!((e.tokens(&e.seqs[0]), deltas[0].finish), (&[4][..], Some(FinishReason::Length)));
+    assert_eq!(s.stats().placeholder_tokens, 1);
+}
+
+#[test]
+fn a_placeholder_is_not_scheduled_when_the_pending_token_ends_the_request() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    s.add_request(req(1, 4, 1, 0)).unwrap(); // max_tokens 1: the prefill's token is the last
+    let a = s.schedule(t(0));
+    assert!(a.seqs[0].sample);
+    assert!(s.schedule(t(0)).seqs.is_empty());
+}
+
+#[test]
+fn a_failed_step_aborts_its_requests_and_the_scheduler_goes_on() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    s.add_request(req(1, 4, 5, 0)).unwrap();
+    s.add_request(req(2, 4, 5, 0)).unwrap();
+    let out = s.schedule(t(0));
+    let deltas = s.fail_step(&out, t(0)).unwrap();
+    assert_eq!(deltas.len(), 2);
+    assert!(deltas.iter().all(|d| d.finish == Some(FinishReason::Aborted(AbortCause::ExecutorError))));
+    assert_eq!(s.kv().num_free(), 16);
+    s.add_request(req(3, 4, 1, 1)).unwrap();
+    let (_, deltas) = step(&mut s, 1, 7);
+    assert_eq!(deltas[0].finish, Some(FinishReason::Length));
 }
 
 #[test]
@@ -497,8 +534,167 @@ fn set_limits_takes_effect_next_step() {
     for i in 1..=4 {
         s.add_request(req(i, 2, 5, 0)).unwrap();
     }
-    s.set_limits(2, 8).unwrap();
+    s.set_limits(Limits { max_num_seqs: 2, max_num_batched_tokens: 8, long_prefill_token_threshold: 0 }).unwrap();
     assert_eq!(ids(&step(&mut s, 0, 7).0), vec![1, 2]);
-    s.set_limits(4, 8).unwrap();
+    s.set_limits(Limits { max_num_seqs: 4, max_num_batched_tokens: 8, long_prefill_token_threshold: 0 }).unwrap();
     assert_eq!(ids(&step(&mut s, 1, 7).0), vec![1, 2, 3, 4]);
+}
+
+mod batching {
+    use super::*;
+    use crate::output::StepTiming;
+    use crate::policy::BatchingKind;
+
+    fn drive_until_idle(s: &mut Scheduler, mut now: u64) -> Vec<Vec<u64>> {
+        let mut steps = Vec::new();
+        while !s.is_idle() {
+            let (out, _) = step(s, now, 7);
+            steps.push(ids(&out));
+            now += 1;
+            assert!(now < 10_000, "stuck");
+        }
+        steps
+    }
+
+    #[test]
+    fn fixed_reproduces_seed_004_batch_counts() {
+        // Seed 004: 30 prompts, batch size 4 → 7 full batches + 1 of 2 = 8 batches.
+        let cfg = SchedulerConfig {
+            batching: BatchingKind::Fixed { batch_size: 4, max_wait: None },
+            max_num_batched_tokens: 16, // 4 prompts * 3 tokens = 12 fit one step
+            ..small(256)
+        };
+        let mut s = Scheduler::new(cfg).unwrap();
+        for i in 0..30 {
+            s.add_request(req(i, 3, 5, 0)).unwrap();
+        }
+        s.set_draining(true); // all prompts are in: flush the remainder, as the seed's shutdown does
+        let steps = drive_until_idle(&mut s, 0);
+        assert_eq!(s.stats().batches_formed, 8);
+        // Each batch runs to completion (5 steps) before the next: 8 * 5 = 40 steps.
+        assert_eq!(steps.len(), 40);
+        assert_eq!(steps[0], vec![0, 1, 2, 3]);
+        assert_eq!(steps[5], vec![4, 5, 6, 7]);
+        assert_eq!(steps[35], vec![28, 29]);
+    }
+
+    #[test]
+    fn fixed_without_draining_waits_for_a_full_batch() {
+        let cfg = SchedulerConfig {
+            batching: BatchingKind::Fixed { batch_size: 4, max_wait: None },
+            max_num_batched_tokens: 16,
+            ..small(64)
+        };
+        let mut s = Scheduler::new(cfg).unwrap();
+        for i in 0..3 {
+            s.add_request(req(i, 3, 2, 0)).unwrap();
+        }
+        assert!(step(&mut s, 0, 7).0.seqs.is_empty(), "3 < 4");
+        s.add_request(req(3, 3, 2, 1)).unwrap();
+        assert_eq!(ids(&step(&mut s, 1, 7).0), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn size_or_timeout_admits_on_size_or_age() {
+        let kind = BatchingKind::SizeOrTimeout { batch_size: 4, timeout: t(50) };
+        let mut s = Scheduler::new(SchedulerConfig { batching: kind, ..small(64) }).unwrap();
+        for i in 0..3 {
+            s.add_request(req(i, 3, 20, 0)).unwrap();
+        }
+        assert!(step(&mut s, 49, 7).0.seqs.is_empty(), "3 < 4 waiting and 49 ms < 50 ms");
+        assert_eq!(ids(&step(&mut s, 50, 7).0), vec![0, 1, 2], "the oldest waited 50 ms");
+        s.add_request(req(3, 3, 20, 51)).unwrap();
+        // Continuous underneath: the newcomer waits for its own size-or-timeout, not for the batch.
+        assert_eq!(ids(&step(&mut s, 60, 7).0), vec![0, 1, 2]);
+        assert_eq!(ids(&step(&mut s, 101, 7).0), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn coalescing_admits_similar_lengths_together() {
+        let kind = BatchingKind::Coalescing { tolerance: 0.25 };
+        let cfg =
+            SchedulerConfig { batching: kind, max_num_batched_tokens: 64, max_num_partial_prefills: 8, ..small(64) };
+        let mut s = Scheduler::new(cfg).unwrap();
+        for (i, len) in [10, 40, 11, 12].into_iter().enumerate() {
+            s.add_request(req(i as u64, len, 2, i as u64)).unwrap();
+        }
+        // Anchor 10: 11 and 12 are within 25 %; 40 is not (|40 - 10| = 30 > 2.5).
+        assert_eq!(ids(&step(&mut s, 5, 7).0), vec![0, 2, 3]);
+        // Next step the 40-token prompt is the head and anchors its own group.
+        assert_eq!(ids(&step(&mut s, 6, 7).0), vec![0, 2, 3, 1]);
+    }
+
+    #[test]
+    fn adaptive_shrinks_the_batch_when_steps_are_slow() {
+        let kind = BatchingKind::Adaptive { target_step_time: t(10) };
+        let cfg = SchedulerConfig { batching: kind, max_num_seqs: 8, max_num_batched_tokens: 64, ..small(128) };
+        let mut s = Scheduler::new(cfg).unwrap();
+        for i in 0..8 {
+            s.add_request(req(i, 2, 50, 0)).unwrap();
+        }
+        let out = s.schedule(t(0));
+        let slow = ModelOutput {
+            sampled: out.seqs.iter().map(|q| q.sample.then_some(7)).collect(),
+            timing: StepTiming { device: t(20), stream_busy: vec![] },
+        };
+        s.update(&out, &slow, t(0)).unwrap();
+        // 20 ms > 10 ms target: 8 * 3/4 = 6 sequences, 64 * 3/4 = 48 tokens.
+        let l = s.limits();
+        assert_eq!((l.max_num_seqs, l.max_num_batched_tokens), (6, 48));
+        assert_eq!(step(&mut s, 1, 7).0.seqs.len(), 6, "the next step serves 6");
+    }
+
+    #[test]
+    fn presets_switch_limits_at_run_time_and_back() {
+        let mut s = Scheduler::new(SchedulerConfig::default()).unwrap();
+        s.set_batching(BatchingKind::LatencyOptimized).unwrap();
+        assert_eq!(
+            s.limits(),
+            Limits { max_num_seqs: 32, max_num_batched_tokens: 512, long_prefill_token_threshold: 256 }
+        );
+        s.set_batching(BatchingKind::ThroughputOptimized).unwrap();
+        assert_eq!(
+            s.limits(),
+            Limits { max_num_seqs: 512, max_num_batched_tokens: 8192, long_prefill_token_threshold: 0 }
+        );
+        s.set_batching(BatchingKind::Continuous).unwrap();
+        assert_eq!(
+            s.limits(),
+            Limits { max_num_seqs: 256, max_num_batched_tokens: 2048, long_prefill_token_threshold: 0 }
+        );
+        assert!(s.set_batching(BatchingKind::SizeOrTimeout { batch_size: 4, timeout: t(0) }).is_err());
+        assert_eq!(s.batching(), BatchingKind::Continuous, "a rejected switch changes nothing");
+    }
+}
+
+mod streams {
+    use super::*;
+    use crate::streams::{StreamAssignment, StreamConfig};
+
+    #[test]
+    fn micro_batches_share_one_token_budget() {
+        for assignment in [StreamAssignment::RoundRobin, StreamAssignment::Smart, StreamAssignment::Balanced] {
+            let cfg = SchedulerConfig {
+                streams: StreamConfig::parallel(assignment),
+                max_num_batched_tokens: 16,
+                ..small(64)
+            };
+            let mut s = Scheduler::new(cfg).unwrap();
+            s.add_request(req(1, 3, 4, 0)).unwrap();
+            s.add_request(req(2, 3, 4, 0)).unwrap();
+            step(&mut s, 0, 7); // both decoding from now on
+            s.add_request(req(3, 30, 4, 1)).unwrap();
+            let (out, _) = step(&mut s, 1, 7);
+            // 2 decodes + 14 prefill tokens = 16: the budget once, not once per stream.
+            assert_eq!(out.num_batched_tokens, 16);
+            assert_eq!(out.micro_batches.len(), 2, "{assignment:?}");
+            let per_stream: Vec<usize> =
+                out.micro_batches.iter().map(|r| out.seqs[r.clone()].iter().map(|q| q.tokens.len()).sum()).collect();
+            assert_eq!(per_stream.iter().sum::<usize>(), 16, "{assignment:?}");
+            if assignment == StreamAssignment::Smart {
+                // Prefill (request 3) on stream 0, the two decodes on stream 1.
+                assert_eq!(per_stream, vec![14, 2]);
+            }
+        }
+    }
 }

@@ -1,12 +1,14 @@
 //! Applying a step's results: append sampled tokens, cache newly computed blocks, check stop
-//! conditions, and return per-request deltas (vLLM v1's `update_from_output`).
+//! conditions, feed the step time to the batching strategy, and return per-request deltas
+//! (vLLM v1's `update_from_output`). Also the failure path, [`Scheduler::fail_step`].
 
 use std::mem;
 
-use super::Scheduler;
+use super::{Inflight, Scheduler};
 use crate::error::Error;
 use crate::output::{ModelOutput, SchedulerOutput};
-use crate::request::{FinishReason, RequestDelta, RequestState, StopCause};
+use crate::policy::StepFeedback;
+use crate::request::{AbortCause, FinishReason, RequestDelta, RequestState, StopCause};
 use crate::types::{Time, TokenId};
 
 impl Scheduler {
@@ -21,21 +23,9 @@ impl Scheduler {
         model: &ModelOutput,
         _now: Time,
     ) -> Result<Vec<RequestDelta>, Error> {
-        let expected = self.inflight.front().map(|f| f.step);
-        if expected != Some(out.step) {
-            return Err(Error::StepOutOfOrder { expected, got: out.step });
-        }
         let lines_up = model.sampled.len() == out.seqs.len()
             && out.seqs.iter().zip(&model.sampled).all(|(s, t)| s.sample == t.is_some());
-        if !lines_up {
-            return Err(Error::OutputMismatch { expected: out.seqs.len(), got: model.sampled.len() });
-        }
-        let Some(inflight) = self.inflight.pop_front() else {
-            return Err(Error::StepOutOfOrder { expected, got: out.step });
-        };
-        if inflight.entries.len() != out.seqs.len() {
-            return Err(Error::OutputMismatch { expected: inflight.entries.len(), got: out.seqs.len() });
-        }
+        let inflight = self.pop_inflight(out, lines_up)?;
         let mut deltas = mem::take(&mut self.pending_deltas);
         deltas.reserve(out.seqs.len());
         for ((s, sampled), &(slot, epoch, kv_gen)) in out.seqs.iter().zip(&model.sampled).zip(&inflight.entries) {
@@ -43,12 +33,17 @@ impl Scheduler {
             if matches!(seq.state, RequestState::Finished(_)) {
                 continue;
             }
+            let Some(token) = *sampled else {
+                if seq.state == RequestState::Running && seq.kv_generation == kv_gen {
+                    self.kv.cache_computed(&mut seq.kv, &seq.tokens, s.start_pos + s.tokens.len());
+                }
+                continue;
+            };
+            seq.pending_samples = seq.pending_samples.saturating_sub(1);
+            seq.tokens.push(token);
             if seq.state == RequestState::Running && seq.kv_generation == kv_gen {
                 self.kv.cache_computed(&mut seq.kv, &seq.tokens, s.start_pos + s.tokens.len());
             }
-            let Some(token) = *sampled else { continue };
-            seq.pending_sample = false;
-            seq.tokens.push(token);
             self.stats.tokens_generated += 1;
             let finish = stop_reason(&self.cfg.eos_token_ids, seq, token);
             let id = seq.id;
@@ -58,7 +53,69 @@ impl Scheduler {
             }
         }
         self.release_finished();
+        let feedback = StepFeedback {
+            device_time: model.timing.device,
+            batch_size: out.seqs.len(),
+            num_batched_tokens: out.num_batched_tokens,
+            waiting: self.waiting.len(),
+        };
+        if let Some(limits) = self.batching.observe(&feedback, self.limits) {
+            self.limits = self.sanitize(limits);
+        }
         Ok(deltas)
+    }
+
+    /// The executor could not run the oldest step in flight: every request in it ends with
+    /// [`AbortCause::ExecutorError`] (their KV may be garbage) and the scheduler goes on.
+    ///
+    /// The step's swap-outs may not have happened either, so its swap victims lose their host
+    /// copy: one still waiting falls back to recompute; one already swapped back in by a later
+    /// step in flight ends like the step's own requests.
+    pub fn fail_step(&mut self, out: &SchedulerOutput, _now: Time) -> Result<Vec<RequestDelta>, Error> {
+        let inflight = self.pop_inflight(out, true)?;
+        let mut deltas = mem::take(&mut self.pending_deltas);
+        let reason = FinishReason::Aborted(AbortCause::ExecutorError);
+        let mut doomed: Vec<_> = inflight.entries.iter().map(|&(slot, epoch, _)| (slot, epoch)).collect();
+        if !out.swap_out.is_empty() {
+            for id in &out.preempted {
+                let Some(&slot) = self.by_id.get(id) else { continue };
+                let seq = self.slots[slot as usize].as_mut().expect("live slot");
+                match seq.state {
+                    RequestState::Swapped => {
+                        self.kv.free_host(&mut seq.kv);
+                        seq.num_computed = 0;
+                        seq.state = RequestState::Preempted;
+                        seq.kv_generation = seq.kv_generation.wrapping_add(1);
+                        self.num_swapped -= 1;
+                    }
+                    RequestState::Running if seq.preempted_at_step == Some(out.step) => doomed.push((slot, seq.epoch)),
+                    _ => {}
+                }
+            }
+        }
+        for (slot, epoch) in doomed {
+            let Some(seq) = self.slots[slot as usize].as_ref().filter(|q| q.epoch == epoch) else { continue };
+            if matches!(seq.state, RequestState::Finished(_)) {
+                continue;
+            }
+            deltas.push(RequestDelta { id: seq.id, token: None, finish: Some(reason) });
+            self.finish_seq(slot, reason);
+        }
+        self.release_finished();
+        Ok(deltas)
+    }
+
+    /// Checks `out` is the oldest step in flight (and `lines_up`), then takes it off the queue.
+    fn pop_inflight(&mut self, out: &SchedulerOutput, lines_up: bool) -> Result<Inflight, Error> {
+        let expected = self.inflight.front().map(|f| f.step);
+        if expected != Some(out.step) {
+            return Err(Error::StepOutOfOrder { expected, got: out.step });
+        }
+        let entries = self.inflight.front().map_or(0, |f| f.entries.len());
+        if !lines_up || entries != out.seqs.len() {
+            return Err(Error::OutputMismatch { expected: entries, got: out.seqs.len() });
+        }
+        self.inflight.pop_front().ok_or(Error::StepOutOfOrder { expected, got: out.step })
     }
 }
 
