@@ -375,6 +375,33 @@ impl Harness {
                     long_prefill_token_threshold: 0,
                 });
             }
+            41 => {
+                let kinds = [
+                    BatchingKind::Continuous,
+                    BatchingKind::Fixed { batch_size: self.rng.random_range(1..5), max_wait: None },
+                    BatchingKind::Fixed { batch_size: 3, max_wait: Some(Duration::from_millis(20)) },
+                    BatchingKind::SizeOrTimeout { batch_size: 3, timeout: Duration::from_millis(10) },
+                    BatchingKind::Adaptive { target_step_time: Duration::from_millis(5) },
+                    BatchingKind::Coalescing { tolerance: 0.3 },
+                    BatchingKind::LatencyOptimized,
+                    BatchingKind::ThroughputOptimized,
+                ];
+                let k = kinds[self.rng.random_range(0..kinds.len())];
+                self.s.set_batching(k).unwrap();
+            }
+            42 => {
+                let assignment = [StreamAssignment::RoundRobin, StreamAssignment::Smart, StreamAssignment::Balanced]
+                    [self.rng.random_range(0..3)];
+                let streams = StreamConfig {
+                    num_streams: self.rng.random_range(1..4),
+                    assignment,
+                    min_requests_for_parallel: self.rng.random_range(1..4),
+                    context_generation_fusion: self.rng.random_bool(0.5),
+                    ..StreamConfig::default()
+                };
+                self.s.set_streams(streams).unwrap();
+            }
+            43 => self.s.set_draining(self.rng.random_bool(0.5)),
             31..=40 if self.inflight.len() < 2 => self.schedule(), // a second step in flight
             _ => {
                 if self.inflight.is_empty() {
