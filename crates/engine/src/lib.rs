@@ -1,0 +1,29 @@
+//! tandem's engine: drives the scheduler core and an executor.
+//!
+//! - [`Engine`]: the step loop on its own thread (TGI's router, vLLM's `EngineCore`), with a
+//!   device-worker thread so that, for executors that allow it, the CPU work of step N+1
+//!   (scheduling, applying results, streaming) overlaps the device work of step N. Requests go
+//!   in through a bounded queue and come back as a [`RequestHandle`] — a stream of deltas whose
+//!   drop aborts the request.
+//! - [`simulate`]: the same scheduler driven by a virtual clock and the simulated device, for
+//!   studying policies at scale (`tandem simulate`).
+//! - [`workload`] generates request mixes; [`report`] turns timelines into vLLM-style metrics
+//!   and seed 001's comparison table.
+//!
+//! This is the only crate with threads and channels.
+
+mod engine;
+mod error;
+mod handle;
+pub mod report;
+pub mod sim;
+mod stats;
+pub mod workload;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::EngineError;
+pub use handle::{RequestEvent, RequestHandle};
+pub use report::{Percentiles, RequestRecord, RunSummary};
+pub use sim::{simulate, SimConfig, SimResult};
+pub use stats::EngineStats;
+pub use workload::{Arrival, LengthDist, WorkloadRequest, WorkloadSpec};

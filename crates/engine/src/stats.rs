@@ -1,0 +1,108 @@
+//! [`EngineStats`]: the live statistics of seed 002 (total requests, queue depth, average wait
+//! and processing time, current batch size, throughput, average latency) plus stream
+//! utilisation, the CPU time hidden by overlapping steps, and the scheduler's own counters.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tandem_core::SchedulerStats;
+
+/// A snapshot of the engine's live statistics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    /// Requests accepted since start.
+    pub total_requests: u64,
+    /// Requests that ended (any reason).
+    pub finished_requests: u64,
+    /// Requests accepted but not yet running.
+    pub queue_depth: usize,
+    pub running: usize,
+    /// Sequences in the last step.
+    pub current_batch_size: usize,
+    /// Mean time from arrival to first scheduled.
+    pub avg_wait: Duration,
+    /// Mean time from first scheduled to end.
+    pub avg_processing: Duration,
+    /// Mean time from arrival to end.
+    pub avg_latency: Duration,
+    /// Requests finished per second over the last 30 s.
+    pub throughput_rps: f64,
+    /// Tokens generated per second over the last 30 s.
+    pub throughput_tps: f64,
+    pub steps: u64,
+    /// Per stream: busy time / device wall time, since start.
+    pub stream_utilisation: Vec<f64>,
+    /// CPU time of the step loop (scheduling, applying results, streaming).
+    pub cpu_time: Duration,
+    /// Part of `cpu_time` spent while the device was busy with a step (overlapped).
+    pub cpu_hidden: Duration,
+    /// Device time of all steps.
+    pub device_time: Duration,
+    pub batching: String,
+    pub uptime: Duration,
+    pub scheduler: SchedulerStats,
+}
+
+/// Accumulates the numbers behind [`EngineStats`].
+#[derive(Debug, Default)]
+pub(crate) struct StatsAccumulator {
+    pub snapshot: EngineStats,
+    wait_sum: Duration,
+    waited: u64,
+    processing_sum: Duration,
+    latency_sum: Duration,
+    ended_with_timing: u64,
+    stream_busy: Vec<Duration>,
+    /// (time since start, requests finished, tokens) per step, last 30 s.
+    window: VecDeque<(Duration, u64, u64)>,
+}
+
+const WINDOW: Duration = Duration::from_secs(30);
+
+impl StatsAccumulator {
+    pub fn record_wait(&mut self, wait: Duration) {
+        self.wait_sum += wait;
+        self.waited += 1;
+        self.snapshot.avg_wait = self.wait_sum / self.waited.max(1) as u32;
+    }
+
+    pub fn record_end(&mut self, latency: Duration, processing: Option<Duration>) {
+        self.snapshot.finished_requests += 1;
+        if let Some(p) = processing {
+            self.processing_sum += p;
+            self.latency_sum += latency;
+            self.ended_with_timing += 1;
+            let n = self.ended_with_timing.max(1) as u32;
+            self.snapshot.avg_processing = self.processing_sum / n;
+            self.snapshot.avg_latency = self.latency_sum / n;
+        }
+    }
+
+    pub fn record_step(
+        &mut self,
+        now: Duration,
+        device: Duration,
+        stream_busy: &[Duration],
+        finished: u64,
+        tokens: u64,
+    ) {
+        self.snapshot.steps += 1;
+        self.snapshot.device_time += device;
+        if self.stream_busy.len() < stream_busy.len() {
+            self.stream_busy.resize(stream_busy.len(), Duration::ZERO);
+        }
+        for (acc, b) in self.stream_busy.iter_mut().zip(stream_busy) {
+            *acc += *b;
+        }
+        let wall = self.snapshot.device_time.as_secs_f64().max(1e-12);
+        self.snapshot.stream_utilisation = self.stream_busy.iter().map(|b| b.as_secs_f64() / wall).collect();
+        self.window.push_back((now, finished, tokens));
+        while self.window.front().is_some_and(|w| now.saturating_sub(w.0) > WINDOW) {
+            self.window.pop_front();
+        }
+        let span = now.saturating_sub(self.window.front().map_or(now, |w| w.0)).as_secs_f64().max(1e-3);
+        let (reqs, toks) = self.window.iter().fold((0, 0), |a, w| (a.0 + w.1, a.1 + w.2));
+        self.snapshot.throughput_rps = reqs as f64 / span;
+        self.snapshot.throughput_tps = toks as f64 / span;
+    }
+}

@@ -1,0 +1,53 @@
+//! Executors: what runs a [`SchedulerOutput`] on a device and answers with a [`ModelOutput`].
+//!
+//! The [`Executor`] trait is the other half of the core's contract (vLLM's `ModelRunner`). This
+//! crate holds the simulated device ([`sim`]); the CPU (candle) and CUDA executors land here too.
+//! Every executor runs the same scheduler: a simulated result is a real scheduling result.
+
+pub mod sim;
+
+use tandem_core::{ModelOutput, SchedulerOutput, StreamConfig};
+
+/// The KV cache geometry an executor needs, from which a memory budget becomes a block count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvSpec {
+    /// Tokens per block (must match the scheduler's `block_size`).
+    pub block_size: usize,
+    /// Device bytes one block takes across all layers (K and V).
+    pub bytes_per_block: u64,
+}
+
+impl KvSpec {
+    /// Blocks that fit in `bytes` of memory.
+    pub fn blocks_in(&self, bytes: u64) -> usize {
+        (bytes / self.bytes_per_block.max(1)) as usize
+    }
+}
+
+/// Errors an executor reports for a step. The engine fails the step's requests and goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    /// The device failed (out of memory, a kernel error, a lost device).
+    #[error("device error: {0}")]
+    Device(String),
+    /// The scheduler output refers to something the executor cannot honour.
+    #[error("invalid step: {0}")]
+    InvalidStep(String),
+}
+
+/// Runs scheduler steps. Implementations own the device state (weights, KV pool).
+pub trait Executor: Send {
+    /// KV geometry, for sizing the pool.
+    fn kv_spec(&self) -> KvSpec;
+    /// Runs one step: swap-outs, swap-ins, then the model (see `tandem_core::output`).
+    fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelOutput, ExecError>;
+    /// Whether this executor fills `feeds_last_sample` placeholders, so the engine may keep a
+    /// second step in flight (async scheduling).
+    fn supports_async(&self) -> bool {
+        false
+    }
+    /// Applies parallel-stream settings (stream count, priority, synchronization).
+    fn set_streams(&mut self, _streams: &StreamConfig) {}
+    /// A short description for logs and reports.
+    fn describe(&self) -> String;
+}

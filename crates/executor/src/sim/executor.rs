@@ -1,0 +1,119 @@
+//! [`SimExecutor`]: answers scheduler steps with deterministic tokens after the modelled time.
+
+use std::time::Duration;
+
+use tandem_core::{ModelOutput, SchedulerOutput, StepTiming, StreamConfig, TokenId};
+
+use super::{step_cost, DeviceProfile, ModelShape};
+use crate::{ExecError, Executor, KvSpec};
+
+/// How the simulated device spends the modelled time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockMode {
+    /// Sleep for it (serving: latencies are real).
+    RealTime,
+    /// Only report it; the driver advances a virtual clock (`tandem simulate`).
+    Virtual,
+}
+
+/// A simulated device running a [`ModelShape`] on a [`DeviceProfile`].
+#[derive(Debug, Clone)]
+pub struct SimExecutor {
+    model: ModelShape,
+    device: DeviceProfile,
+    block_size: usize,
+    clock: ClockMode,
+    streams: StreamConfig,
+    /// Token ids the sampler must avoid (EOS), so simulated requests run to `max_tokens`.
+    avoid: Vec<TokenId>,
+    steps: u64,
+    busy: Duration,
+}
+
+impl SimExecutor {
+    pub fn new(model: ModelShape, device: DeviceProfile, block_size: usize, clock: ClockMode) -> Self {
+        Self {
+            model,
+            device,
+            block_size,
+            clock,
+            streams: StreamConfig::default(),
+            avoid: Vec::new(),
+            steps: 0,
+            busy: Duration::ZERO,
+        }
+    }
+
+    /// Never sample these tokens (the model's EOS ids).
+    pub fn avoiding(mut self, tokens: Vec<TokenId>) -> Self {
+        self.avoid = tokens;
+        self
+    }
+
+    pub fn model(&self) -> &ModelShape {
+        &self.model
+    }
+
+    pub fn device(&self) -> &DeviceProfile {
+        &self.device
+    }
+
+    /// Total modelled device time so far.
+    pub fn busy(&self) -> Duration {
+        self.busy
+    }
+
+    /// KV blocks that fit in `fraction` of device memory after the weights.
+    pub fn kv_blocks_for_memory(&self, fraction: f64) -> usize {
+        let usable = (self.device.memory as f64 * fraction) as u64;
+        self.kv_spec().blocks_in(usable.saturating_sub(self.model.weight_bytes()))
+    }
+
+    /// The token a sequence samples: a hash of (request, position), so a request's text does
+    /// not depend on how it was batched, streamed or preempted.
+    fn token(&self, id: u64, position: usize) -> TokenId {
+        let mut x = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (position as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        x ^= x >> 31;
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 29;
+        let vocab = self.model.vocab.max(2) as u64;
+        let mut t = (x % vocab) as TokenId;
+        while self.avoid.contains(&t) {
+            t = (t + 1) % vocab as TokenId;
+        }
+        t
+    }
+}
+
+impl Executor for SimExecutor {
+    fn kv_spec(&self) -> KvSpec {
+        KvSpec {
+            block_size: self.block_size,
+            bytes_per_block: self.model.kv_bytes_per_token() * self.block_size as u64,
+        }
+    }
+
+    fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelOutput, ExecError> {
+        let cost = step_cost(out, &self.model, &self.device, self.block_size);
+        let sampled =
+            out.seqs.iter().map(|s| s.sample.then(|| self.token(s.id.0, s.start_pos + s.tokens.len()))).collect();
+        self.steps += 1;
+        self.busy += cost.device;
+        if self.clock == ClockMode::RealTime && !cost.device.is_zero() {
+            std::thread::sleep(cost.device);
+        }
+        Ok(ModelOutput { sampled, timing: StepTiming { device: cost.device, stream_busy: cost.stream_busy } })
+    }
+
+    fn supports_async(&self) -> bool {
+        true // tokens depend only on (request, position): placeholders need no lookup
+    }
+
+    fn set_streams(&mut self, streams: &StreamConfig) {
+        self.streams = *streams;
+    }
+
+    fn describe(&self) -> String {
+        format!("simulated {} on {} ({:?} clock)", self.model.name, self.device.name, self.clock)
+    }
+}

@@ -1,0 +1,307 @@
+//! `tandem simulate`: workload and configuration flags → `tandem_engine::simulate` runs → seed
+//! 001's comparison table (and optionally JSON).
+
+use std::time::Duration;
+
+use clap::Args;
+use tandem_core::{
+    BatchingKind, CapacityPolicyKind, PreemptionModeKind, QueuePolicyKind, SchedulerConfig, StreamAssignment,
+    StreamConfig,
+};
+use tandem_engine::report::comparison_table;
+use tandem_engine::{simulate, Arrival, LengthDist, SimConfig, WorkloadSpec};
+use tandem_executor::sim::{DeviceProfile, ModelShape};
+use tandem_executor::KvSpec;
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Number of requests.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// Arrival rate in requests/s; omit to send everything at once.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Arrival process when --rate is given: poisson or fixed.
+    #[arg(long, default_value = "poisson")]
+    arrival: String,
+    /// Prompt lengths: sharegpt, fixed:N or uniform:LO:HI.
+    #[arg(long, default_value = "sharegpt")]
+    prompt_len: String,
+    /// Output lengths: sharegpt, fixed:N or uniform:LO:HI.
+    #[arg(long, default_value = "sharegpt")]
+    output_len: String,
+    /// Priority levels (priorities drawn uniformly from 0..K).
+    #[arg(long, default_value_t = 1)]
+    priorities: u32,
+    /// Fraction of requests sharing a 64-token prefix.
+    #[arg(long, default_value_t = 0.0)]
+    shared_prefix: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Model shape: smollm2-135m, qwen2.5-0.5b or llama3-8b.
+    #[arg(long, default_value = "qwen2.5-0.5b")]
+    model: String,
+    /// Device profile: h100, a100 or cpu-2c.
+    #[arg(long, default_value = "h100")]
+    device: String,
+    /// KV blocks; default: 90% of device memory after the weights.
+    #[arg(long)]
+    kv_blocks: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    #[arg(long, default_value_t = 256)]
+    max_num_seqs: usize,
+    #[arg(long, default_value_t = 2048)]
+    max_num_batched_tokens: usize,
+    /// max_utilization, guaranteed_no_evict or static_batch.
+    #[arg(long, default_value = "max_utilization")]
+    capacity: String,
+    /// fcfs or priority:AGING_PER_SEC.
+    #[arg(long, default_value = "fcfs")]
+    queue: String,
+    /// recompute, swap or auto.
+    #[arg(long, default_value = "recompute")]
+    preemption: String,
+    /// Host (swap) blocks.
+    #[arg(long, default_value_t = 0)]
+    host_blocks: usize,
+    /// Batching strategy: continuous, fixed:N[:WAIT], size_or_timeout:N:T, adaptive:T, coalescing:TOL, latency, throughput.
+    #[arg(long, default_value = "continuous")]
+    batching: String,
+    /// Execution streams per step.
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// Stream assignment: round_robin, smart or balanced.
+    #[arg(long, default_value = "smart")]
+    assignment: String,
+    /// Minimum scheduled sequences to split a step over streams.
+    #[arg(long, default_value_t = 2)]
+    min_parallel: usize,
+    /// Let prefill and decode share streams under `smart`.
+    #[arg(long)]
+    fusion: bool,
+    /// A configuration to compare, as NAME or NAME:key=value,... overriding the flags above
+    /// (keys: batching, streams, assignment, min_parallel, fusion, capacity, queue, preemption,
+    /// max_num_seqs, max_num_batched_tokens). Repeat to compare several.
+    #[arg(long = "compare")]
+    compare: Vec<String>,
+    /// A ready-made comparison: simple-vs-parallel (1 stream vs 2 streams with each assignment).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Write the summaries as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+type CliResult<T> = Result<T, String>;
+
+fn parse_capacity(s: &str) -> CliResult<CapacityPolicyKind> {
+    match s {
+        "max_utilization" => Ok(CapacityPolicyKind::MaxUtilization),
+        "guaranteed_no_evict" => Ok(CapacityPolicyKind::GuaranteedNoEvict),
+        "static_batch" => Ok(CapacityPolicyKind::StaticBatch),
+        _ => Err(format!("unknown capacity policy `{s}`: max_utilization, guaranteed_no_evict or static_batch")),
+    }
+}
+
+fn parse_queue(s: &str) -> CliResult<QueuePolicyKind> {
+    match s.split_once(':') {
+        None if s == "fcfs" => Ok(QueuePolicyKind::Fcfs),
+        None if s == "priority" => Ok(QueuePolicyKind::Priority { aging_per_sec: 0.0 }),
+        Some(("priority", a)) => a
+            .parse()
+            .map(|aging_per_sec| QueuePolicyKind::Priority { aging_per_sec })
+            .map_err(|_| format!("bad aging rate `{a}`")),
+        _ => Err(format!("unknown queue policy `{s}`: fcfs, priority or priority:AGING")),
+    }
+}
+
+fn parse_preemption(s: &str) -> CliResult<PreemptionModeKind> {
+    match s {
+        "recompute" => Ok(PreemptionModeKind::Recompute),
+        "swap" => Ok(PreemptionModeKind::Swap),
+        "auto" => Ok(PreemptionModeKind::Auto),
+        _ => Err(format!("unknown preemption mode `{s}`: recompute, swap or auto")),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> CliResult<T> {
+    v.parse().map_err(|_| format!("`{key}` needs a number, got `{v}`"))
+}
+
+/// Applies one `key=value` override to a scheduler config.
+fn apply(cfg: &mut SchedulerConfig, key: &str, value: &str) -> CliResult<()> {
+    match key {
+        "batching" => cfg.batching = value.parse::<BatchingKind>().map_err(|e| e.to_string())?,
+        "streams" => cfg.streams.num_streams = parse_num(key, value)?,
+        "assignment" => cfg.streams.assignment = value.parse::<StreamAssignment>().map_err(|e| e.to_string())?,
+        "min_parallel" => cfg.streams.min_requests_for_parallel = parse_num(key, value)?,
+        "fusion" => cfg.streams.context_generation_fusion = parse_num(key, value)?,
+        "capacity" => cfg.capacity = parse_capacity(value)?,
+        "queue" => cfg.queue = parse_queue(value)?,
+        "preemption" => cfg.preemption = parse_preemption(value)?,
+        "max_num_seqs" => cfg.max_num_seqs = parse_num(key, value)?,
+        "max_num_batched_tokens" => cfg.max_num_batched_tokens = parse_num(key, value)?,
+        _ => return Err(format!("unknown configuration key `{key}`")),
+    }
+    Ok(())
+}
+
+fn base_config(a: &SimulateArgs, model: &ModelShape, device: &DeviceProfile) -> CliResult<SchedulerConfig> {
+    let spec = KvSpec { block_size: a.block_size, bytes_per_block: model.kv_bytes_per_token() * a.block_size as u64 };
+    let usable = (device.memory as f64 * 0.9) as u64;
+    let blocks = a.kv_blocks.unwrap_or_else(|| spec.blocks_in(usable.saturating_sub(model.weight_bytes())));
+    let cfg = SchedulerConfig {
+        block_size: a.block_size,
+        num_gpu_blocks: blocks,
+        num_host_blocks: a.host_blocks,
+        max_num_seqs: a.max_num_seqs,
+        max_num_batched_tokens: a.max_num_batched_tokens,
+        capacity: parse_capacity(&a.capacity)?,
+        queue: parse_queue(&a.queue)?,
+        preemption: parse_preemption(&a.preemption)?,
+        batching: a.batching.parse().map_err(|e: tandem_core::Error| e.to_string())?,
+        streams: StreamConfig {
+            num_streams: a.streams,
+            assignment: a.assignment.parse().map_err(|e: tandem_core::Error| e.to_string())?,
+            min_requests_for_parallel: a.min_parallel,
+            context_generation_fusion: a.fusion,
+            ..StreamConfig::default()
+        },
+        preemption_cost: tandem_core::PreemptionCost {
+            kv_bytes_per_block: spec.bytes_per_block,
+            swap_bytes_per_sec: device.host_link,
+            recompute_tokens_per_sec: 20_000.0,
+        },
+        ..SchedulerConfig::default()
+    };
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+/// The configurations to run: `--preset`, then each `--compare`, else the base alone.
+fn configurations(a: &SimulateArgs, base: &SchedulerConfig) -> CliResult<Vec<(String, SchedulerConfig)>> {
+    let mut specs: Vec<String> = Vec::new();
+    match a.preset.as_deref() {
+        None => {}
+        Some("simple-vs-parallel") => specs.extend(
+            [
+                "simple:streams=1",
+                "parallel-rr:streams=2,assignment=round_robin",
+                "parallel-smart:streams=2,assignment=smart",
+                "parallel-balanced:streams=2,assignment=balanced",
+            ]
+            .map(String::from),
+        ),
+        Some(p) => return Err(format!("unknown preset `{p}`: simple-vs-parallel")),
+    }
+    specs.extend(a.compare.iter().cloned());
+    if specs.is_empty() {
+        return Ok(vec![("base".into(), base.clone())]);
+    }
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, overrides) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+            let mut cfg = base.clone();
+            for kv in overrides.split(',').filter(|s| !s.is_empty()) {
+                let (k, v) = kv.split_once('=').ok_or_else(|| format!("`{kv}` is not key=value"))?;
+                apply(&mut cfg, k.trim(), v.trim())?;
+            }
+            cfg.validate().map_err(|e| format!("configuration `{name}`: {e}"))?;
+            Ok((name.to_string(), cfg))
+        })
+        .collect()
+}
+
+fn workload(a: &SimulateArgs) -> CliResult<WorkloadSpec> {
+    let arrival = match (a.rate, a.arrival.as_str()) {
+        (None, _) => Arrival::AllAtOnce,
+        (Some(r), _) if !(r.is_finite() && r > 0.0) => return Err(format!("--rate must be positive, got {r}")),
+        (Some(rate), "poisson") => Arrival::Poisson { rate },
+        (Some(rate), "fixed") => Arrival::Fixed { rate },
+        (_, other) => return Err(format!("unknown arrival `{other}`: poisson or fixed")),
+    };
+    if a.requests == 0 {
+        return Err("--requests must be at least 1".into());
+    }
+    Ok(WorkloadSpec {
+        requests: a.requests,
+        arrival,
+        prompt: LengthDist::parse(&a.prompt_len, false)
+            .ok_or_else(|| format!("bad --prompt-len `{}`", a.prompt_len))?,
+        output: LengthDist::parse(&a.output_len, true).ok_or_else(|| format!("bad --output-len `{}`", a.output_len))?,
+        priority_levels: a.priorities.max(1),
+        shared_prefix_fraction: a.shared_prefix,
+        seed: a.seed,
+    })
+}
+
+pub fn run(a: SimulateArgs) -> CliResult<()> {
+    let model = ModelShape::by_name(&a.model).ok_or_else(|| format!("unknown model `{}`", a.model))?;
+    let device = DeviceProfile::by_name(&a.device).ok_or_else(|| format!("unknown device `{}`", a.device))?;
+    let base = base_config(&a, &model, &device)?;
+    let configs = configurations(&a, &base)?;
+    let spec = workload(&a)?;
+    let requests = spec.generate();
+    let (p, o) = requests.iter().fold((0, 0), |acc, r| (acc.0 + r.prompt.len(), acc.1 + r.output_len));
+    println!(
+        "workload: {} requests, mean prompt {:.0} / output {:.0} tokens, {:?}; model {} on {} ({} KV blocks of {})",
+        requests.len(),
+        p as f64 / requests.len() as f64,
+        o as f64 / requests.len() as f64,
+        spec.arrival,
+        model.name,
+        device.name,
+        base.num_gpu_blocks,
+        base.block_size
+    );
+    let mut summaries = Vec::new();
+    for (name, cfg) in configs {
+        let sim =
+            SimConfig { name: name.clone(), scheduler: cfg.clone(), model: model.clone(), device: device.clone() };
+        let r = simulate(&sim, &requests).map_err(|e| e.to_string())?;
+        println!(
+            "  {name}: batching {}, {} stream(s) {}, simulated {:.1} s of device time in {:.2} s wall ({} steps)",
+            cfg.batching,
+            cfg.streams.num_streams,
+            cfg.streams.assignment,
+            r.summary.duration.as_secs_f64(),
+            r.wall.as_secs_f64(),
+            r.summary.steps
+        );
+        summaries.push((r.summary, r.wall));
+    }
+    println!();
+    let runs: Vec<_> = summaries.iter().map(|s| s.0.clone()).collect();
+    print!("{}", comparison_table(&runs));
+    if let Some(path) = &a.json {
+        let json = serde_json::Value::Array(summaries.iter().map(|(s, wall)| summary_json(s, *wall)).collect());
+        std::fs::write(path, serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn summary_json(s: &tandem_engine::RunSummary, wall: Duration) -> serde_json::Value {
+    let p =
+        |x: &tandem_engine::Percentiles| serde_json::json!({"mean": x.mean, "p50": x.p50, "p95": x.p95, "p99": x.p99});
+    serde_json::json!({
+        "name": s.name,
+        "completed": s.completed,
+        "failed": s.failed,
+        "duration_s": s.duration.as_secs_f64(),
+        "request_throughput": s.request_throughput,
+        "output_throughput": s.output_throughput,
+        "total_token_throughput": s.total_token_throughput,
+        "ttft_ms": p(&s.ttft_ms),
+        "tpot_ms": p(&s.tpot_ms),
+        "e2e_ms": p(&s.e2e_ms),
+        "preemptions": s.preemptions,
+        "mean_batch_size": s.mean_batch_size,
+        "stream_utilisation": s.stream_utilisation,
+        "peak_kv_usage": s.peak_kv_usage,
+        "steps": s.steps,
+        "sim_wall_s": wall.as_secs_f64(),
+    })
+}
