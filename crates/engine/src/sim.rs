@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use tandem_core::{FinishReason, ModelOutput, NewRequest, RequestId, Scheduler, SchedulerConfig};
+use tandem_core::{FinishReason, ModelOutput, NewRequest, Scheduler, SchedulerConfig, SchedulerStats};
 use tandem_executor::sim::{ClockMode, DeviceProfile, ModelShape, SimExecutor};
 use tandem_executor::Executor;
 
@@ -27,6 +27,8 @@ pub struct SimConfig {
 pub struct SimResult {
     pub summary: RunSummary,
     pub records: Vec<RequestRecord>,
+    /// The scheduler's counters at the end (preemptions, batches formed, prefix hits, ...).
+    pub scheduler: SchedulerStats,
     pub wall: Duration,
 }
 
@@ -108,7 +110,6 @@ pub fn simulate(cfg: &SimConfig, workload: &[WorkloadRequest]) -> Result<SimResu
             }
         }
     }
-    debug_assert!(sched.tokens(RequestId(0)).is_none());
     let stats = sched.stats();
     let mut summary = RunSummary::from_records(&cfg.name, &records);
     summary.preemptions = stats.preemptions();
@@ -117,5 +118,5 @@ pub fn simulate(cfg: &SimConfig, workload: &[WorkloadRequest]) -> Result<SimResu
     summary.peak_kv_usage = peak_kv;
     let wall = device.as_secs_f64().max(1e-12);
     summary.stream_utilisation = busy.iter().map(|b| b.as_secs_f64() / wall).collect();
-    Ok(SimResult { summary, records, wall: started.elapsed() })
+    Ok(SimResult { summary, records, scheduler: stats, wall: started.elapsed() })
 }

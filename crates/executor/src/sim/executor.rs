@@ -117,3 +117,41 @@ impl Executor for SimExecutor {
         format!("simulated {} on {} ({:?} clock)", self.model.name, self.device.name, self.clock)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::{RequestId, SamplerParams, ScheduledSeq};
+
+    #[test]
+    fn kv_pool_is_what_memory_leaves_after_weights() {
+        let e = SimExecutor::new(ModelShape::qwen2_5_0_5b(), DeviceProfile::h100(), 16, ClockMode::Virtual);
+        // 0.9 · 80e9 = 72e9 B; weights 494,032,768 · 2 = 988,065,536 B; left 71,011,934,464 B.
+        // A block: 12,288 B/token · 16 = 196,608 B → 361,185 blocks.
+        assert_eq!(e.kv_blocks_for_memory(0.9), 361_185);
+    }
+
+    #[test]
+    fn tokens_depend_only_on_request_and_position_and_avoid_eos() {
+        let mut e = SimExecutor::new(ModelShape::smollm2_135m(), DeviceProfile::h100(), 16, ClockMode::Virtual);
+        let seq = |id, start| ScheduledSeq {
+            id: RequestId(id),
+            tokens: 0..1,
+            start_pos: start,
+            blocks: 0..0,
+            sample: true,
+            sampler: SamplerParams::default(),
+            num_generated: 0,
+            feeds_last_sample: false,
+        };
+        let out = SchedulerOutput { seqs: vec![seq(1, 5), seq(2, 5)], micro_batches: vec![0..2], ..Default::default() };
+        let a = e.execute(&out).unwrap();
+        let b = e.execute(&out).unwrap();
+        assert_eq!(a.sampled, b.sampled);
+        assert_ne!(a.sampled[0], a.sampled[1], "different requests, different text");
+        assert!(a.timing.device > Duration::ZERO);
+        let banned = a.sampled[0].unwrap();
+        let mut e = e.avoiding(vec![banned]);
+        assert_ne!(e.execute(&out).unwrap().sampled[0], Some(banned));
+    }
+}

@@ -1,0 +1,63 @@
+//! The `tandem` binary end to end: `simulate` prints a comparison, bad flags are clear errors.
+
+use std::process::Command;
+
+fn tandem(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem")).args(args).output().expect("run tandem");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn simulate_compares_configurations_and_writes_json() {
+    let json = std::env::temp_dir().join(format!("tandem-sim-{}.json", std::process::id()));
+    let (code, stdout, stderr) = tandem(&[
+        "simulate",
+        "--requests",
+        "200",
+        "--preset",
+        "simple-vs-parallel",
+        "--compare",
+        "fixed4:batching=fixed:4",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    for name in
+        ["simple", "parallel-rr", "parallel-smart", "parallel-balanced", "fixed4", "change vs simple", "TPOT p99 (ms)"]
+    {
+        assert!(stdout.contains(name), "missing {name} in\n{stdout}");
+    }
+    let parsed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = parsed.as_array().unwrap();
+    assert_eq!(runs.len(), 5);
+    assert!(runs.iter().all(|r| r["completed"] == 200));
+    let _ = std::fs::remove_file(json);
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    for (args, needle) in [
+        (vec!["simulate", "--batching", "sometimes"], "unknown batching strategy"),
+        (vec!["simulate", "--streams", "0"], "num_streams"),
+        (vec!["simulate", "--batching", "size_or_timeout:4:0ms"], "timeout 0"),
+        (vec!["simulate", "--compare", "x:streams=two"], "needs a number"),
+        (vec!["simulate", "--assignment", "sideways"], "unknown assignment"),
+        (vec!["simulate", "--model", "gpt-9"], "unknown model"),
+        (vec!["simulate", "--rate", "0"], "--rate must be positive"),
+    ] {
+        let (code, _, stderr) = tandem(&args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn serve_says_not_yet_until_the_model_lands() {
+    let (code, stdout, _) = tandem(&["serve"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("not yet"));
+}
