@@ -119,6 +119,7 @@ impl Executor for SimExecutor {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one micro-batch is one range, on purpose
 mod tests {
     use super::*;
     use tandem_core::{RequestId, SamplerParams, ScheduledSeq};
