@@ -391,8 +391,9 @@ impl StepLoop {
         let sched_stats = self.sched.stats();
         let mut st = lock(&self.shared.stats);
         if !out.seqs.is_empty() {
-            st.record_step(now, device, &busy, finished, tokens);
+            st.record_step(now, out.seqs.len(), device, &busy, finished, tokens);
         }
+        st.snapshot.peak_kv_usage = st.snapshot.peak_kv_usage.max(sched_stats.kv_usage());
         st.snapshot.current_batch_size = out.seqs.len();
         st.snapshot.queue_depth = self.shared.queued.load(Ordering::SeqCst);
         st.snapshot.running = sched_stats.running;

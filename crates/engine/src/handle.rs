@@ -62,6 +62,19 @@ impl RequestHandle {
         self.observe(ev)
     }
 
+    /// The next event if one is ready: `Ok(Some)` an event, `Ok(None)` the stream ended,
+    /// `Err(Timeout)` nothing yet.
+    pub fn try_next(&mut self) -> Result<Option<RequestEvent>, EngineError> {
+        if self.ended {
+            return Ok(None);
+        }
+        match self.events.try_recv() {
+            Ok(ev) => Ok(self.observe(Some(ev))),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Ok(self.observe(None)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => Err(EngineError::Timeout),
+        }
+    }
+
     /// Every remaining event until the last (blocking).
     pub fn blocking_collect(&mut self) -> Vec<RequestEvent> {
         std::iter::from_fn(|| self.blocking_next()).collect()

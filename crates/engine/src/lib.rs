@@ -12,6 +12,7 @@
 //!
 //! This is the only crate with threads and channels.
 
+mod drive;
 mod engine;
 mod error;
 mod handle;
@@ -20,6 +21,7 @@ pub mod sim;
 mod stats;
 pub mod workload;
 
+pub use drive::run_workload;
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;
 pub use handle::{RequestEvent, RequestHandle};

@@ -19,6 +19,10 @@ pub struct EngineStats {
     pub running: usize,
     /// Sequences in the last step.
     pub current_batch_size: usize,
+    /// Mean sequences per non-empty step since start.
+    pub mean_batch_size: f64,
+    /// Highest fraction of KV blocks in use seen.
+    pub peak_kv_usage: f64,
     /// Mean time from arrival to first scheduled.
     pub avg_wait: Duration,
     /// Mean time from first scheduled to end.
@@ -53,6 +57,7 @@ pub(crate) struct StatsAccumulator {
     latency_sum: Duration,
     ended_with_timing: u64,
     stream_busy: Vec<Duration>,
+    batched: u64,
     /// (time since start, requests finished, tokens) per step, last 30 s.
     window: VecDeque<(Duration, u64, u64)>,
 }
@@ -81,12 +86,15 @@ impl StatsAccumulator {
     pub fn record_step(
         &mut self,
         now: Duration,
+        batch: usize,
         device: Duration,
         stream_busy: &[Duration],
         finished: u64,
         tokens: u64,
     ) {
         self.snapshot.steps += 1;
+        self.batched += batch as u64;
+        self.snapshot.mean_batch_size = self.batched as f64 / self.snapshot.steps as f64;
         self.snapshot.device_time += device;
         if self.stream_busy.len() < stream_busy.len() {
             self.stream_busy.resize(stream_busy.len(), Duration::ZERO);

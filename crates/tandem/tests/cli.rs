@@ -61,3 +61,24 @@ fn serve_says_not_yet_until_the_model_lands() {
     assert_eq!(code, 0);
     assert!(stdout.contains("not yet"));
 }
+
+#[test]
+fn simulate_through_the_engine_thread_reports_hidden_cpu() {
+    let (code, stdout, stderr) = tandem(&[
+        "simulate",
+        "--requests",
+        "40",
+        "--model",
+        "smollm2-135m",
+        "--rate",
+        "400",
+        "--engine",
+        "--compare",
+        "async",
+        "--compare",
+        "sync",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("async scheduling on") && stdout.contains("async scheduling off"), "{stdout}");
+    assert!(stdout.contains("hidden behind the device"), "{stdout}");
+}
