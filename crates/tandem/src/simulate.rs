@@ -276,7 +276,7 @@ pub fn run(a: SimulateArgs) -> CliResult<()> {
             SimConfig { name: name.clone(), scheduler: cfg.clone(), model: model.clone(), device: device.clone() };
         let r = simulate(&sim, &requests).map_err(|e| e.to_string())?;
         println!(
-            "  {name}: batching {}, {} stream(s) {}, simulated {:.1} s of device time in {:.2} s wall ({} steps)",
+            "  {name}: batching {}, {} stream(s) {}: {:.1} s of serving simulated in {:.2} s wall ({} steps)",
             cfg.batching,
             cfg.streams.num_streams,
             cfg.streams.assignment,
