@@ -58,8 +58,10 @@ pub type AdmissionQuota = Option<usize>;
 /// A batching strategy. See the module table.
 pub trait BatchingStrategy: fmt::Debug + Send {
     fn name(&self) -> &'static str;
-    /// Called once per step before admission.
-    fn admission(&mut self, view: &BatchView) -> AdmissionQuota;
+    /// Called once per step before admission; by default, no limit (continuous batching).
+    fn admission(&mut self, _view: &BatchView) -> AdmissionQuota {
+        Some(usize::MAX)
+    }
     /// How many requests the step actually admitted.
     fn admitted(&mut self, _n: usize) {}
     /// May a request with `prompt_len` tokens start in a step whose first admission had
@@ -83,9 +85,6 @@ pub struct Continuous;
 impl BatchingStrategy for Continuous {
     fn name(&self) -> &'static str {
         "continuous"
-    }
-    fn admission(&mut self, _: &BatchView) -> AdmissionQuota {
-        Some(usize::MAX)
     }
 }
 
@@ -165,9 +164,6 @@ impl BatchingStrategy for Adaptive {
     fn name(&self) -> &'static str {
         "adaptive"
     }
-    fn admission(&mut self, _: &BatchView) -> AdmissionQuota {
-        Some(usize::MAX)
-    }
     fn observe(&mut self, fb: &StepFeedback, cur: Limits) -> Option<Limits> {
         let next = if fb.device_time > self.target_step_time {
             // Multiplicative decrease: shed a quarter.
@@ -203,9 +199,6 @@ impl BatchingStrategy for Coalescing {
     fn name(&self) -> &'static str {
         "coalescing"
     }
-    fn admission(&mut self, _: &BatchView) -> AdmissionQuota {
-        Some(usize::MAX)
-    }
     fn joins(&self, anchor: usize, len: usize) -> bool {
         (len as f64 - anchor as f64).abs() <= self.tolerance * anchor as f64
     }
@@ -217,9 +210,6 @@ pub struct LatencyOptimized;
 impl BatchingStrategy for LatencyOptimized {
     fn name(&self) -> &'static str {
         "latency_optimized"
-    }
-    fn admission(&mut self, _: &BatchView) -> AdmissionQuota {
-        Some(usize::MAX)
     }
     fn limits(&self, c: Limits) -> Limits {
         Limits {
@@ -236,9 +226,6 @@ pub struct ThroughputOptimized;
 impl BatchingStrategy for ThroughputOptimized {
     fn name(&self) -> &'static str {
         "throughput_optimized"
-    }
-    fn admission(&mut self, _: &BatchView) -> AdmissionQuota {
-        Some(usize::MAX)
     }
     fn limits(&self, c: Limits) -> Limits {
         Limits {

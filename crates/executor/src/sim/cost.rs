@@ -114,7 +114,7 @@ pub fn step_cost(out: &SchedulerOutput, m: &ModelShape, d: &DeviceProfile, block
 #[allow(clippy::single_range_in_vec_init)] // one micro-batch is one range, on purpose
 mod tests {
     use super::*;
-    use tandem_core::{RequestId, SamplerParams, ScheduledSeq};
+    use tandem_core::ScheduledSeq;
 
     /// A 1-layer toy: 1e6 params (1e6 · 2 = 2 MB of weights), 1 KV head × 1 dim → 4 KV bytes/token.
     fn toy() -> ModelShape {
@@ -147,16 +147,7 @@ mod tests {
     }
 
     fn seq(fed: usize, start: usize, sample: bool) -> ScheduledSeq {
-        ScheduledSeq {
-            id: RequestId(0),
-            tokens: 0..fed,
-            start_pos: start,
-            blocks: 0..0,
-            sample,
-            sampler: SamplerParams::default(),
-            num_generated: 0,
-            feeds_last_sample: false,
-        }
+        crate::sim::test_seq(0, fed, start, sample)
     }
 
     fn output(seqs: Vec<ScheduledSeq>, micro_batches: Vec<std::ops::Range<usize>>) -> SchedulerOutput {

@@ -122,7 +122,6 @@ impl Executor for SimExecutor {
 #[allow(clippy::single_range_in_vec_init)] // one micro-batch is one range, on purpose
 mod tests {
     use super::*;
-    use tandem_core::{RequestId, SamplerParams, ScheduledSeq};
 
     #[test]
     fn kv_pool_is_what_memory_leaves_after_weights() {
@@ -135,16 +134,7 @@ mod tests {
     #[test]
     fn tokens_depend_only_on_request_and_position_and_avoid_eos() {
         let mut e = SimExecutor::new(ModelShape::smollm2_135m(), DeviceProfile::h100(), 16, ClockMode::Virtual);
-        let seq = |id, start| ScheduledSeq {
-            id: RequestId(id),
-            tokens: 0..1,
-            start_pos: start,
-            blocks: 0..0,
-            sample: true,
-            sampler: SamplerParams::default(),
-            num_generated: 0,
-            feeds_last_sample: false,
-        };
+        let seq = |id, start| crate::sim::test_seq(id, 1, start, true);
         let out = SchedulerOutput { seqs: vec![seq(1, 5), seq(2, 5)], micro_batches: vec![0..2], ..Default::default() };
         let a = e.execute(&out).unwrap();
         let b = e.execute(&out).unwrap();

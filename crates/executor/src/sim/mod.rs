@@ -15,3 +15,18 @@ pub use cost::{step_cost, MicroBatchCost, StepCost};
 pub use device::DeviceProfile;
 pub use executor::{ClockMode, SimExecutor};
 pub use shape::ModelShape;
+
+/// A scheduled sequence feeding `fed` tokens from `start`, for this crate's tests.
+#[cfg(test)]
+pub(crate) fn test_seq(id: u64, fed: usize, start: usize, sample: bool) -> tandem_core::ScheduledSeq {
+    tandem_core::ScheduledSeq {
+        id: tandem_core::RequestId(id),
+        tokens: 0..fed,
+        start_pos: start,
+        blocks: 0..0,
+        sample,
+        sampler: tandem_core::SamplerParams::default(),
+        num_generated: 0,
+        feeds_last_sample: false,
+    }
+}
