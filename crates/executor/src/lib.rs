@@ -4,7 +4,10 @@
 //! crate holds the simulated device ([`sim`]); the CPU (candle) and CUDA executors land here too.
 //! Every executor runs the same scheduler: a simulated result is a real scheduling result.
 
+pub mod cpu;
 pub mod sim;
+pub mod store;
+pub mod text;
 
 use tandem_core::{ModelOutput, SchedulerOutput, StreamConfig};
 
@@ -24,7 +27,8 @@ impl KvSpec {
     }
 }
 
-/// Errors an executor reports for a step. The engine fails the step's requests and goes on.
+/// Errors of this crate: loading a model, tokenizing, and running steps. A step error makes
+/// the engine fail that step's requests and go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExecError {
     /// The device failed (out of memory, a kernel error, a lost device).
@@ -33,6 +37,21 @@ pub enum ExecError {
     /// The scheduler output refers to something the executor cannot honour.
     #[error("invalid step: {0}")]
     InvalidStep(String),
+    /// A model file is missing, truncated, malformed or of an unsupported kind.
+    #[error("model file {path}: {problem}")]
+    ModelFile { path: String, problem: String },
+    /// The tokenizer could not be built or failed on input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template could not be parsed or rendered.
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+impl From<candle_core::Error> for ExecError {
+    fn from(e: candle_core::Error) -> Self {
+        ExecError::Device(e.to_string())
+    }
 }
 
 /// Runs scheduler steps. Implementations own the device state (weights, KV pool).

@@ -1,0 +1,121 @@
+//! Causal attention over the paged cache for one sequence's fed tokens (prefill chunk or decode
+//! token), with grouped-query heads. Each token attends to every cached position up to its own,
+//! read through the block table — PagedAttention's access pattern, on the CPU.
+//!
+//! Reductions run in a fixed order (key positions ascending, 8-lane partial sums combined the
+//! same way every time), so a token's result does not depend on which other sequences share the
+//! step or on how its prompt was chunked: the basis of batch invariance.
+
+use tandem_core::BlockId;
+
+use super::kv_cache::PagedKvCache;
+
+/// Dot product with eight independent partial sums (vectorizable, order fixed).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Shapes for one call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Attention of `n` tokens at positions `start..start + n` of one sequence.
+/// `q` is `n × heads × head_dim`; writes `out` with the same layout. The cache must already hold
+/// K/V for every position up to `start + n − 1`.
+pub fn attend_sequence(
+    cache: &PagedKvCache,
+    layer: usize,
+    table: &[BlockId],
+    start: usize,
+    q: &[f32],
+    out: &mut [f32],
+    s: AttnShape,
+    scores: &mut Vec<f32>,
+) {
+    let d = s.head_dim;
+    let group = s.heads / s.kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let n = q.len() / (s.heads * d);
+    for i in 0..n {
+        let ctx = start + i + 1;
+        for kvh in 0..s.kv_heads {
+            scores.clear();
+            scores.resize(group * ctx, 0.0);
+            for j in 0..ctx {
+                let (k, _) = cache.kv_at(layer, table, j);
+                let k = &k[kvh * d..(kvh + 1) * d];
+                for g in 0..group {
+                    let h = kvh * group + g;
+                    let qh = &q[(i * s.heads + h) * d..(i * s.heads + h + 1) * d];
+                    scores[g * ctx + j] = dot(qh, k) * scale;
+                }
+            }
+            for g in 0..group {
+                let row = &mut scores[g * ctx..(g + 1) * ctx];
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut sum = 0.0;
+                for x in row.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                let h = kvh * group + g;
+                let o = &mut out[(i * s.heads + h) * d..(i * s.heads + h + 1) * d];
+                o.fill(0.0);
+                for (j, &w) in row.iter().enumerate() {
+                    let (_, v) = cache.kv_at(layer, table, j);
+                    let v = &v[kvh * d..(kvh + 1) * d];
+                    let w = w * inv;
+                    for (ov, vv) in o.iter_mut().zip(v) {
+                        *ov += w * vv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_the_naive_sum_on_exact_values() {
+        let a: Vec<f32> = (0..19).map(|x| x as f32).collect();
+        let b = vec![1.0f32; 19];
+        assert_eq!(dot(&a, &b), (0..19).sum::<i32>() as f32); // 171
+    }
+
+    #[test]
+    fn one_key_gives_its_value_and_two_equal_keys_average() {
+        // 1 head, dim 2, 1-token blocks.
+        let s = AttnShape { heads: 1, kv_heads: 1, head_dim: 2 };
+        let mut c = PagedKvCache::new(1, 2, 1, 2, 0);
+        let table = [BlockId(0), BlockId(1)];
+        c.write(0, &table, 0, &[1.0, 0.0], &[10.0, 20.0]);
+        let mut out = vec![0.0; 2];
+        let mut scratch = Vec::new();
+        attend_sequence(&c, 0, &table, 0, &[1.0, 1.0], &mut out, s, &mut scratch);
+        assert_eq!(out, vec![10.0, 20.0]); // softmax of one score is 1
+        c.write(0, &table, 1, &[1.0, 0.0], &[30.0, 40.0]);
+        attend_sequence(&c, 0, &table, 1, &[1.0, 1.0], &mut out, s, &mut scratch);
+        assert_eq!(out, vec![20.0, 30.0]); // equal scores: the mean of the two values
+    }
+}

@@ -1,0 +1,162 @@
+//! [`TextTokenizer`]: the `tokenizers` crate (no hub access), built from an HF `tokenizer.json`
+//! or from a GGUF file's `tokenizer.ggml.*` metadata (byte-level BPE, as llama.cpp's `gpt2`
+//! tokenizer model), plus the model's chat template and special tokens.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+
+use super::chat::ChatTemplate;
+use crate::cpu::LlamaConfig;
+use crate::ExecError;
+
+/// A model's tokenizer and chat template.
+#[derive(Debug, Clone)]
+pub struct TextTokenizer {
+    tok: Tokenizer,
+    template: Option<ChatTemplate>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    /// Token ids that end generation (EOS and the template's end-of-turn tokens).
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn tk(e: impl std::fmt::Display) -> ExecError {
+    ExecError::Tokenizer(e.to_string())
+}
+
+fn strings(v: &gguf_file::Value) -> Result<Vec<String>, ExecError> {
+    v.to_vec().map_err(tk)?.iter().map(|x| x.to_string().cloned().map_err(tk)).collect()
+}
+
+impl TextTokenizer {
+    /// From GGUF metadata (`tokenizer.ggml.model = gpt2`).
+    pub fn from_gguf(c: &gguf_file::Content, config: &LlamaConfig) -> Result<Self, ExecError> {
+        let meta = |k: &str| c.metadata.get(k);
+        let model = meta("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        if model != "gpt2" {
+            return Err(tk(format!("tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)")));
+        }
+        let tokens = strings(meta("tokenizer.ggml.tokens").ok_or_else(|| tk("tokenizer.ggml.tokens missing"))?)?;
+        let merges = strings(meta("tokenizer.ggml.merges").ok_or_else(|| tk("tokenizer.ggml.merges missing"))?)?;
+        let types: Vec<i32> = match meta("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
+            Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let merges: Vec<(String, String)> =
+            merges.iter().filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string()))).collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tk)?;
+        let mut tok = Tokenizer::new(bpe);
+        let pre = meta("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        let byte_level = ByteLevel::new(false, true, true);
+        let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
+            // SmolLM: single digits, then GPT-2 byte-level splitting.
+            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+            _ => byte_level.into(),
+        };
+        tok.with_pre_tokenizer(Some(pre_tokenizer));
+        tok.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control (3) and user-defined (4) tokens are matched whole in text, like <|im_start|>.
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == 3 || t == 4)
+            .map(|(s, _)| AddedToken::from(s.clone(), true))
+            .collect();
+        tok.add_special_tokens(&specials);
+        let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
+        let template =
+            meta("tokenizer.chat_template").and_then(|v| v.to_string().ok()).map(|s| ChatTemplate::new(s.clone()));
+        Self::finish(tok, template.transpose()?, name(config.bos_token_id), config)
+    }
+
+    /// From an HF directory: `tokenizer.json`, and `tokenizer_config.json` for the chat template.
+    pub fn from_hf_dir(dir: &Path, config: &LlamaConfig) -> Result<Self, ExecError> {
+        let path = dir.join("tokenizer.json");
+        let tok = Tokenizer::from_file(&path).map_err(|e| ExecError::ModelFile {
+            path: path.display().to_string(),
+            problem: format!("cannot load the tokenizer: {e}"),
+        })?;
+        let tc: Option<serde_json::Value> =
+            std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
+        let template = tc
+            .as_ref()
+            .and_then(|v| v.get("chat_template"))
+            .and_then(|v| v.as_str())
+            .map(|s| ChatTemplate::new(s.to_string()));
+        let text = |key: &str| {
+            tc.as_ref()
+                .and_then(|v| v.get(key))
+                .and_then(|v| v.as_str().map(String::from).or_else(|| v.get("content")?.as_str().map(String::from)))
+        };
+        let bos = text("bos_token").or_else(|| config.bos_token_id.and_then(|i| tok.id_to_token(i)));
+        let mut me = Self::finish(tok, template.transpose()?, bos, config)?;
+        if let Some(eos) = text("eos_token") {
+            me.eos_token = Some(eos.clone());
+            if let Some(id) = me.tok.token_to_id(&eos) {
+                if !me.eos_token_ids.contains(&id) {
+                    me.eos_token_ids.push(id);
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    fn finish(
+        tok: Tokenizer,
+        template: Option<ChatTemplate>,
+        bos: Option<String>,
+        config: &LlamaConfig,
+    ) -> Result<Self, ExecError> {
+        let mut eos_ids = config.eos_token_ids.clone();
+        // End-of-turn tokens of common templates also end a reply.
+        for t in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"] {
+            if let Some(id) = tok.token_to_id(t) {
+                if !eos_ids.contains(&id) {
+                    eos_ids.push(id);
+                }
+            }
+        }
+        let eos = config.eos_token_ids.first().and_then(|&i| tok.id_to_token(i));
+        Ok(Self { tok, template, bos_token: bos, eos_token: eos, eos_token_ids: eos_ids })
+    }
+
+    /// Token ids of `text`; special tokens written in the text are recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ExecError> {
+        Ok(self.tok.encode(text, false).map_err(tk)?.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens omitted.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ExecError> {
+        self.tok.decode(ids, true).map_err(tk)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tok.get_vocab_size(true)
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos_token.as_deref()
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+
+    /// Renders `messages` with the model's chat template (with the assistant's turn opened).
+    pub fn apply_chat_template(&self, messages: &[super::ChatMessage]) -> Result<String, ExecError> {
+        let t = self.template.as_ref().ok_or_else(|| ExecError::Template("the model has no chat template".into()))?;
+        t.render(messages, true, self.bos_token(), self.eos_token())
+    }
+}

@@ -1,0 +1,123 @@
+//! The real model on the CPU: parity with an independent numpy forward, end-to-end text, and
+//! clear errors for bad model files. Uses the embedded default model (fetched once into the
+//! cache by `tandem_executor::store::default_model`).
+
+use std::sync::OnceLock;
+
+use tandem_core::BlockId;
+use tandem_executor::cpu::{load_model, LoadedModel, PagedKvCache};
+use tandem_executor::store::default_model;
+use tandem_executor::text::{ChatMessage, IncrementalDecoder};
+use tandem_executor::ExecError;
+
+fn model() -> &'static LoadedModel {
+    static M: OnceLock<LoadedModel> = OnceLock::new();
+    M.get_or_init(|| load_model(&default_model().expect("fetch the default model")).expect("load"))
+}
+
+/// Last-position logits of `ids`, run as one prefill through a fresh paged cache.
+fn logits(ids: &[u32]) -> Vec<f32> {
+    let m = &model().model;
+    let c = &m.config;
+    let mut cache = PagedKvCache::new(c.layers, c.kv_dim(), 16, 64, 0);
+    let table: Vec<BlockId> = (0..64).map(BlockId).collect();
+    let positions: Vec<usize> = (0..ids.len()).collect();
+    let seq = tandem_executor::cpu::SeqSlice { start_row: 0, len: ids.len(), start_pos: 0, table: &table };
+    m.forward(ids, &positions, &[seq], &[ids.len() - 1], &mut cache).unwrap().remove(0)
+}
+
+#[test]
+fn logits_match_the_independent_numpy_reference() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_parity");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}.json")).unwrap()).unwrap();
+    let raw = std::fs::read(format!("{dir}.bin")).unwrap();
+    let expected: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let vocab = meta["vocab"].as_u64().unwrap() as usize;
+    for (i, prompt) in meta["prompts"].as_array().unwrap().iter().enumerate() {
+        let ids: Vec<u32> = prompt.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got = logits(&ids);
+        let want = &expected[i * vocab..(i + 1) * vocab];
+        let max_diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("prompt {i}: {} tokens, max |Δlogit| = {max_diff:.2e}", ids.len());
+        assert!(max_diff <= 1e-3, "prompt {i}: max |Δlogit| = {max_diff}");
+        let argmax = got.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(argmax as u64, meta["argmax"][i].as_u64().unwrap(), "prompt {i}: argmax");
+    }
+}
+
+#[test]
+fn greedy_chat_answers_the_capital_of_france() {
+    let m = model();
+    let prompt =
+        m.tokenizer.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")]).unwrap();
+    assert!(prompt.contains("<|im_start|>assistant"), "{prompt}");
+    let mut ids = m.tokenizer.encode(&prompt).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..12 {
+        let l = logits(&ids);
+        let next = l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        if m.tokenizer.eos_token_ids.contains(&next) {
+            break;
+        }
+        out.push(next);
+        ids.push(next);
+    }
+    let text = m.tokenizer.decode(&out).unwrap();
+    assert!(text.contains("Paris"), "answer: {text:?}");
+}
+
+#[test]
+fn tokenizer_round_trips_and_streams_whole_characters() {
+    let t = &model().tokenizer;
+    for text in ["Hello, world! 12345", "naïve café — 東京 🚀", "<|im_start|>user\nhi<|im_end|>"] {
+        let ids = t.encode(text).unwrap();
+        let mut dec = IncrementalDecoder::new();
+        let mut streamed = String::new();
+        for &id in &ids {
+            let delta = dec.push(t, id).unwrap();
+            assert!(!delta.contains('\u{FFFD}'), "{text:?}: broken character in {delta:?}");
+            streamed.push_str(&delta);
+        }
+        streamed.push_str(&dec.flush(t).unwrap());
+        let plain = t.decode(&ids).unwrap();
+        assert_eq!(streamed, plain, "{text:?}");
+        if !text.starts_with('<') {
+            assert_eq!(plain, text);
+        }
+    }
+    // Digits are split one by one (SmolLM's pre-tokenizer).
+    assert_eq!(t.encode("2024").unwrap().len(), 4);
+    // Special tokens are single ids.
+    assert_eq!(t.encode("<|im_start|>").unwrap().len(), 1);
+}
+
+#[test]
+fn bad_model_files_are_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("tandem-badmodel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("nope.gguf");
+    match load_model(&missing) {
+        Err(ExecError::ModelFile { path, problem }) => {
+            assert!(path.contains("nope.gguf") && problem.contains("no such file"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let garbage = dir.join("garbage.gguf");
+    std::fs::write(&garbage, b"definitely not a model").unwrap();
+    assert!(matches!(load_model(&garbage), Err(ExecError::ModelFile { .. })));
+    // A truncated copy of the real file: the header reads, a tensor does not.
+    let real = std::fs::read(default_model().unwrap()).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &real[..real.len() / 2]).unwrap();
+    match load_model(&truncated) {
+        Err(ExecError::ModelFile { path, problem }) => assert!(path.contains("truncated.gguf"), "{problem}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let no_config = dir.join("hfdir");
+    std::fs::create_dir_all(&no_config).unwrap();
+    assert!(
+        matches!(load_model(&no_config), Err(ExecError::ModelFile { problem, .. }) if problem.contains("config.json"))
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
