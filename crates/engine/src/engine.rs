@@ -47,6 +47,7 @@ impl Default for EngineConfig {
 pub(crate) enum Control {
     Add(NewRequest, UnboundedSender<RequestEvent>),
     Abort(RequestId),
+    Finish(RequestId, FinishReason),
     SetBatching(BatchingKind, mpsc::Sender<Result<(), EngineError>>),
     SetStreams(StreamConfig, mpsc::Sender<Result<(), EngineError>>),
     Shutdown,
@@ -123,6 +124,11 @@ impl Engine {
     /// Aborts a request by id (the handle's drop does this too).
     pub fn abort(&self, id: RequestId) {
         let _ = self.control.send(Control::Abort(id));
+    }
+
+    /// Ends a request for a reason found outside the scheduler (a stop string).
+    pub fn finish_request(&self, id: RequestId, reason: FinishReason) {
+        let _ = self.control.send(Control::Finish(id, reason));
     }
 
     /// Switches the batching strategy from the next step on.
@@ -342,6 +348,11 @@ impl StepLoop {
             }
             Control::Abort(id) => {
                 if let Ok(delta) = self.sched.abort(id) {
+                    self.dispatch(&[delta]);
+                }
+            }
+            Control::Finish(id, reason) => {
+                if let Ok(delta) = self.sched.finish_request(id, reason) {
                     self.dispatch(&[delta]);
                 }
             }

@@ -19,6 +19,7 @@ mod handle;
 pub mod report;
 pub mod sim;
 mod stats;
+mod text_stream;
 pub mod workload;
 
 pub use drive::run_workload;
@@ -28,4 +29,5 @@ pub use handle::{RequestEvent, RequestHandle};
 pub use report::{Percentiles, RequestRecord, RunSummary};
 pub use sim::{simulate, SimConfig, SimResult};
 pub use stats::EngineStats;
+pub use text_stream::{StopMatcher, TextEvent, TextStream};
 pub use workload::{Arrival, LengthDist, WorkloadRequest, WorkloadSpec};

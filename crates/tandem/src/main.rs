@@ -1,5 +1,7 @@
 //! The `tandem` binary: parses arguments and calls the crates. Nothing else lives here.
 
+mod generate;
+mod model;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -14,7 +16,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the embedded default model over an OpenAI-compatible HTTP API.
-    Serve,
+    Serve(model::ModelArgs),
+    /// Generate a reply to one prompt with a real model (the embedded default unless --model).
+    Generate(Box<generate::GenerateArgs>),
     /// Simulate a workload on a modelled device with the real scheduler (virtual time).
     Simulate(Box<simulate::SimulateArgs>),
 }
@@ -22,11 +26,25 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Serve => {
-            println!("tandem serve: not yet — model execution and the HTTP server land with issues 4 and 5.");
-            println!("Meanwhile `tandem simulate` runs the scheduler on a modelled device.");
-            0
-        }
+        Command::Serve(args) => match model::start(&args) {
+            Ok(running) => {
+                println!("tandem serve: model ready: {}", running.describe);
+                println!("tandem serve: not yet — the OpenAI-compatible HTTP server lands with issue 5.");
+                println!("Meanwhile: `tandem generate --prompt \"...\"` runs the same engine and model.");
+                0
+            }
+            Err(e) => {
+                eprintln!("tandem serve: {e}");
+                2
+            }
+        },
+        Command::Generate(args) => match generate::run(*args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("tandem generate: {e}");
+                2
+            }
+        },
         Command::Simulate(args) => match simulate::run(*args) {
             Ok(()) => 0,
             Err(e) => {

