@@ -43,7 +43,8 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<(), String> {
-    if !(a.temperature.is_finite() && a.temperature >= 0.0) || !(a.top_p > 0.0 && a.top_p <= 1.0) || a.max_tokens == 0 {
+    let sane = a.temperature.is_finite() && a.temperature >= 0.0 && a.top_p > 0.0 && a.top_p <= 1.0;
+    if !sane || a.max_tokens == 0 {
         return Err("need temperature >= 0, 0 < top_p <= 1 and max_tokens >= 1".into());
     }
     let load = Instant::now();

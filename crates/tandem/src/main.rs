@@ -1,5 +1,6 @@
 //! The `tandem` binary: parses arguments and calls the crates. Nothing else lives here.
 
+mod bench_model;
 mod generate;
 mod model;
 mod simulate;
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Serve the embedded default model over an OpenAI-compatible HTTP API.
     Serve(model::ModelArgs),
+    /// Measure the CPU executor: decode tokens/s by batch size, prefill tokens/s.
+    BenchModel(bench_model::BenchModelArgs),
     /// Generate a reply to one prompt with a real model (the embedded default unless --model).
     Generate(Box<generate::GenerateArgs>),
     /// Simulate a workload on a modelled device with the real scheduler (virtual time).
@@ -35,6 +38,13 @@ fn main() {
             }
             Err(e) => {
                 eprintln!("tandem serve: {e}");
+                2
+            }
+        },
+        Command::BenchModel(args) => match bench_model::run(args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("tandem bench-model: {e}");
                 2
             }
         },

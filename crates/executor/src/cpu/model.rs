@@ -7,12 +7,16 @@
 //! contiguous f32; weights are stored pre-transposed (`in × out`).
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use tandem_core::BlockId;
 
 use super::attention::{attend_sequence, AttnShape};
 use super::config::{LlamaConfig, RopeStyle};
 use super::kv_cache::PagedKvCache;
 use crate::ExecError;
+
+/// Most tokens of one sequence per attention work item (parallelism within long prefills).
+const ATTN_CHUNK: usize = 16;
 
 /// One transformer block's weights.
 #[derive(Debug)]
@@ -129,7 +133,6 @@ impl LlamaModel {
         let idx = Tensor::from_slice(ids, t, &dev)?;
         let mut x = self.embed.index_select(&idx, 0)?;
         let mut attn_out = vec![0.0f32; t * qd];
-        let mut scratch = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
             let mut qkv = h.matmul(&layer.wqkv)?;
@@ -146,25 +149,35 @@ impl LlamaModel {
                 }
             }
             for s in seqs {
-                for r in s.start_row..s.start_row + s.len {
+                let rows = s.start_row..s.start_row + s.len;
+                for (r, &pos) in rows.clone().zip(&positions[rows]) {
                     let base = r * row;
-                    cache.write(
-                        li,
-                        s.table,
-                        positions[r],
-                        &qkv[base + qd..base + qd + kvd],
-                        &qkv[base + qd + kvd..base + row],
-                    );
+                    cache.write(li, s.table, pos, &qkv[base + qd..base + qd + kvd], &qkv[base + qd + kvd..base + row]);
                 }
             }
+            // Work items of at most ATTN_CHUNK tokens of one sequence, spread over the cores.
+            let mut items = Vec::new();
+            let mut rest: &mut [f32] = &mut attn_out;
             for s in seqs {
-                let mut q = Vec::with_capacity(s.len * qd);
-                for r in s.start_row..s.start_row + s.len {
-                    q.extend_from_slice(&qkv[r * row..r * row + qd]);
+                let mut first = 0;
+                while first < s.len {
+                    let len = ATTN_CHUNK.min(s.len - first);
+                    let (mine, tail) = std::mem::take(&mut rest).split_at_mut(len * qd);
+                    rest = tail;
+                    items.push((s, first, len, mine));
+                    first += len;
                 }
-                let out = &mut attn_out[s.start_row * qd..(s.start_row + s.len) * qd];
-                attend_sequence(cache, li, s.table, s.start_pos, &q, out, shape, &mut scratch);
             }
+            let cache_ref: &PagedKvCache = cache;
+            let qkv_ref = &qkv;
+            let run = |scratch: &mut Vec<f32>, (s, first, len, out): (&SeqSlice<'_>, usize, usize, &mut [f32])| {
+                let mut q = Vec::with_capacity(len * qd);
+                for r in s.start_row + first..s.start_row + first + len {
+                    q.extend_from_slice(&qkv_ref[r * row..r * row + qd]);
+                }
+                attend_sequence(cache_ref, li, s.table, s.start_pos + first, &q, out, shape, scratch);
+            };
+            items.into_par_iter().for_each_init(Vec::new, run);
             let a = Tensor::from_slice(&attn_out, (t, qd), &dev)?;
             x = (x + a.matmul(&layer.wo)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.rms_eps as f32)?;

@@ -1,0 +1,95 @@
+//! `tandem bench-model`: the CPU executor's raw speed — aggregate decode tokens/s at several
+//! batch sizes (each sequence with a real cached context) and prefill tokens/s — driving the
+//! executor with the same `SchedulerOutput`s the scheduler would emit.
+
+use std::time::Instant;
+
+use clap::Args;
+use tandem_core::{BlockId, RequestId, SamplerParams, ScheduledSeq, SchedulerOutput};
+use tandem_executor::cpu::{load_model, CpuExecutor};
+use tandem_executor::Executor;
+
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// A .gguf file or HF directory; default: the embedded model.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    /// Decode batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    batch: Vec<usize>,
+    /// Cached context per sequence before decoding.
+    #[arg(long, default_value_t = 128)]
+    context: usize,
+    /// Decode steps timed per batch size.
+    #[arg(long, default_value_t = 16)]
+    steps: usize,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    prefill: usize,
+}
+
+const BS: usize = 16;
+
+/// A step feeding `fed` tokens to each of `n` sequences at `start`, sequence `i` owning blocks
+/// `i * per_seq ..`.
+fn step(n: usize, per_seq: usize, start: usize, fed: usize, sample: bool) -> SchedulerOutput {
+    let mut out = SchedulerOutput::default();
+    for i in 0..n {
+        let t0 = out.token_ids.len();
+        out.token_ids.extend((0..fed).map(|j| ((i * 131 + start + j) % 40_000 + 100) as u32));
+        let b0 = out.block_ids.len();
+        out.block_ids.extend((0..per_seq).map(|b| BlockId((i * per_seq + b) as u32)));
+        out.seqs.push(ScheduledSeq {
+            id: RequestId(i as u64),
+            tokens: t0..t0 + fed,
+            start_pos: start,
+            blocks: b0..out.block_ids.len(),
+            sample,
+            sampler: SamplerParams::default(),
+            num_generated: 0,
+            feeds_last_sample: false,
+        });
+    }
+    out.num_batched_tokens = n * fed;
+    out.micro_batches.push(0..n);
+    out
+}
+
+pub fn run(a: BenchModelArgs) -> Result<(), String> {
+    let path = match a.model {
+        Some(p) => p,
+        None => tandem_executor::store::default_model().map_err(|e| e.to_string())?,
+    };
+    let max_batch = a.batch.iter().copied().max().unwrap_or(1);
+    let per_seq = (a.context + a.steps + 1).max(a.prefill + 1).div_ceil(BS);
+    let model = load_model(&path).map_err(|e| e.to_string())?.model;
+    let mut exec = CpuExecutor::new(model, BS, max_batch * per_seq, 0);
+    println!("{}", exec.describe());
+    println!("threads: {}", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Prefill: one prompt of `prefill` tokens in chunks of 512.
+    let t = Instant::now();
+    let mut pos = 0;
+    while pos < a.prefill {
+        let n = 512.min(a.prefill - pos);
+        exec.execute(&step(1, per_seq, pos, n, pos + n == a.prefill)).map_err(|e| e.to_string())?;
+        pos += n;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("prefill  {} tokens: {:.2} s → {:.0} tokens/s", a.prefill, secs, a.prefill as f64 / secs);
+    for &b in &a.batch {
+        // Fill each sequence's context, then time decode steps.
+        exec.execute(&step(b, per_seq, 0, a.context, true)).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        for s in 0..a.steps {
+            exec.execute(&step(b, per_seq, a.context + s, 1, true)).map_err(|e| e.to_string())?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "decode batch {b:>3} (context {}): {:.1} ms/step → {:.0} tokens/s",
+            a.context,
+            secs * 1e3 / a.steps as f64,
+            (b * a.steps) as f64 / secs
+        );
+    }
+    Ok(())
+}
