@@ -82,3 +82,26 @@ fn simulate_through_the_engine_thread_reports_hidden_cpu() {
     assert!(stdout.contains("async scheduling on") && stdout.contains("async scheduling off"), "{stdout}");
     assert!(stdout.contains("hidden behind the device"), "{stdout}");
 }
+
+#[test]
+fn generate_answers_with_the_default_model() {
+    let (code, stdout, stderr) =
+        tandem(&["generate", "--prompt", "What is the capital of France?", "--max-tokens", "16"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stderr.contains("finish stop"), "{stderr}");
+    // A stop string cuts the text before it, and the request ends with reason stop.
+    let (code, stdout, stderr) = tandem(&["generate", "--prompt", "What is the capital of France?", "--stop", "Paris"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains("Paris") && stderr.contains("finish stop"), "{stdout} / {stderr}");
+}
+
+#[test]
+fn generate_reports_bad_models_and_options_clearly() {
+    let (code, _, stderr) = tandem(&["generate", "--model", "/no/such/model.gguf", "--prompt", "hi"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("/no/such/model.gguf") && stderr.contains("no such file"), "{stderr}");
+    let (code, _, stderr) = tandem(&["generate", "--prompt", "hi", "--top-p", "0"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("top_p"), "{stderr}");
+}
