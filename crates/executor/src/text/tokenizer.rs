@@ -138,6 +138,11 @@ impl TextTokenizer {
         self.tok.decode(ids, true).map_err(tk)
     }
 
+    /// Writes the tokenizer as an HF `tokenizer.json`.
+    pub fn save_json(&self, path: &Path) -> Result<(), ExecError> {
+        self.tok.save(path, false).map_err(tk)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.tok.get_vocab_size(true)
     }
