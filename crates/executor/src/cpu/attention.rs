@@ -61,58 +61,40 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
-/// Attention of `n` tokens at positions `start..start + n` of one sequence.
-/// `q` is `n × heads × head_dim`; writes `out` with the same layout. The cache must already hold
-/// K/V for every position up to `start + n − 1`. Runs the AVX2+FMA kernel where the CPU has it
-/// (chosen at run time, so the binary still runs on a plain x86-64 machine).
-#[allow(clippy::too_many_arguments)]
-pub fn attend_sequence(
-    cache: &PagedKvCache,
-    layer: usize,
-    table: &[BlockId],
-    start: usize,
-    q: &[f32],
-    out: &mut [f32],
-    s: AttnShape,
-    scores: &mut Vec<f32>,
-) {
+/// One sequence's attention call: `n` fed tokens at positions `start..start + n`, their
+/// queries `q` (`n × heads × head_dim`), read through `table` in layer `layer` of `cache`.
+#[derive(Clone, Copy)]
+pub struct AttnCall<'a> {
+    pub cache: &'a PagedKvCache,
+    pub layer: usize,
+    pub table: &'a [BlockId],
+    pub start: usize,
+    pub q: &'a [f32],
+    pub shape: AttnShape,
+}
+
+/// Writes the attention output of `call` into `out` (same layout as `q`). The cache must already
+/// hold K/V for every position up to `start + n − 1`. Runs the AVX2+FMA kernel where the CPU has
+/// it (chosen at run time, so the binary still runs on a plain x86-64 machine).
+pub fn attend_sequence(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked above).
-        unsafe { attend_avx2(cache, layer, table, start, q, out, s, scores) };
+        unsafe { attend_avx2(call, out, scores) };
         return;
     }
-    attend_impl::<false>(cache, layer, table, start, q, out, s, scores)
+    attend_impl::<false>(call, out, scores)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(
-    cache: &PagedKvCache,
-    layer: usize,
-    table: &[BlockId],
-    start: usize,
-    q: &[f32],
-    out: &mut [f32],
-    s: AttnShape,
-    scores: &mut Vec<f32>,
-) {
-    attend_impl::<true>(cache, layer, table, start, q, out, s, scores)
+unsafe fn attend_avx2(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    attend_impl::<true>(call, out, scores)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_impl<const FMA: bool>(
-    cache: &PagedKvCache,
-    layer: usize,
-    table: &[BlockId],
-    start: usize,
-    q: &[f32],
-    out: &mut [f32],
-    s: AttnShape,
-    scores: &mut Vec<f32>,
-) {
+fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    let AttnCall { cache, layer, table, start, q, shape: s } = call;
     let d = s.head_dim;
     let group = s.heads / s.kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
@@ -174,10 +156,18 @@ mod tests {
         c.write(0, &table, 0, &[1.0, 0.0], &[10.0, 20.0]);
         let mut out = vec![0.0; 2];
         let mut scratch = Vec::new();
-        attend_sequence(&c, 0, &table, 0, &[1.0, 1.0], &mut out, s, &mut scratch);
+        attend_sequence(
+            AttnCall { cache: &c, layer: 0, table: &table, start: 0, q: &[1.0, 1.0], shape: s },
+            &mut out,
+            &mut scratch,
+        );
         assert_eq!(out, vec![10.0, 20.0]); // softmax of one score is 1
         c.write(0, &table, 1, &[1.0, 0.0], &[30.0, 40.0]);
-        attend_sequence(&c, 0, &table, 1, &[1.0, 1.0], &mut out, s, &mut scratch);
+        attend_sequence(
+            AttnCall { cache: &c, layer: 0, table: &table, start: 1, q: &[1.0, 1.0], shape: s },
+            &mut out,
+            &mut scratch,
+        );
         assert_eq!(out, vec![20.0, 30.0]); // equal scores: the mean of the two values
     }
 }

@@ -74,37 +74,35 @@ impl PagedKvCache {
         (&self.k[layer][o..o + self.kv_dim], &self.v[layer][o..o + self.kv_dim])
     }
 
-    fn block_range(&self, index: usize) -> std::ops::Range<usize> {
-        let n = self.block_size * self.kv_dim;
-        index * n..(index + 1) * n
+    /// Copies block `src` of `from` to block `dst` of `to`, every layer.
+    fn copy_block(from: &[Vec<f32>], to: &mut [Vec<f32>], src: usize, dst: usize, n: usize) {
+        for (f, t) in from.iter().zip(to.iter_mut()) {
+            t[dst * n..(dst + 1) * n].copy_from_slice(&f[src * n..(src + 1) * n]);
+        }
     }
 
     /// Copies device blocks to the host tier.
     pub fn swap_out(&mut self, pairs: &[(BlockId, HostBlockId)]) -> Result<(), ExecError> {
+        let n = self.block_size * self.kv_dim;
         for &(d, h) in pairs {
             if d.index() >= self.num_blocks || h.index() >= self.num_host_blocks {
                 return Err(ExecError::InvalidStep(format!("swap-out pair ({}, {}) out of range", d.0, h.0)));
             }
-            let (src, dst) = (self.block_range(d.index()), self.block_range(h.index()));
-            for l in 0..self.k.len() {
-                self.host_k[l][dst.clone()].copy_from_slice(&self.k[l][src.clone()]);
-                self.host_v[l][dst.clone()].copy_from_slice(&self.v[l][src.clone()]);
-            }
+            Self::copy_block(&self.k, &mut self.host_k, d.index(), h.index(), n);
+            Self::copy_block(&self.v, &mut self.host_v, d.index(), h.index(), n);
         }
         Ok(())
     }
 
     /// Copies host blocks back to the device tier.
     pub fn swap_in(&mut self, pairs: &[(HostBlockId, BlockId)]) -> Result<(), ExecError> {
+        let n = self.block_size * self.kv_dim;
         for &(h, d) in pairs {
             if d.index() >= self.num_blocks || h.index() >= self.num_host_blocks {
                 return Err(ExecError::InvalidStep(format!("swap-in pair ({}, {}) out of range", h.0, d.0)));
             }
-            let (src, dst) = (self.block_range(h.index()), self.block_range(d.index()));
-            for l in 0..self.k.len() {
-                self.k[l][dst.clone()].copy_from_slice(&self.host_k[l][src.clone()]);
-                self.v[l][dst.clone()].copy_from_slice(&self.host_v[l][src.clone()]);
-            }
+            Self::copy_block(&self.host_k, &mut self.k, h.index(), d.index(), n);
+            Self::copy_block(&self.host_v, &mut self.v, h.index(), d.index(), n);
         }
         Ok(())
     }

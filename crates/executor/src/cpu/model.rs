@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use tandem_core::BlockId;
 
-use super::attention::{attend_sequence, AttnShape};
+use super::attention::{attend_sequence, AttnCall, AttnShape};
 use super::config::{LlamaConfig, RopeStyle};
 use super::kv_cache::PagedKvCache;
 use crate::ExecError;
@@ -175,7 +175,9 @@ impl LlamaModel {
                 for r in s.start_row + first..s.start_row + first + len {
                     q.extend_from_slice(&qkv_ref[r * row..r * row + qd]);
                 }
-                attend_sequence(cache_ref, li, s.table, s.start_pos + first, &q, out, shape, scratch);
+                let call =
+                    AttnCall { cache: cache_ref, layer: li, table: s.table, start: s.start_pos + first, q: &q, shape };
+                attend_sequence(call, out, scratch);
             };
             items.into_par_iter().for_each_init(Vec::new, run);
             let a = Tensor::from_slice(&attn_out, (t, qd), &dev)?;
