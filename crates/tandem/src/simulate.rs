@@ -247,8 +247,9 @@ fn workload(a: &SimulateArgs) -> CliResult<WorkloadSpec> {
 }
 
 pub fn run(a: SimulateArgs) -> CliResult<()> {
-    let model = ModelShape::by_name(&a.model).ok_or_else(|| format!("unknown model `{}`", a.model))?;
+    let mut model = ModelShape::by_name(&a.model).ok_or_else(|| format!("unknown model `{}`", a.model))?;
     let device = DeviceProfile::by_name(&a.device).ok_or_else(|| format!("unknown device `{}`", a.device))?;
+    model.dtype_bytes = device.dtype_bytes; // as the device's executor stores weights and KV
     let base = base_config(&a, &model, &device)?;
     let configs = configurations(&a, &base)?;
     let spec = workload(&a)?;

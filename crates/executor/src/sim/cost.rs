@@ -143,6 +143,7 @@ mod tests {
             step_overhead: Duration::ZERO,
             stream_overhead: Duration::ZERO,
             concurrent_streams: true,
+            dtype_bytes: 2,
         }
     }
 

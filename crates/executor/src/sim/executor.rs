@@ -31,7 +31,9 @@ pub struct SimExecutor {
 }
 
 impl SimExecutor {
-    pub fn new(model: ModelShape, device: DeviceProfile, block_size: usize, clock: ClockMode) -> Self {
+    /// A simulated `model` on `device`; the model is stored at the device's element size.
+    pub fn new(mut model: ModelShape, device: DeviceProfile, block_size: usize, clock: ClockMode) -> Self {
+        model.dtype_bytes = device.dtype_bytes;
         Self {
             model,
             device,
