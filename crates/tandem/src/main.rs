@@ -3,6 +3,7 @@
 mod bench_model;
 mod generate;
 mod model;
+mod serve;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +18,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the embedded default model over an OpenAI-compatible HTTP API.
-    Serve(model::ModelArgs),
+    Serve(serve::ServeArgs),
     /// Measure the CPU executor: decode tokens/s by batch size, prefill tokens/s.
     BenchModel(bench_model::BenchModelArgs),
     /// Generate a reply to one prompt with a real model (the embedded default unless --model).
@@ -29,13 +30,8 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Serve(args) => match model::start(&args) {
-            Ok(running) => {
-                println!("tandem serve: model ready: {}", running.describe);
-                println!("tandem serve: not yet — the OpenAI-compatible HTTP server lands with issue 5.");
-                println!("Meanwhile: `tandem generate --prompt \"...\"` runs the same engine and model.");
-                0
-            }
+        Command::Serve(args) => match serve::run(args) {
+            Ok(()) => 0,
             Err(e) => {
                 eprintln!("tandem serve: {e}");
                 2

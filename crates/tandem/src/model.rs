@@ -31,6 +31,9 @@ pub struct Running {
     pub engine: Engine,
     pub tokenizer: TextTokenizer,
     pub describe: String,
+    /// The model's name for clients (the file or directory name without extension).
+    pub name: String,
+    pub max_model_len: usize,
 }
 
 pub fn start(args: &ModelArgs) -> Result<Running, String> {
@@ -56,5 +59,7 @@ pub fn start(args: &ModelArgs) -> Result<Running, String> {
     let engine =
         Engine::start(EngineConfig { scheduler, max_queued: 1024, async_scheduling: true }, Box::new(executor))
             .map_err(|e| e.to_string())?;
-    Ok(Running { engine, tokenizer: loaded.tokenizer, describe })
+    let name = path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let name = name.split('.').next().unwrap_or("model").to_string();
+    Ok(Running { engine, tokenizer: loaded.tokenizer, describe, name, max_model_len: max_model_len.max(2) })
 }

@@ -1,0 +1,91 @@
+//! [`ApiError`]: every failure as OpenAI-shaped JSON (`{"error": {"message", "type", "param",
+//! "code"}}`) with the right HTTP status.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tandem_engine::EngineError;
+
+/// An HTTP-level error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a parameter is out of range (400).
+    #[error("{message}")]
+    Invalid { message: String, param: Option<&'static str> },
+    /// No such model or route (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The body is larger than the server accepts (413).
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    /// The queue is full (429, with Retry-After).
+    #[error("the server is busy ({queued} requests queued); retry after {retry_after:?}")]
+    Busy { queued: usize, retry_after: Duration },
+    /// The engine is not running (503).
+    #[error("the engine is not available")]
+    Unavailable,
+    /// The engine or model failed (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Invalid { message: message.into(), param: Some(param) }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Invalid { .. } | ApiError::TooLarge(_) => "invalid_request_error",
+            ApiError::NotFound(_) => "not_found_error",
+            ApiError::Busy { .. } => "rate_limit_error",
+            ApiError::Unavailable | ApiError::Internal(_) => "server_error",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let param = match self {
+            ApiError::Invalid { param, .. } => *param,
+            _ => None,
+        };
+        serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "param": param, "code": self.status().as_u16()}})
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::QueueFull { queued, retry_after } => ApiError::Busy { queued, retry_after },
+            EngineError::Scheduler(s) => ApiError::Invalid { message: s.to_string(), param: None },
+            EngineError::NotRunning => ApiError::Unavailable,
+            EngineError::Executor(m) => ApiError::Internal(m),
+            EngineError::Timeout => ApiError::Internal("timed out".into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        if let ApiError::Busy { retry_after, .. } = &self {
+            let secs = retry_after.as_secs().max(1).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}

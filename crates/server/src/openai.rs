@@ -1,0 +1,208 @@
+//! OpenAI request bodies, parsed and validated at the boundary into a [`GenRequest`] (nothing
+//! JSON-shaped goes further in). Unknown fields are ignored, as OpenAI's API does.
+
+use serde::Deserialize;
+use tandem_core::SamplerParams;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+/// Fields shared by both endpoints.
+#[derive(Debug, Deserialize)]
+pub struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// Extension (vLLM): top-k filtering.
+    pub top_k: Option<i64>,
+    pub seed: Option<u64>,
+    pub stop: Option<StopInput>,
+    pub n: Option<i64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Extension (vLLM): keep generating past EOS.
+    pub ignore_eos: Option<bool>,
+    /// Extension (tandem): larger is more urgent (the Priority queue policy uses it).
+    pub priority: Option<i32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionBody {
+    pub prompt: PromptInput,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessageIn {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatBody {
+    pub messages: Vec<ChatMessageIn>,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+/// A validated generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampler: SamplerParams,
+    pub stop: Vec<String>,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub ignore_eos: bool,
+    pub priority: i32,
+}
+
+/// Most choices per request.
+pub const MAX_N: usize = 16;
+
+/// Parses a JSON body, turning serde's message into a 400.
+pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::Invalid { message: format!("invalid request body: {e}"), param: None })
+}
+
+impl Common {
+    /// Checks ranges and builds the request for `prompt` (already tokenized).
+    pub fn validate(&self, prompt: Vec<u32>, max_model_len: usize) -> Result<GenRequest, ApiError> {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "the prompt is empty"));
+        }
+        if prompt.len() >= max_model_len {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("the prompt has {} tokens; this model's context is {max_model_len}", prompt.len()),
+            ));
+        }
+        let room = max_model_len - prompt.len();
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            None => room.min(256),
+            Some(m) if m < 1 => {
+                return Err(ApiError::invalid("max_tokens", format!("max_tokens must be at least 1, got {m}")))
+            }
+            Some(m) if m as u64 > room as u64 => {
+                return Err(ApiError::invalid(
+                    "max_tokens",
+                    format!(
+                        "max_tokens {m} + {} prompt tokens exceeds the {max_model_len}-token context",
+                        prompt.len()
+                    ),
+                ))
+            }
+            Some(m) => m as usize,
+        };
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
+            return Err(ApiError::invalid("temperature", "temperature must be between 0 and 2"));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid("top_p", "top_p must be in (0, 1]"));
+        }
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if k > 0 && k <= u32::MAX as i64 => k as u32,
+            Some(k) => return Err(ApiError::invalid("top_k", format!("top_k must be -1, 0 or positive, got {k}"))),
+        };
+        let n = match self.n {
+            None => 1,
+            Some(n) if n >= 1 && n as usize <= MAX_N => n as usize,
+            Some(n) => return Err(ApiError::invalid("n", format!("n must be between 1 and {MAX_N}, got {n}"))),
+        };
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(StopInput::One(s)) => vec![s.clone()],
+            Some(StopInput::Many(v)) if v.len() <= 4 => v.clone(),
+            Some(StopInput::Many(_)) => return Err(ApiError::invalid("stop", "at most 4 stop sequences")),
+        };
+        Ok(GenRequest {
+            prompt,
+            max_tokens,
+            sampler: SamplerParams { temperature: temperature as f32, top_k, top_p: top_p as f32, seed: self.seed },
+            stop,
+            n,
+            stream: self.stream.unwrap_or(false),
+            include_usage: self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            priority: self.priority.unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(json: &str) -> Common {
+        parse(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn validation_rejects_each_bad_parameter() {
+        let p = vec![1, 2, 3];
+        for (json, param) in [
+            (r#"{"max_tokens": 0}"#, "max_tokens"),
+            (r#"{"max_tokens": -5}"#, "max_tokens"),
+            (r#"{"max_tokens": 1000000000000}"#, "max_tokens"),
+            (r#"{"temperature": 3}"#, "temperature"),
+            (r#"{"top_p": 0}"#, "top_p"),
+            (r#"{"top_k": -7}"#, "top_k"),
+            (r#"{"n": 0}"#, "n"),
+            (r#"{"n": 17}"#, "n"),
+            (r#"{"stop": ["a","b","c","d","e"]}"#, "stop"),
+        ] {
+            match common(json).validate(p.clone(), 100) {
+                Err(ApiError::Invalid { param: Some(got), .. }) => assert_eq!(got, param, "{json}"),
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+        // 100-token context: 97 + 3 = 100 fits, 98 does not.
+        assert!(common(r#"{"max_tokens": 97}"#).validate(p.clone(), 100).is_ok());
+        assert!(common(r#"{"max_tokens": 98}"#).validate(p.clone(), 100).is_err());
+        assert!(common("{}").validate(vec![], 100).is_err());
+        assert!(common("{}").validate(vec![0; 100], 100).is_err(), "no room left to generate");
+    }
+
+    #[test]
+    fn defaults_and_extensions() {
+        let r = common(r#"{"stop": "x", "top_k": 5, "seed": 9, "ignore_eos": true, "priority": 3, "stream": true, "stream_options": {"include_usage": true}}"#)
+            .validate(vec![1], 100)
+            .unwrap();
+        assert_eq!(
+            (r.stop, r.sampler.top_k, r.sampler.seed, r.ignore_eos, r.priority),
+            (vec!["x".to_string()], 5, Some(9), true, 3)
+        );
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.max_tokens, 99, "default: min(room, 256)");
+        assert!(parse::<Common>(b"{not json").is_err());
+        assert!(parse::<Common>(br#"{"max_tokens": "ten"}"#).is_err(), "wrong types are 400s");
+    }
+}

@@ -1,0 +1,184 @@
+//! The HTTP routes: `/health`, `/ready`, `/v1/models`, `/v1/completions`,
+//! `/v1/chat/completions` (JSON or SSE streaming ending with `data: [DONE]`).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::json;
+use tandem_executor::text::ChatMessage;
+
+use crate::error::ApiError;
+use crate::generation::Choice;
+use crate::openai::{parse, ChatBody, Common, CompletionBody, GenRequest, PromptInput};
+use crate::state::AppState;
+
+type Shared = State<Arc<AppState>>;
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn ready(State(s): Shared) -> Json<serde_json::Value> {
+    Json(json!({"status": "ready", "model": s.model_name}))
+}
+
+pub async fn models(State(s): Shared) -> Json<serde_json::Value> {
+    Json(json!({"object": "list", "data": [{
+        "id": s.model_name, "object": "model", "created": 0, "owned_by": "tandem", "max_model_len": s.max_model_len
+    }]}))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// The body, or a 413/400 as OpenAI-shaped JSON.
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    b.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) => ApiError::TooLarge(crate::MAX_BODY_BYTES),
+        other => ApiError::Invalid { message: other.body_text(), param: None },
+    })
+}
+
+fn check_model(s: &AppState, c: &Common) -> Result<(), ApiError> {
+    match &c.model {
+        Some(m) if m != &s.model_name => {
+            Err(ApiError::NotFound(format!("model `{m}` does not exist; this server serves `{}`", s.model_name)))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn encode(s: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
+    s.tokenizer.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))
+}
+
+pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let req: CompletionBody = parse(&body(b)?)?;
+    check_model(&s, &req.common)?;
+    let prompt = match req.prompt {
+        PromptInput::Text(t) => encode(&s, &t)?,
+        PromptInput::Texts(v) if v.len() == 1 => encode(&s, &v[0])?,
+        PromptInput::Texts(_) => return Err(ApiError::invalid("prompt", "send one prompt per request")),
+        PromptInput::Tokens(ids) => ids,
+    };
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= s.tokenizer.vocab_size()) {
+        return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary")));
+    }
+    let g = req.common.validate(prompt, s.max_model_len)?;
+    respond(s, g, false).await
+}
+
+pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let req: ChatBody = parse(&body(b)?)?;
+    check_model(&s, &req.common)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
+    }
+    let messages: Vec<ChatMessage> = req.messages.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
+    let text = s.tokenizer.apply_chat_template(&messages).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let g = req.common.validate(encode(&s, &text)?, s.max_model_len)?;
+    respond(s, g, true).await
+}
+
+async fn respond(s: Arc<AppState>, g: GenRequest, chat: bool) -> Result<Response, ApiError> {
+    let choices = (0..g.n).map(|i| Choice::start(&s, &g, i)).collect::<Result<Vec<_>, _>>()?;
+    let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, s.next_id.load(Ordering::Relaxed));
+    if g.stream {
+        return Ok(stream_response(s, g, choices, chat, id).into_response());
+    }
+    let results = futures_util::future::join_all(choices.into_iter().map(|c| c.collect(&s))).await;
+    let mut out = Vec::new();
+    let mut completion_tokens = 0;
+    for r in results {
+        let (index, text, finish, tokens) = r?;
+        completion_tokens += tokens;
+        out.push(if chat {
+            json!({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+        } else {
+            json!({"index": index, "text": text, "logprobs": null, "finish_reason": finish})
+        });
+    }
+    let prompt_tokens = g.prompt.len();
+    Ok(Json(json!({
+        "id": id,
+        "object": if chat { "chat.completion" } else { "text_completion" },
+        "created": now_secs(),
+        "model": s.model_name,
+        "choices": out,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+    }))
+    .into_response())
+}
+
+/// SSE: one chunk per text delta of any choice, the usage chunk if asked, then `[DONE]`.
+/// Dropping the stream (client gone) drops every choice's handle, aborting its request.
+fn stream_response(
+    s: Arc<AppState>,
+    g: GenRequest,
+    choices: Vec<Choice>,
+    chat: bool,
+    id: String,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let generated = Arc::new(AtomicUsize::new(0));
+    let created = now_secs();
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let per_choice = choices.into_iter().map(|c| {
+        let (s, generated) = (s.clone(), generated.clone());
+        stream::unfold((c, s, generated, true), |(mut c, s, generated, first)| async move {
+            let before = c.tokens;
+            let d = c.next(&s).await?;
+            generated.fetch_add(c.tokens - before, Ordering::Relaxed);
+            let item = d.map(|d| (c.index, d, first));
+            Some((item, (c, s, generated, false)))
+        })
+        .boxed()
+    });
+    let model = s.model_name.clone();
+    let (id2, model2) = (id.clone(), model.clone());
+    let chunks = stream::select_all(per_choice).map(move |item| {
+        let data = match item {
+            Ok((index, d, first)) => {
+                let choice = if chat {
+                    let delta = if first {
+                        json!({"role": "assistant", "content": d.text})
+                    } else {
+                        json!({"content": d.text})
+                    };
+                    json!({"index": index, "delta": delta, "finish_reason": d.finish})
+                } else {
+                    json!({"index": index, "text": d.text, "logprobs": null, "finish_reason": d.finish})
+                };
+                json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+            }
+            Err(e) => e.body(),
+        };
+        Ok(Event::default().data(data.to_string()))
+    });
+    let prompt_tokens = g.prompt.len();
+    let tail = stream::once(async move {
+        let done = Ok::<_, Infallible>(Event::default().data("[DONE]"));
+        if !g.include_usage {
+            return vec![done];
+        }
+        let completion = generated.load(Ordering::Relaxed);
+        let usage = json!({"id": id2, "object": object, "created": created, "model": model2, "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}});
+        vec![Ok(Event::default().data(usage.to_string())), done]
+    })
+    .flat_map(stream::iter);
+    Sse::new(chunks.chain(tail))
+}

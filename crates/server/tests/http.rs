@@ -1,0 +1,189 @@
+//! The real server on port 0 with the real default model: chat and completions, streaming and
+//! not, n > 1, stop strings, every error case, and a client disconnect mid-stream freeing its KV
+//! blocks. The client is a few lines of raw HTTP/1.1, so what is tested is the bytes on the wire.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tandem_core::SchedulerConfig;
+use tandem_engine::{Engine, EngineConfig};
+use tandem_executor::cpu::{load_model, CpuExecutor};
+use tandem_executor::store::default_model;
+use tandem_server::AppState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One server for the whole file, on its own runtime thread.
+fn server() -> &'static (String, Arc<AppState>) {
+    static S: OnceLock<(String, Arc<AppState>)> = OnceLock::new();
+    S.get_or_init(|| {
+        let loaded = load_model(&default_model().unwrap()).unwrap();
+        let blocks = 256;
+        let scheduler = SchedulerConfig {
+            num_gpu_blocks: blocks,
+            max_model_len: 2048,
+            max_num_batched_tokens: 512,
+            eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
+            ..SchedulerConfig::default()
+        };
+        let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
+        let engine =
+            Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true }, Box::new(exec)).unwrap();
+        let state = AppState::new(engine, loaded.tokenizer, "smollm2".into(), 2048);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let st = state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap().to_string()).unwrap();
+                tandem_server::run(listener, st, std::future::pending()).await.unwrap();
+            });
+        });
+        (rx.recv().unwrap(), state)
+    })
+}
+
+/// Sends one request; returns (status, body).
+async fn http(method: &str, path: &str, body: &str) -> (u16, String) {
+    let addr = &server().0;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    // Chunked encoding: take the JSON object between the first '{' and the last '}'.
+    let (a, b) = (body.find('{').unwrap(), body.rfind('}').unwrap());
+    serde_json::from_str(&body[a..=b]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_ready_and_models() {
+    assert_eq!(http("GET", "/health", "").await.0, 200);
+    assert_eq!(http("GET", "/ready", "").await.0, 200);
+    let (code, body) = http("GET", "/v1/models", "").await;
+    assert_eq!(code, 200);
+    assert_eq!(json(&body)["data"][0]["id"], "smollm2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_answers_and_reports_usage() {
+    let (code, body) = http(
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 20, "temperature": 0}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert!(v["choices"][0]["message"]["content"].as_str().unwrap().contains("Paris"), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        v["usage"]["total_tokens"],
+        v["usage"]["prompt_tokens"].as_u64().unwrap() + v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_with_n_stop_and_length() {
+    let (code, body) = http(
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": "Once upon a time", "max_tokens": 6, "n": 3, "temperature": 1.0, "seed": 5, "ignore_eos": true}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    assert!(choices.iter().all(|c| c["finish_reason"] == "length"));
+    assert_eq!(v["usage"]["completion_tokens"], 18);
+    let (_, body) = http(
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": "The capital of France is", "max_tokens": 10, "temperature": 0, "stop": ["Paris"]}"#,
+    )
+    .await;
+    let v = json(&body);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(!v["choices"][0]["text"].as_str().unwrap().contains("Paris"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_sends_chunks_usage_and_done() {
+    let (code, body) = http(
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let first: serde_json::Value = serde_json::from_str(events[0]).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    let usage: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    assert!(events
+        .iter()
+        .any(|e| e.contains("\"finish_reason\":\"stop\"") || e.contains("\"finish_reason\":\"length\"")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_error_is_openai_shaped_with_the_right_status() {
+    let cases: Vec<(&str, &str, String, u16)> = vec![
+        ("POST", "/v1/completions", "{not json".into(), 400),
+        ("POST", "/v1/completions", r#"{"prompt": 5}"#.into(), 400),
+        ("POST", "/v1/completions", r#"{"prompt": "hi", "max_tokens": -1}"#.into(), 400),
+        ("POST", "/v1/completions", r#"{"prompt": "hi", "max_tokens": 99999999}"#.into(), 400),
+        ("POST", "/v1/completions", r#"{"prompt": "hi", "temperature": 9}"#.into(), 400),
+        ("POST", "/v1/completions", r#"{"prompt": ""}"#.into(), 400),
+        ("POST", "/v1/completions", r#"{"prompt": [999999999]}"#.into(), 400),
+        ("POST", "/v1/completions", format!(r#"{{"prompt": "{}"}}"#, "word ".repeat(3000)), 400),
+        ("POST", "/v1/chat/completions", r#"{"messages": []}"#.into(), 400),
+        ("POST", "/v1/completions", r#"{"prompt": "hi", "model": "gpt-9"}"#.into(), 404),
+        ("GET", "/v1/nothing", String::new(), 404),
+        ("POST", "/v1/completions", format!(r#"{{"prompt": "{}"}}"#, "x".repeat(2 << 20)), 413),
+    ];
+    for (method, path, body, want) in cases {
+        let (code, resp) = http(method, path, &body).await;
+        assert_eq!(code, want, "{path} {}: {resp}", &body[..body.len().min(60)]);
+        let v = json(&resp);
+        assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string(), "{resp}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_disconnect_mid_stream_frees_the_kv_blocks() {
+    let state = &server().1;
+    let addr = &server().0;
+    let body = r#"{"prompt": "Count to a thousand:", "max_tokens": 1000, "ignore_eos": true, "stream": true}"#;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut seen = String::new();
+    while seen.matches("data: ").count() < 3 {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(state.engine.stats().scheduler.kv_blocks_used > 0, "the request holds blocks while streaming");
+    drop(s); // the client goes away
+    let start = Instant::now();
+    while state.engine.stats().scheduler.kv_blocks_used > 0 || state.engine.stats().running > 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "blocks not freed after disconnect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

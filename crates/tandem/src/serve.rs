@@ -1,0 +1,47 @@
+//! `tandem serve`: load the model, start the engine, serve the OpenAI API until SIGINT/SIGTERM.
+
+use clap::Args;
+use tandem_server::AppState;
+
+use crate::model::{start, ModelArgs};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    eprintln!("tandem serve: shutting down");
+}
+
+pub fn run(a: ServeArgs) -> Result<(), String> {
+    let running = start(&a.model)?;
+    eprintln!("tandem serve: {}", running.describe);
+    let state = AppState::new(running.engine, running.tokenizer, running.name.clone(), running.max_model_len);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", a.host, a.port))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("tandem serve: model `{}` on http://{addr}/v1 (OpenAI-compatible)", running.name);
+        tandem_server::run(listener, state, shutdown_signal()).await.map_err(|e| e.to_string())
+    })
+}
