@@ -13,6 +13,9 @@ pub enum ApiError {
     /// The request is malformed or a parameter is out of range (400).
     #[error("{message}")]
     Invalid { message: String, param: Option<&'static str> },
+    /// Missing or wrong API key (401).
+    #[error("missing or invalid API key")]
+    Unauthorized,
     /// No such model or route (404).
     #[error("{0}")]
     NotFound(String),
@@ -38,6 +41,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -49,6 +53,7 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self {
             ApiError::Invalid { .. } | ApiError::TooLarge(_) => "invalid_request_error",
+            ApiError::Unauthorized => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::Busy { .. } => "rate_limit_error",
             ApiError::Unavailable | ApiError::Internal(_) => "server_error",

@@ -4,7 +4,9 @@
 //! requests finish.
 //!
 //! Routes: `GET /health`, `GET /ready`, `GET /v1/models`, `POST /v1/completions`,
-//! `POST /v1/chat/completions`. Errors are OpenAI-shaped JSON with the right status.
+//! `POST /v1/chat/completions`, `GET /v1/stats`, `POST /v1/batching`. With an API key, `/v1/*`
+//! needs `Authorization: Bearer <key>` (401 otherwise); `/health` and `/ready` stay open. Errors
+//! are OpenAI-shaped JSON with the right status.
 
 mod error;
 mod generation;
@@ -28,12 +30,17 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The application's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
+    let v1 = Router::new()
         .route("/v1/models", get(routes::models))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat))
+        .route("/v1/stats", get(routes::stats))
+        .route("/v1/batching", post(routes::set_batching))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::auth));
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .merge(v1)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -41,6 +41,88 @@ pub async fn models(State(s): Shared) -> Json<serde_json::Value> {
     }]}))
 }
 
+/// Live statistics (seed 002's list plus the scheduler's counters).
+pub async fn stats(State(s): Shared) -> Json<serde_json::Value> {
+    let st = s.engine.stats();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let sc = &st.scheduler;
+    Json(json!({
+        "total_requests": st.total_requests,
+        "finished_requests": st.finished_requests,
+        "queue_depth": st.queue_depth,
+        "running": st.running,
+        "current_batch_size": st.current_batch_size,
+        "mean_batch_size": st.mean_batch_size,
+        "avg_wait_ms": ms(st.avg_wait),
+        "avg_processing_ms": ms(st.avg_processing),
+        "avg_latency_ms": ms(st.avg_latency),
+        "throughput_rps": st.throughput_rps,
+        "throughput_tokens_per_s": st.throughput_tps,
+        "steps": st.steps,
+        "stream_utilisation": st.stream_utilisation,
+        "cpu_time_ms": ms(st.cpu_time),
+        "cpu_hidden_ms": ms(st.cpu_hidden),
+        "device_time_ms": ms(st.device_time),
+        "peak_kv_usage": st.peak_kv_usage,
+        "batching": st.batching,
+        "uptime_s": st.uptime.as_secs_f64(),
+        "scheduler": {
+            "waiting": sc.waiting, "running": sc.running, "swapped": sc.swapped,
+            "kv_usage": sc.kv_usage(), "kv_blocks_used": sc.kv_blocks_used, "kv_blocks_total": sc.kv_blocks_total,
+            "prefix_cache_hit_rate": sc.prefix_cache_hit_rate(),
+            "preemptions_recompute": sc.preemptions_recompute, "preemptions_swap": sc.preemptions_swap,
+            "max_num_seqs": sc.max_num_seqs, "max_num_batched_tokens": sc.max_num_batched_tokens,
+            "tokens_generated": sc.tokens_generated,
+        },
+    }))
+}
+
+#[derive(serde::Deserialize)]
+struct BatchingBody {
+    strategy: String,
+}
+
+/// Switches the batching strategy at run time: `{"strategy": "latency"}` (any name
+/// `tandem_core::BatchingKind` parses).
+pub async fn set_batching(
+    State(s): Shared,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: BatchingBody = parse(&body(b)?)?;
+    let kind: tandem_core::BatchingKind =
+        req.strategy.parse().map_err(|e: tandem_core::Error| ApiError::invalid("strategy", e.to_string()))?;
+    s.engine.set_batching(kind)?;
+    Ok(Json(json!({"batching": kind.to_string()})))
+}
+
+/// Rejects `/v1` requests without the configured Bearer key (constant-time comparison).
+pub async fn auth(
+    State(s): Shared,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    if let Some(key) = &s.api_key {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+/// Equality that takes the same time wherever the inputs differ (length aside).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }

@@ -15,10 +15,30 @@ pub struct AppState {
     /// Longest prompt + output accepted.
     pub max_model_len: usize,
     pub next_id: AtomicU64,
+    /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
 }
 
 impl AppState {
     pub fn new(engine: Engine, tokenizer: TextTokenizer, model_name: String, max_model_len: usize) -> Arc<Self> {
-        Arc::new(Self { engine, tokenizer, model_name, max_model_len, next_id: AtomicU64::new(1) })
+        Arc::new(Self { engine, tokenizer, model_name, max_model_len, next_id: AtomicU64::new(1), api_key: None })
+    }
+
+    /// The same, requiring `api_key` on `/v1/*`.
+    pub fn with_api_key(
+        engine: Engine,
+        tokenizer: TextTokenizer,
+        model_name: String,
+        max_model_len: usize,
+        api_key: String,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            tokenizer,
+            model_name,
+            max_model_len,
+            next_id: AtomicU64::new(1),
+            api_key: Some(api_key),
+        })
     }
 }

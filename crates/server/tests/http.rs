@@ -16,40 +16,54 @@ use tokio::net::TcpStream;
 /// One server for the whole file, on its own runtime thread.
 fn server() -> &'static (String, Arc<AppState>) {
     static S: OnceLock<(String, Arc<AppState>)> = OnceLock::new();
-    S.get_or_init(|| {
-        let loaded = load_model(&default_model().unwrap()).unwrap();
-        let blocks = 256;
-        let scheduler = SchedulerConfig {
-            num_gpu_blocks: blocks,
-            max_model_len: 2048,
-            max_num_batched_tokens: 512,
-            eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
-            ..SchedulerConfig::default()
-        };
-        let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
-        let engine =
-            Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true }, Box::new(exec)).unwrap();
-        let state = AppState::new(engine, loaded.tokenizer, "smollm2".into(), 2048);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let st = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap().to_string()).unwrap();
-                tandem_server::run(listener, st, std::future::pending()).await.unwrap();
-            });
+    S.get_or_init(|| start_server(None))
+}
+
+/// A second server that requires an API key.
+fn auth_server() -> &'static (String, Arc<AppState>) {
+    static S: OnceLock<(String, Arc<AppState>)> = OnceLock::new();
+    S.get_or_init(|| start_server(Some("sekrit")))
+}
+
+fn start_server(api_key: Option<&str>) -> (String, Arc<AppState>) {
+    let loaded = load_model(&default_model().unwrap()).unwrap();
+    let blocks = 256;
+    let scheduler = SchedulerConfig {
+        num_gpu_blocks: blocks,
+        max_model_len: 2048,
+        max_num_batched_tokens: 512,
+        eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
+        ..SchedulerConfig::default()
+    };
+    let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
+    let engine =
+        Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true }, Box::new(exec)).unwrap();
+    let state = match api_key {
+        Some(k) => AppState::with_api_key(engine, loaded.tokenizer, "smollm2".into(), 2048, k.into()),
+        None => AppState::new(engine, loaded.tokenizer, "smollm2".into(), 2048),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let st = state.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap().to_string()).unwrap();
+            tandem_server::run(listener, st, std::future::pending()).await.unwrap();
         });
-        (rx.recv().unwrap(), state)
-    })
+    });
+    (rx.recv().unwrap(), state)
 }
 
 /// Sends one request; returns (status, body).
 async fn http(method: &str, path: &str, body: &str) -> (u16, String) {
-    let addr = &server().0;
+    http_to(&server().0, method, path, body, "").await
+}
+
+async fn http_to(addr: &str, method: &str, path: &str, body: &str, extra_headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -186,4 +200,30 @@ async fn a_client_disconnect_mid_stream_frees_the_kv_blocks() {
         assert!(start.elapsed() < Duration::from_secs(10), "blocks not freed after disconnect");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_and_the_run_time_batching_switch() {
+    let (code, body) = http("GET", "/v1/stats", "").await;
+    assert_eq!(code, 200);
+    let v = json(&body);
+    assert!(v["scheduler"]["kv_blocks_total"].as_u64().unwrap() > 0 && v["batching"].is_string(), "{v}");
+    let (code, body) = http("POST", "/v1/batching", r#"{"strategy": "size_or_timeout:4:5ms"}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&http("GET", "/v1/stats", "").await.1)["batching"], "size_or_timeout:4:5ms");
+    let (code, body) = http("POST", "/v1/batching", r#"{"strategy": "sometimes"}"#).await;
+    assert_eq!(code, 400);
+    assert_eq!(json(&body)["error"]["param"], "strategy");
+    assert_eq!(http("POST", "/v1/batching", r#"{"strategy": "continuous"}"#).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_key_guards_v1_but_not_health() {
+    let addr = auth_server().0.clone();
+    let (code, body) = http_to(&addr, "GET", "/v1/models", "", "").await;
+    assert_eq!(code, 401);
+    assert_eq!(json(&body)["error"]["type"], "authentication_error");
+    assert_eq!(http_to(&addr, "GET", "/v1/models", "", "Authorization: Bearer wrong\r\n").await.0, 401);
+    assert_eq!(http_to(&addr, "GET", "/v1/models", "", "Authorization: Bearer sekrit\r\n").await.0, 200);
+    assert_eq!(http_to(&addr, "GET", "/health", "", "").await.0, 200);
 }

@@ -13,6 +13,9 @@ pub struct ServeArgs {
     host: String,
     #[arg(long, default_value_t = 8000)]
     port: u16,
+    /// Require `Authorization: Bearer <key>` on /v1 (also read from TANDEM_API_KEY).
+    #[arg(long, env = "TANDEM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 async fn shutdown_signal() {
@@ -34,7 +37,12 @@ async fn shutdown_signal() {
 pub fn run(a: ServeArgs) -> Result<(), String> {
     let running = start(&a.model)?;
     eprintln!("tandem serve: {}", running.describe);
-    let state = AppState::new(running.engine, running.tokenizer, running.name.clone(), running.max_model_len);
+    let state = match a.api_key.clone().filter(|k| !k.is_empty()) {
+        Some(key) => {
+            AppState::with_api_key(running.engine, running.tokenizer, running.name.clone(), running.max_model_len, key)
+        }
+        None => AppState::new(running.engine, running.tokenizer, running.name.clone(), running.max_model_len),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
