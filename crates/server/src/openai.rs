@@ -206,3 +206,79 @@ mod tests {
         assert!(parse::<Common>(br#"{"max_tokens": "ten"}"#).is_err(), "wrong types are 400s");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any outcome of parsing + validation must be success or a 400.
+    fn check(bytes: &[u8]) {
+        let prompt = vec![1, 2, 3];
+        for r in [
+            parse::<CompletionBody>(bytes).and_then(|b| b.common.validate(prompt.clone(), 64)),
+            parse::<ChatBody>(bytes).and_then(|b| b.common.validate(prompt.clone(), 64)),
+        ] {
+            match r {
+                Ok(g) => assert!(g.max_tokens >= 1 && g.max_tokens <= 61 && (1..=MAX_N).contains(&g.n)),
+                Err(ApiError::Invalid { .. }) => {}
+                Err(other) => panic!("not a 400: {other:?}"),
+            }
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            "[a-z ]{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    const KEYS: [&str; 14] = [
+        "prompt",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "n",
+        "stream",
+        "stream_options",
+        "ignore_eos",
+        "priority",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            check(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_fields_with_arbitrary_values_are_ok_or_400(
+            fields in prop::collection::vec((0..KEYS.len(), json_value()), 0..8)
+        ) {
+            let mut obj = serde_json::Map::new();
+            for (k, v) in fields {
+                obj.insert(KEYS[k].to_string(), v);
+            }
+            check(serde_json::Value::Object(obj).to_string().as_bytes());
+        }
+    }
+}
