@@ -4,7 +4,7 @@
 //! request and frees its KV blocks — that is how a client disconnect is handled.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tandem_core::{FinishReason, NewRequest, StopCause};
 use tandem_engine::{RequestEvent, RequestHandle, StopMatcher};
@@ -27,6 +27,9 @@ pub fn finish_reason(r: FinishReason) -> &'static str {
 pub struct Choice {
     pub index: usize,
     handle: RequestHandle,
+    prompt_tokens: usize,
+    started: Instant,
+    first_token: Option<Instant>,
     decoder: IncrementalDecoder,
     stops: StopMatcher,
     pub tokens: usize,
@@ -53,6 +56,9 @@ impl Choice {
         Ok(Self {
             index,
             handle,
+            prompt_tokens: req.prompt.len(),
+            started: Instant::now(),
+            first_token: None,
             decoder: IncrementalDecoder::new(),
             stops: StopMatcher::new(req.stop.clone()),
             tokens: 0,
@@ -69,6 +75,7 @@ impl Choice {
             match self.handle.next().await {
                 Some(RequestEvent::Token(t)) => {
                     self.tokens += 1;
+                    self.first_token.get_or_insert_with(Instant::now);
                     let piece = match self.decoder.push(&state.tokenizer, t) {
                         Ok(p) => p,
                         Err(e) => return Some(Err(self.fail(e.to_string()))),
@@ -78,6 +85,7 @@ impl Choice {
                         self.done = true;
                         let reason = FinishReason::Stopped(StopCause::StopString);
                         state.engine.finish_request(self.handle.id(), reason);
+                        self.log_end(finish_reason(reason));
                         return Some(Ok(Delta { text, finish: Some(finish_reason(reason)) }));
                     }
                     if !text.is_empty() {
@@ -89,6 +97,7 @@ impl Choice {
                     let tail = self.decoder.flush(&state.tokenizer).unwrap_or_default();
                     let (mut text, _) = self.stops.push(&tail);
                     text.push_str(&self.stops.flush());
+                    self.log_end(finish_reason(reason));
                     return Some(Ok(Delta { text, finish: Some(finish_reason(reason)) }));
                 }
                 Some(RequestEvent::Failed(e)) => {
@@ -98,6 +107,20 @@ impl Choice {
                 None => return Some(Err(self.fail("the engine stopped".into()))),
             }
         }
+    }
+
+    /// One structured log line per finished request, with its timings.
+    fn log_end(&self, finish: &str) {
+        let ms = |d: Duration| (d.as_secs_f64() * 1e3 * 10.0).round() / 10.0;
+        tracing::info!(
+            request = self.handle.id().0,
+            prompt_tokens = self.prompt_tokens,
+            completion_tokens = self.tokens,
+            ttft_ms = self.first_token.map(|t| ms(t - self.started)),
+            e2e_ms = ms(self.started.elapsed()),
+            finish,
+            "request finished"
+        );
     }
 
     fn fail(&mut self, why: String) -> ApiError {
@@ -116,5 +139,19 @@ impl Choice {
             }
         }
         Err(ApiError::Internal("the stream ended without a finish".into()))
+    }
+}
+
+impl Drop for Choice {
+    fn drop(&mut self) {
+        if !self.done {
+            // The response was dropped before the end: the client went away. Dropping the
+            // handle (next) aborts the request in the engine.
+            tracing::info!(
+                request = self.handle.id().0,
+                completion_tokens = self.tokens,
+                "client disconnected; request aborted"
+            );
+        }
     }
 }

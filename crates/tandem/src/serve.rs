@@ -35,6 +35,10 @@ async fn shutdown_signal() {
 }
 
 pub fn run(a: ServeArgs) -> Result<(), String> {
+    // One line per request (see tandem_server::generation); RUST_LOG overrides the level.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
     let running = start(&a.model)?;
     eprintln!("tandem serve: {}", running.describe);
     let state = match a.api_key.clone().filter(|k| !k.is_empty()) {
