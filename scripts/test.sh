@@ -11,3 +11,5 @@ echo "== cargo test"
 cargo test --workspace --all-targets --locked
 echo "== doc tests"
 cargo test --workspace --doc --locked
+echo "== the official openai Python client against tandem serve"
+./scripts/openai_client/run.sh

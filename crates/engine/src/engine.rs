@@ -24,6 +24,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::error::EngineError;
 use crate::handle::{RequestEvent, RequestHandle};
+use crate::metrics::Timeline;
 use crate::stats::{EngineStats, StatsAccumulator};
 
 /// Engine settings.
@@ -178,8 +179,7 @@ fn lock(m: &Mutex<StatsAccumulator>) -> MutexGuard<'_, StatsAccumulator> {
 /// Per-request bookkeeping on the loop thread.
 struct Tracked {
     events: UnboundedSender<RequestEvent>,
-    arrival: Duration,
-    started: Option<Duration>,
+    timeline: Timeline,
 }
 
 /// A step handed to the device worker (or answered at once when empty).
@@ -334,10 +334,10 @@ impl StepLoop {
         match msg {
             Control::Add(req, events) => {
                 let id = req.id;
-                let arrival = req.arrival;
+                let timeline = Timeline { arrival: req.arrival, prompt_len: req.prompt.len(), ..Timeline::default() };
                 match self.sched.add_request(req) {
                     Ok(()) => {
-                        self.requests.insert(id, Tracked { events, arrival, started: None });
+                        self.requests.insert(id, Tracked { events, timeline });
                         lock(&self.shared.stats).snapshot.total_requests += 1;
                     }
                     Err(e) => {
@@ -379,10 +379,10 @@ impl StepLoop {
         let now = self.now();
         for s in &out.seqs {
             if let Some(t) = self.requests.get_mut(&s.id) {
-                if t.started.is_none() {
-                    t.started = Some(now);
+                if t.timeline.started.is_none() {
+                    t.timeline.started = Some(now);
                     self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                    lock(&self.shared.stats).record_wait(now.saturating_sub(t.arrival));
+                    lock(&self.shared.stats).record_wait(now.saturating_sub(t.timeline.arrival));
                 }
             }
         }
@@ -403,6 +403,7 @@ impl StepLoop {
         let mut st = lock(&self.shared.stats);
         if !out.seqs.is_empty() {
             st.record_step(now, out.seqs.len(), device, &busy, finished, tokens);
+            st.snapshot.requests.on_step(out.seqs.len(), out.num_batched_tokens);
         }
         st.snapshot.peak_kv_usage = st.snapshot.peak_kv_usage.max(sched_stats.kv_usage());
         st.snapshot.current_batch_size = out.seqs.len();
@@ -417,7 +418,7 @@ impl StepLoop {
         for d in &deltas {
             if let Some(t) = self.requests.remove(&d.id) {
                 let _ = t.events.send(RequestEvent::Failed(EngineError::Executor(why.clone())));
-                self.end_request(t, now);
+                self.end_request(t, now, None);
             }
         }
         Vec::new()
@@ -428,15 +429,16 @@ impl StepLoop {
         let now = self.now();
         let mut ended = 0;
         for d in deltas {
-            let Some(t) = self.requests.get(&d.id) else { continue };
+            let Some(t) = self.requests.get_mut(&d.id) else { continue };
             let mut gone = false;
             if let Some(tok) = d.token {
                 gone |= t.events.send(RequestEvent::Token(tok)).is_err();
+                lock(&self.shared.stats).snapshot.requests.on_token(&mut t.timeline, now);
             }
             if let Some(reason) = d.finish {
                 let _ = t.events.send(RequestEvent::Finished(reason));
                 if let Some(t) = self.requests.remove(&d.id) {
-                    self.end_request(t, now);
+                    self.end_request(t, now, Some(reason));
                 }
                 ended += 1;
             } else if gone {
@@ -449,12 +451,15 @@ impl StepLoop {
         ended
     }
 
-    fn end_request(&mut self, t: Tracked, now: Duration) {
-        if t.started.is_none() {
+    fn end_request(&mut self, t: Tracked, now: Duration, reason: Option<FinishReason>) {
+        let tl = &t.timeline;
+        if tl.started.is_none() {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
         }
-        let processing = t.started.map(|s| now.saturating_sub(s));
-        lock(&self.shared.stats).record_end(now.saturating_sub(t.arrival), processing);
+        let processing = tl.started.map(|s| now.saturating_sub(s));
+        let mut st = lock(&self.shared.stats);
+        st.record_end(now.saturating_sub(tl.arrival), processing);
+        st.snapshot.requests.on_end(tl, now, reason);
     }
 
     fn account_cpu(&self, spent: Duration, device_busy: bool) {

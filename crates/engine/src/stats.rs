@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tandem_core::SchedulerStats;
 
+use crate::metrics::RequestMetrics;
+
 /// A snapshot of the engine's live statistics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineStats {
@@ -45,6 +47,8 @@ pub struct EngineStats {
     pub batching: String,
     pub uptime: Duration,
     pub scheduler: SchedulerStats,
+    /// Latency histograms and token counters (vLLM's request metrics).
+    pub requests: RequestMetrics,
 }
 
 /// Accumulates the numbers behind [`EngineStats`].

@@ -3,13 +3,14 @@
 //! until `shutdown` resolves (mini-redis's shape), then stops accepting and lets in-flight
 //! requests finish.
 //!
-//! Routes: `GET /health`, `GET /ready`, `GET /v1/models`, `POST /v1/completions`,
+//! Routes: `GET /health`, `GET /ready`, `GET /metrics` (Prometheus), `GET /v1/models`, `POST /v1/completions`,
 //! `POST /v1/chat/completions`, `GET /v1/stats`, `POST /v1/batching`. With an API key, `/v1/*`
-//! needs `Authorization: Bearer <key>` (401 otherwise); `/health` and `/ready` stay open. Errors
+//! needs `Authorization: Bearer <key>` (401 otherwise); `/health`, `/ready` and `/metrics` stay open (as in vLLM). Errors
 //! are OpenAI-shaped JSON with the right status.
 
 mod error;
 mod generation;
+mod metrics;
 mod openai;
 mod routes;
 mod state;
@@ -40,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
         .merge(v1)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

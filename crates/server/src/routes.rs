@@ -35,6 +35,13 @@ pub async fn ready(State(s): Shared) -> Json<serde_json::Value> {
     Json(json!({"status": "ready", "model": s.model_name}))
 }
 
+/// Prometheus scrape (see [`crate::metrics`]).
+pub async fn metrics(State(s): Shared) -> Result<Response, ApiError> {
+    let text = crate::metrics::render(&s.model_name, s.engine.stats())
+        .map_err(|_| ApiError::Internal("cannot encode the metrics".into()))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+}
+
 pub async fn models(State(s): Shared) -> Json<serde_json::Value> {
     Json(json!({"object": "list", "data": [{
         "id": s.model_name, "object": "model", "created": 0, "owned_by": "tandem", "max_model_len": s.max_model_len

@@ -226,4 +226,53 @@ async fn an_api_key_guards_v1_but_not_health() {
     assert_eq!(http_to(&addr, "GET", "/v1/models", "", "Authorization: Bearer wrong\r\n").await.0, 401);
     assert_eq!(http_to(&addr, "GET", "/v1/models", "", "Authorization: Bearer sekrit\r\n").await.0, 200);
     assert_eq!(http_to(&addr, "GET", "/health", "", "").await.0, 200);
+    assert_eq!(http_to(&addr, "GET", "/metrics", "", "").await.0, 200);
+}
+
+/// The value of the sample line starting with `prefix` (labels included) in a scrape.
+fn sample(scrape: &str, prefix: &str) -> f64 {
+    let line = scrape.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in {scrape}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_a_finished_request_in_prometheus_format() {
+    // The shared server serves other tests at the same time: counters only grow, so compare
+    // against a scrape taken before this test's request.
+    let (code, before) = http("GET", "/metrics", "").await;
+    assert_eq!(code, 200);
+    let tokens_before = sample(&before, "tandem:generation_tokens_total{model_name=\"smollm2\"}");
+    let length_before =
+        sample(&before, "tandem:request_success_total{model_name=\"smollm2\",finished_reason=\"length\"}");
+    let (code, body) = http(
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": "Once upon a time", "max_tokens": 6, "ignore_eos": true, "temperature": 0}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (_, after) = http("GET", "/metrics", "").await;
+    assert!(sample(&after, "tandem:generation_tokens_total{model_name=\"smollm2\"}") >= tokens_before + 6.0);
+    assert!(
+        sample(&after, "tandem:request_success_total{model_name=\"smollm2\",finished_reason=\"length\"}")
+            > length_before
+    );
+    assert!(sample(&after, "tandem:time_to_first_token_seconds_count{model_name=\"smollm2\"}") >= 1.0);
+    assert!(sample(&after, "tandem:request_time_per_output_token_seconds_count{model_name=\"smollm2\"}") >= 1.0);
+    assert!(sample(&after, "tandem:e2e_request_latency_seconds_sum{model_name=\"smollm2\"}") > 0.0);
+    assert!(sample(&after, "tandem:stream_utilization{model_name=\"smollm2\",stream=\"0\"}") > 0.0);
+    assert!(sample(&after, "process_resident_memory_bytes") > 1e6);
+    assert!(after.ends_with("# EOF\n"), "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_served_with_the_openmetrics_content_type() {
+    let addr = &server().0;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{raw}");
 }

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The official `openai` Python client against `tandem serve` (an independent client).
+# Creates a venv under target/ with openai from PyPI (once), builds the binary, runs check.py.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VENV=target/py-openai
+OPENAI_VERSION=3.54.0
+if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
+fi
+cargo build --locked -p tandem
+"$VENV/bin/python" scripts/openai_client/check.py target/debug/tandem
