@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod sim;
 pub mod store;
+pub mod synth;
 pub mod text;
 
 use tandem_core::{ModelOutput, SchedulerOutput, StreamConfig};

@@ -164,7 +164,8 @@ pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> 
         PromptInput::Texts(_) => return Err(ApiError::invalid("prompt", "send one prompt per request")),
         PromptInput::Tokens(ids) => ids,
     };
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= s.tokenizer.vocab_size()) {
+    let vocab = s.tokenizer.vocab_size();
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary")));
     }
     let g = req.common.validate(prompt, s.max_model_len)?;

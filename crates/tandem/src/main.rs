@@ -1,6 +1,7 @@
 //! The `tandem` binary: parses arguments and calls the crates. Nothing else lives here.
 
 mod bench_model;
+mod gen_model;
 mod generate;
 mod model;
 mod serve;
@@ -25,6 +26,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Simulate a workload on a modelled device with the real scheduler (virtual time).
     Simulate(Box<simulate::SimulateArgs>),
+    /// Write a random-weight model directory of a preset shape (tiny, qwen2.5-0.5b).
+    GenModel(gen_model::GenModelArgs),
 }
 
 fn main() {
@@ -55,6 +58,13 @@ fn main() {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("tandem simulate: {e}");
+                2
+            }
+        },
+        Command::GenModel(args) => match gen_model::run(args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("tandem gen-model: {e}");
                 2
             }
         },

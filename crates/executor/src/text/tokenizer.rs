@@ -25,6 +25,8 @@ pub struct TextTokenizer {
     eos_token: Option<String>,
     /// Token ids that end generation (EOS and the template's end-of-turn tokens).
     pub eos_token_ids: Vec<u32>,
+    /// Cached: `tokenizers` builds the whole vocabulary map to count it.
+    vocab_size: usize,
 }
 
 fn tk(e: impl std::fmt::Display) -> ExecError {
@@ -125,7 +127,8 @@ impl TextTokenizer {
             }
         }
         let eos = config.eos_token_ids.first().and_then(|&i| tok.id_to_token(i));
-        Ok(Self { tok, template, bos_token: bos, eos_token: eos, eos_token_ids: eos_ids })
+        let vocab_size = tok.get_vocab_size(true);
+        Ok(Self { tok, template, bos_token: bos, eos_token: eos, eos_token_ids: eos_ids, vocab_size })
     }
 
     /// Token ids of `text`; special tokens written in the text are recognised.
@@ -143,8 +146,9 @@ impl TextTokenizer {
         self.tok.save(path, false).map_err(tk)
     }
 
+    /// Tokens in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.tok.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
