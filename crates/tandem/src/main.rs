@@ -1,6 +1,8 @@
 //! The `tandem` binary: parses arguments and calls the crates. Nothing else lives here.
 
+mod bench;
 mod bench_model;
+mod config_spec;
 mod gen_model;
 mod generate;
 mod model;
@@ -26,6 +28,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Simulate a workload on a modelled device with the real scheduler (virtual time).
     Simulate(Box<simulate::SimulateArgs>),
+    /// Benchmark an OpenAI-compatible server or in-process engines (vLLM bench serve's metrics).
+    Bench(Box<bench::BenchArgs>),
     /// Write a random-weight model directory of a preset shape (tiny, qwen2.5-0.5b).
     GenModel(gen_model::GenModelArgs),
 }
@@ -58,6 +62,13 @@ fn main() {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("tandem simulate: {e}");
+                2
+            }
+        },
+        Command::Bench(args) => match bench::run_cli(*args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("tandem bench: {e}");
                 2
             }
         },

@@ -9,7 +9,7 @@ use tandem_executor::cpu::{load_model, CpuExecutor};
 use tandem_executor::text::TextTokenizer;
 
 /// Flags that choose and size the model.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A .gguf file or an HF directory (config.json + *.safetensors + tokenizer.json);
     /// default: the embedded SmolLM2-135M-Instruct, fetched once into the cache.
@@ -24,6 +24,11 @@ pub struct ModelArgs {
     /// Token budget of one step.
     #[arg(long, default_value_t = 512)]
     pub max_num_batched_tokens: usize,
+    /// Scheduler overrides, `key=value` (repeatable or comma-separated): batching, streams,
+    /// assignment, min_parallel, fusion, capacity, queue, preemption, max_num_seqs,
+    /// max_num_batched_tokens. E.g. `--set batching=fixed:4 --set streams=2`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 /// A started engine with its tokenizer.
@@ -37,6 +42,11 @@ pub struct Running {
 }
 
 pub fn start(args: &ModelArgs) -> Result<Running, String> {
+    start_with(args, &[])
+}
+
+/// Like [`start`], with `extra` overrides applied after `args.overrides`.
+pub fn start_with(args: &ModelArgs, extra: &[String]) -> Result<Running, String> {
     let path = match &args.model {
         Some(p) => p.clone(),
         None => tandem_executor::store::default_model().map_err(|e| e.to_string())?,
@@ -54,6 +64,9 @@ pub fn start(args: &ModelArgs) -> Result<Running, String> {
         eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
         ..SchedulerConfig::default()
     };
+    let mut scheduler = scheduler;
+    let all: Vec<String> = args.overrides.iter().chain(extra).cloned().collect();
+    crate::config_spec::apply_all(&mut scheduler, &all)?;
     let executor = CpuExecutor::new(loaded.model, block_size, blocks, 0);
     let describe = format!("{} from {}", tandem_executor::Executor::describe(&executor), path.display());
     let engine =

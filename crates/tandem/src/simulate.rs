@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use clap::Args;
-use tandem_core::{
-    BatchingKind, CapacityPolicyKind, PreemptionModeKind, QueuePolicyKind, SchedulerConfig, StreamAssignment,
-    StreamConfig,
-};
+use tandem_core::{SchedulerConfig, StreamConfig};
 use tandem_engine::report::comparison_table;
+
+use crate::config_spec::{parse_capacity, parse_preemption, parse_queue, parse_spec};
 use tandem_engine::{simulate, Arrival, LengthDist, SimConfig, WorkloadSpec};
 use tandem_executor::sim::{DeviceProfile, ModelShape};
 use tandem_executor::KvSpec;
@@ -104,58 +103,6 @@ pub struct SimulateArgs {
 
 type CliResult<T> = Result<T, String>;
 
-fn parse_capacity(s: &str) -> CliResult<CapacityPolicyKind> {
-    match s {
-        "max_utilization" => Ok(CapacityPolicyKind::MaxUtilization),
-        "guaranteed_no_evict" => Ok(CapacityPolicyKind::GuaranteedNoEvict),
-        "static_batch" => Ok(CapacityPolicyKind::StaticBatch),
-        _ => Err(format!("unknown capacity policy `{s}`: max_utilization, guaranteed_no_evict or static_batch")),
-    }
-}
-
-fn parse_queue(s: &str) -> CliResult<QueuePolicyKind> {
-    match s.split_once(':') {
-        None if s == "fcfs" => Ok(QueuePolicyKind::Fcfs),
-        None if s == "priority" => Ok(QueuePolicyKind::Priority { aging_per_sec: 0.0 }),
-        Some(("priority", a)) => a
-            .parse()
-            .map(|aging_per_sec| QueuePolicyKind::Priority { aging_per_sec })
-            .map_err(|_| format!("bad aging rate `{a}`")),
-        _ => Err(format!("unknown queue policy `{s}`: fcfs, priority or priority:AGING")),
-    }
-}
-
-fn parse_preemption(s: &str) -> CliResult<PreemptionModeKind> {
-    match s {
-        "recompute" => Ok(PreemptionModeKind::Recompute),
-        "swap" => Ok(PreemptionModeKind::Swap),
-        "auto" => Ok(PreemptionModeKind::Auto),
-        _ => Err(format!("unknown preemption mode `{s}`: recompute, swap or auto")),
-    }
-}
-
-fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> CliResult<T> {
-    v.parse().map_err(|_| format!("`{key}` needs a number, got `{v}`"))
-}
-
-/// Applies one `key=value` override to a scheduler config.
-fn apply(cfg: &mut SchedulerConfig, key: &str, value: &str) -> CliResult<()> {
-    match key {
-        "batching" => cfg.batching = value.parse::<BatchingKind>().map_err(|e| e.to_string())?,
-        "streams" => cfg.streams.num_streams = parse_num(key, value)?,
-        "assignment" => cfg.streams.assignment = value.parse::<StreamAssignment>().map_err(|e| e.to_string())?,
-        "min_parallel" => cfg.streams.min_requests_for_parallel = parse_num(key, value)?,
-        "fusion" => cfg.streams.context_generation_fusion = parse_num(key, value)?,
-        "capacity" => cfg.capacity = parse_capacity(value)?,
-        "queue" => cfg.queue = parse_queue(value)?,
-        "preemption" => cfg.preemption = parse_preemption(value)?,
-        "max_num_seqs" => cfg.max_num_seqs = parse_num(key, value)?,
-        "max_num_batched_tokens" => cfg.max_num_batched_tokens = parse_num(key, value)?,
-        _ => return Err(format!("unknown configuration key `{key}`")),
-    }
-    Ok(())
-}
-
 fn base_config(a: &SimulateArgs, model: &ModelShape, device: &DeviceProfile) -> CliResult<SchedulerConfig> {
     let spec = KvSpec { block_size: a.block_size, bytes_per_block: model.kv_bytes_per_token() * a.block_size as u64 };
     let usable = (device.memory as f64 * 0.9) as u64;
@@ -208,19 +155,7 @@ fn configurations(a: &SimulateArgs, base: &SchedulerConfig) -> CliResult<Vec<(St
     if specs.is_empty() {
         return Ok(vec![("base".into(), base.clone())]);
     }
-    specs
-        .iter()
-        .map(|spec| {
-            let (name, overrides) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
-            let mut cfg = base.clone();
-            for kv in overrides.split(',').filter(|s| !s.is_empty()) {
-                let (k, v) = kv.split_once('=').ok_or_else(|| format!("`{kv}` is not key=value"))?;
-                apply(&mut cfg, k.trim(), v.trim())?;
-            }
-            cfg.validate().map_err(|e| format!("configuration `{name}`: {e}"))?;
-            Ok((name.to_string(), cfg))
-        })
-        .collect()
+    specs.iter().map(|spec| parse_spec(spec, base)).collect()
 }
 
 fn workload(a: &SimulateArgs) -> CliResult<WorkloadSpec> {

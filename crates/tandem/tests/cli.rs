@@ -121,3 +121,115 @@ fn generate_reports_bad_models_and_options_clearly() {
     assert_eq!(code, 2);
     assert!(stderr.contains("top_p"), "{stderr}");
 }
+
+/// `tandem serve --port 0` started in the background; killed on drop.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Served {
+    fn start(extra: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["serve", "--port", "0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start serve");
+        let line = BufReader::new(child.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+        let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect(&line).to_string();
+        Self { child, url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn bench_against_a_live_server_writes_plausible_csv_and_json() {
+    let server = Served::start(&[]);
+    let out = std::env::temp_dir().join(format!("tandem-bench-e2e-{}", std::process::id()));
+    let (code, stdout, stderr) = tandem(&[
+        "bench",
+        "--base-url",
+        &server.url,
+        "--num-prompts",
+        "8",
+        "--input-len",
+        "16",
+        "--output-len",
+        "6",
+        "--request-rate",
+        "20",
+        "--goodput",
+        "ttft:60000",
+        "--seed",
+        "3",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    assert!(stdout.contains("Serving Benchmark Result") && stdout.contains("P99 TTFT (ms)"), "{stdout}");
+
+    let csv = std::fs::read_to_string(out.join("requests.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}"));
+    let rows: Vec<Vec<String>> = lines.map(|l| l.split(',').map(String::from).collect()).collect();
+    assert_eq!(rows.len(), 8);
+    for r in &rows {
+        assert_eq!(r[col("status")], "ok", "{r:?}");
+        // ignore_eos: exactly the asked 6 tokens; 16 prompt tokens (range ratio 0).
+        assert_eq!((r[col("input_tokens")].as_str(), r[col("output_tokens")].as_str()), ("16", "6"));
+        let (ttft, latency): (f64, f64) = (r[col("ttft")].parse().unwrap(), r[col("latency")].parse().unwrap());
+        assert!(ttft > 0.0 && ttft <= latency, "{r:?}");
+        let tpot: f64 = r[col("tpot")].parse().unwrap();
+        assert!((tpot - (latency - ttft) / 5.0).abs() < 1e-9, "TPOT = (E2EL − TTFT)/(6 − 1)");
+    }
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let s = &json["runs"][0]["summary"];
+    assert_eq!((s["completed"].as_u64(), s["total_output_tokens"].as_u64()), (Some(8), Some(48)));
+    assert!(s["output_throughput"].as_f64().unwrap() > 0.0);
+    // A 60 s TTFT SLO is met by every request: goodput = throughput.
+    assert_eq!(s["request_goodput"], s["request_throughput"]);
+    let sys = &json["runs"][0]["system"];
+    assert!(sys["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "server RSS from /metrics: {sys}");
+    assert!(!sys["stream_utilisation"].as_array().unwrap().is_empty(), "{sys}");
+    assert!(out.join("latency_cdf.svg").exists());
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn bench_compares_in_process_configurations() {
+    let out = std::env::temp_dir().join(format!("tandem-bench-cmp-{}", std::process::id()));
+    let (code, stdout, stderr) = tandem(&[
+        "bench",
+        "--num-prompts",
+        "6",
+        "--input-len",
+        "8",
+        "--output-len",
+        "3",
+        "--compare",
+        "continuous:batching=continuous",
+        "--compare",
+        "fixed2:batching=fixed:2",
+        "--no-progress",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    assert!(stdout.contains("change vs continuous") && stdout.contains("fixed2"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("requests.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 12, "6 requests × 2 configurations");
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -1,0 +1,309 @@
+//! Writing results: the per-request CSV (seed 004's columns plus TPOT and ITL statistics), the
+//! JSON summary (vLLM `bench serve`'s fields per run, plus resource use), the text report and
+//! seed 001's side-by-side comparison with percent improvements.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::metrics::Stats;
+use crate::runner::RunResult;
+use crate::BenchError;
+
+fn out_err(path: &Path, e: impl std::fmt::Display) -> BenchError {
+    BenchError::Output { path: path.display().to_string(), problem: e.to_string() }
+}
+
+/// One CSV row. Seed 004's columns first (`run_num, seq, status, batch_num, input_tokens,
+/// output_tokens, total_tokens, latency, ttft, tokens_per_sec, error`; times in seconds), then
+/// the configuration's name, TPOT and the request's ITL mean/p50/p99/max (seconds).
+#[derive(Debug, Serialize)]
+struct Row<'a> {
+    run_num: usize,
+    seq: usize,
+    status: &'static str,
+    batch_num: Option<u64>,
+    input_tokens: usize,
+    output_tokens: usize,
+    total_tokens: usize,
+    latency: f64,
+    ttft: Option<f64>,
+    tokens_per_sec: f64,
+    error: &'a str,
+    config: &'a str,
+    send_time: f64,
+    tpot: Option<f64>,
+    itl_mean: Option<f64>,
+    itl_p50: Option<f64>,
+    itl_p99: Option<f64>,
+    itl_max: Option<f64>,
+}
+
+/// Writes every request of every run, sorted by run then seq.
+pub fn write_csv(path: &Path, runs: &[RunResult]) -> Result<(), BenchError> {
+    let mut w = csv::Writer::from_path(path).map_err(|e| out_err(path, e))?;
+    for run in runs {
+        let mut results: Vec<_> = run.results.iter().collect();
+        results.sort_by_key(|r| r.seq);
+        for r in results {
+            let itl = (!r.itl.is_empty()).then(|| Stats::of_secs(&r.itl, &[50.0, 99.0, 100.0]));
+            let itl_at = |p: f64| itl.as_ref().and_then(|s| s.p(p)).map(|ms| ms / 1e3);
+            w.serialize(Row {
+                run_num: run.run_num,
+                seq: r.seq + 1,
+                status: if r.success { "ok" } else { "error" },
+                batch_num: r.batch_num,
+                input_tokens: r.prompt_len,
+                output_tokens: r.output_tokens,
+                total_tokens: r.prompt_len + r.output_tokens,
+                latency: r.latency,
+                ttft: r.ttft,
+                tokens_per_sec: r.tokens_per_sec(),
+                error: &r.error,
+                config: &run.name,
+                send_time: r.sent_at,
+                tpot: r.tpot(),
+                itl_mean: itl.as_ref().map(|s| s.mean / 1e3),
+                itl_p50: itl_at(50.0),
+                itl_p99: itl_at(99.0),
+                itl_max: itl_at(100.0),
+            })
+            .map_err(|e| out_err(path, e))?;
+        }
+    }
+    w.flush().map_err(|e| out_err(path, e))
+}
+
+/// Writes the runs' summaries (and the benchmark's settings) as JSON.
+pub fn write_json(path: &Path, settings: &serde_json::Value, runs: &[RunResult]) -> Result<(), BenchError> {
+    let doc = serde_json::json!({ "settings": settings, "runs": runs });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| out_err(path, e))?;
+    std::fs::write(path, text).map_err(|e| out_err(path, e))
+}
+
+fn stat_lines(s: &mut String, label: &str, st: &Stats) {
+    let _ = writeln!(s, "Mean {label} (ms):{:>24.2}", st.mean);
+    let _ = writeln!(s, "Median {label} (ms):{:>22.2}", st.median);
+    for (p, v) in &st.percentiles {
+        let _ = writeln!(s, "P{p} {label} (ms):{:>25.2}", v);
+    }
+}
+
+/// `vllm bench serve`'s printed report for one run.
+pub fn report(run: &RunResult) -> String {
+    let m = &run.summary;
+    let mut s = String::new();
+    let _ = writeln!(s, "============ Serving Benchmark Result: {} #{} ============", run.name, run.run_num);
+    let _ = writeln!(s, "Successful requests:{:>30}", m.completed);
+    let _ = writeln!(s, "Failed requests:{:>34}", m.failed);
+    if let Some(c) = run.max_concurrency {
+        let _ = writeln!(s, "Maximum request concurrency:{:>22}", c);
+    }
+    let rate = run.request_rate.map_or("inf".to_string(), |r| format!("{r}"));
+    let _ = writeln!(s, "Request rate (req/s):{:>29}", rate);
+    let _ = writeln!(s, "Benchmark duration (s):{:>27.2}", m.duration);
+    let _ = writeln!(s, "Total input tokens:{:>31}", m.total_input_tokens);
+    let _ = writeln!(s, "Total generated tokens:{:>27}", m.total_output_tokens);
+    let _ = writeln!(s, "Request throughput (req/s):{:>23.2}", m.request_throughput);
+    if let Some(g) = m.request_goodput {
+        let _ = writeln!(s, "Request goodput (req/s):{:>26.2}", g);
+    }
+    let _ = writeln!(s, "Output token throughput (tok/s):{:>18.2}", m.output_throughput);
+    let _ = writeln!(s, "Total token throughput (tok/s):{:>19.2}", m.total_token_throughput);
+    stat_lines(&mut s, "TTFT", &m.ttft_ms);
+    stat_lines(&mut s, "TPOT", &m.tpot_ms);
+    stat_lines(&mut s, "ITL", &m.itl_ms);
+    stat_lines(&mut s, "E2EL", &m.e2el_ms);
+    let sys = &run.system;
+    if let Some(b) = sys.peak_rss_bytes {
+        let _ = writeln!(s, "Peak server RSS (MiB):{:>28.1}", b as f64 / (1 << 20) as f64);
+    }
+    if let Some(c) = sys.cpu_cores {
+        let _ = writeln!(s, "Server CPU (cores busy):{:>26.2}", c);
+    }
+    if let Some(u) = sys.gpu_util_mean {
+        let _ = writeln!(s, "GPU utilisation (%):{:>30.1}", u);
+    }
+    if !sys.stream_utilisation.is_empty() {
+        let u: Vec<String> = sys.stream_utilisation.iter().map(|u| format!("{:.0}", u * 100.0)).collect();
+        let _ = writeln!(s, "Stream utilisation (%):{:>27}", u.join("/"));
+    }
+    s
+}
+
+/// A configuration's runs averaged (compare mode repeats A B A B).
+#[derive(Debug, Clone, Default)]
+struct Averaged {
+    name: String,
+    runs: usize,
+    throughput: f64,
+    output_throughput: f64,
+    e2e: [f64; 3],
+    ttft: [f64; 3],
+    tpot: [f64; 3],
+    rss_mib: Option<f64>,
+    cpu: Option<f64>,
+    gpu: Option<f64>,
+    streams: Vec<f64>,
+}
+
+fn average(runs: &[&RunResult]) -> Averaged {
+    let n = runs.len().max(1) as f64;
+    let mean = |f: &dyn Fn(&RunResult) -> f64| runs.iter().map(|r| f(r)).sum::<f64>() / n;
+    let opt = |f: &dyn Fn(&RunResult) -> Option<f64>| {
+        let v: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let trio = |f: &dyn Fn(&RunResult) -> &Stats| {
+        [mean(&|r| f(r).mean), mean(&|r| f(r).p(95.0).unwrap_or(0.0)), mean(&|r| f(r).p(99.0).unwrap_or(0.0))]
+    };
+    Averaged {
+        name: runs.first().map_or_else(String::new, |r| r.name.clone()),
+        runs: runs.len(),
+        throughput: mean(&|r| r.summary.request_throughput),
+        output_throughput: mean(&|r| r.summary.output_throughput),
+        e2e: trio(&|r| &r.summary.e2el_ms),
+        ttft: trio(&|r| &r.summary.ttft_ms),
+        tpot: trio(&|r| &r.summary.tpot_ms),
+        rss_mib: opt(&|r| r.system.peak_rss_bytes.map(|b| b as f64 / (1 << 20) as f64)),
+        cpu: opt(&|r| r.system.cpu_cores),
+        gpu: opt(&|r| r.system.gpu_util_mean),
+        streams: runs.last().map(|r| r.system.stream_utilisation.clone()).unwrap_or_default(),
+    }
+}
+
+/// Seed 001's comparison: each configuration (averaged over its repeats) side by side, then the
+/// change of each against the first (positive = better).
+pub fn comparison_table(runs: &[RunResult]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for r in runs {
+        if !names.contains(&r.name.as_str()) {
+            names.push(&r.name);
+        }
+    }
+    let avg: Vec<Averaged> =
+        names.iter().map(|n| average(&runs.iter().filter(|r| r.name == *n).collect::<Vec<_>>())).collect();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(8).max(12);
+    let mut s = String::new();
+    let _ = write!(s, "{:<26}", "metric");
+    for a in &avg {
+        let _ = write!(s, " {:>width$}", a.name);
+    }
+    s.push('\n');
+    type Metric = (&'static str, Box<dyn Fn(&Averaged) -> Option<f64>>, bool, usize);
+    let rows: Vec<Metric> = vec![
+        ("runs", Box::new(|a| Some(a.runs as f64)), true, 0),
+        ("throughput (req/s)", Box::new(|a| Some(a.throughput)), true, 2),
+        ("output tokens/s", Box::new(|a| Some(a.output_throughput)), true, 1),
+        ("latency avg (ms)", Box::new(|a| Some(a.e2e[0])), false, 1),
+        ("latency P95 (ms)", Box::new(|a| Some(a.e2e[1])), false, 1),
+        ("latency P99 (ms)", Box::new(|a| Some(a.e2e[2])), false, 1),
+        ("TTFT avg (ms)", Box::new(|a| Some(a.ttft[0])), false, 1),
+        ("TTFT P99 (ms)", Box::new(|a| Some(a.ttft[2])), false, 1),
+        ("TPOT avg (ms)", Box::new(|a| Some(a.tpot[0])), false, 2),
+        ("TPOT P99 (ms)", Box::new(|a| Some(a.tpot[2])), false, 2),
+        ("peak memory (MiB)", Box::new(|a| a.rss_mib), false, 0),
+        ("CPU (cores)", Box::new(|a| a.cpu), false, 2),
+        ("GPU utilisation (%)", Box::new(|a| a.gpu), true, 1),
+    ];
+    for (label, f, _, prec) in &rows {
+        let _ = write!(s, "{label:<26}");
+        for a in &avg {
+            match f(a) {
+                Some(v) => {
+                    let _ = write!(s, " {:>width$.prec$}", v);
+                }
+                None => {
+                    let _ = write!(s, " {:>width$}", "n/a");
+                }
+            }
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "{:<26}", "stream utilisation (%)");
+    for a in &avg {
+        let u: Vec<String> = a.streams.iter().map(|u| format!("{:.0}", u * 100.0)).collect();
+        let _ = write!(s, " {:>width$}", if u.is_empty() { "n/a".to_string() } else { u.join("/") });
+    }
+    s.push('\n');
+    if avg.len() > 1 {
+        let _ = writeln!(s, "\nchange vs {} (positive = better)", avg[0].name);
+        for (label, f, higher, _) in rows.iter().skip(1) {
+            let _ = write!(s, "{label:<26}");
+            for (i, a) in avg.iter().enumerate() {
+                let cell = match (f(a), f(&avg[0])) {
+                    _ if i == 0 => "base".to_string(),
+                    (Some(v), Some(b)) if b != 0.0 => {
+                        let change = (v - b) / b * 100.0;
+                        format!("{:+.1}%", if *higher { change } else { -change })
+                    }
+                    _ => "—".to_string(),
+                };
+                let _ = write!(s, " {:>width$}", cell);
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{RequestResult, Slo, Summary};
+    use crate::system::SystemStats;
+
+    fn run(name: &str, run_num: usize, latency: f64) -> RunResult {
+        let results: Vec<RequestResult> = (0..4)
+            .map(|i| RequestResult {
+                seq: i,
+                success: true,
+                prompt_len: 8,
+                output_tokens: 5,
+                sent_at: 0.0,
+                ttft: Some(latency / 5.0),
+                itl: vec![latency / 5.0; 4],
+                latency,
+                ..RequestResult::default()
+            })
+            .collect();
+        let summary = Summary::of(&results, &[50.0, 95.0, 99.0], &Slo::default());
+        RunResult {
+            name: name.into(),
+            run_num,
+            request_rate: None,
+            max_concurrency: None,
+            results,
+            summary,
+            system: SystemStats::default(),
+        }
+    }
+
+    #[test]
+    fn the_comparison_averages_repeats_and_signs_improvements() {
+        // A B A B: fixed at 2 s and 4 s latency (mean 3 s), continuous at 1.5 s.
+        let runs = [run("fixed", 1, 2.0), run("continuous", 1, 1.5), run("fixed", 2, 4.0), run("continuous", 2, 1.5)];
+        let t = comparison_table(&runs);
+        // Latency avg: fixed (2000 + 4000)/2 = 3000 ms; continuous 1500 ms → 50% better.
+        assert!(t.contains("3000.0") && t.contains("1500.0"), "{t}");
+        assert!(t.contains("+50.0%"), "{t}");
+    }
+
+    #[test]
+    fn the_csv_has_seed_004s_columns_then_ours() {
+        let path = std::env::temp_dir().join(format!("tandem-bench-{}.csv", std::process::id()));
+        write_csv(&path, &[run("x", 1, 1.0)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header = text.lines().next().unwrap();
+        assert!(header.starts_with(
+            "run_num,seq,status,batch_num,input_tokens,output_tokens,total_tokens,latency,ttft,tokens_per_sec,error,"
+        ));
+        assert!(header.ends_with("tpot,itl_mean,itl_p50,itl_p99,itl_max"), "{header}");
+        // Row 1: seq 1, ok, 8 + 5 = 13 tokens, 5 tokens / 1 s = 5 tok/s, TPOT (1 − 0.2)/4 = 0.2.
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("1,1,ok,,8,5,13,1.0,0.2,5.0,,x,"), "{row}");
+        assert_eq!(text.lines().count(), 5);
+        let _ = std::fs::remove_file(path);
+    }
+}

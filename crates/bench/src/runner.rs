@@ -1,0 +1,100 @@
+//! One benchmark run: requests sent at their arrival times (each its own task; at most
+//! `max_concurrency` in flight when set, the rest waiting for a slot as in vLLM), a progress bar,
+//! and resource sampling alongside; then the summary.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+
+use crate::dataset::BenchRequest;
+use crate::metrics::{RequestResult, Slo, Summary};
+use crate::system::{sample, Probe, SystemStats};
+use crate::target::Target;
+
+/// What one run sends.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The configuration's name (compare mode) or the target's.
+    pub name: String,
+    /// 1-based repetition.
+    pub run_num: usize,
+    /// Requests/s (`None` = all at once), for reports.
+    pub request_rate: Option<f64>,
+    pub requests: Vec<BenchRequest>,
+    /// Send times, seconds from the start, one per request.
+    pub times: Vec<f64>,
+    pub max_concurrency: Option<usize>,
+    pub progress: bool,
+}
+
+/// A run's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub name: String,
+    pub run_num: usize,
+    pub request_rate: Option<f64>,
+    pub max_concurrency: Option<usize>,
+    #[serde(skip)]
+    pub results: Vec<RequestResult>,
+    pub summary: Summary,
+    pub system: SystemStats,
+}
+
+/// Runs `spec` against `target`.
+pub async fn run(target: Arc<Target>, probe: Probe, spec: &RunSpec, percentiles: &[f64], slo: &Slo) -> RunResult {
+    let bar = if spec.progress { ProgressBar::new(spec.requests.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{} #{}", spec.name, spec.run_num));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sampler = tokio::spawn(sample(probe, stop_rx));
+    let slots = spec.max_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1))));
+    let start = Instant::now();
+    let tasks: Vec<_> = spec
+        .requests
+        .iter()
+        .cloned()
+        .zip(spec.times.iter().copied())
+        .enumerate()
+        .map(|(seq, (req, at))| {
+            let (target, slots, bar) = (target.clone(), slots.clone(), bar.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
+                let _permit = match &slots {
+                    Some(s) => s.clone().acquire_owned().await.ok(),
+                    None => None,
+                };
+                let sent_at = start.elapsed().as_secs_f64();
+                let r = target.send(seq, &req, sent_at).await;
+                bar.inc(1);
+                r
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for (seq, t) in tasks.into_iter().enumerate() {
+        results.push(t.await.unwrap_or_else(|e| RequestResult {
+            seq,
+            error: format!("the request task failed: {e}"),
+            ..RequestResult::default()
+        }));
+    }
+    bar.finish_and_clear();
+    let _ = stop_tx.send(true);
+    let system = sampler.await.unwrap_or_default();
+    let summary = Summary::of(&results, percentiles, slo);
+    RunResult {
+        name: spec.name.clone(),
+        run_num: spec.run_num,
+        request_rate: spec.request_rate,
+        max_concurrency: spec.max_concurrency,
+        results,
+        summary,
+        system,
+    }
+}

@@ -1,0 +1,161 @@
+//! Resource use during a run, sampled twice a second: GPU utilisation and memory through NVML
+//! when a GPU is present (`nvml-wrapper` loads the driver's library at run time, so this builds
+//! and runs on machines without one); otherwise the serving process' RSS and CPU — our own for
+//! an in-process engine, the server's `process_*` families from `/metrics` for an HTTP target —
+//! and the server-side stream utilisation and batch size from tandem's `/metrics`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tandem_engine::{Engine, ProcessUsage};
+use tokio::sync::watch;
+
+use crate::target::HttpTarget;
+
+/// What was measured about the serving side.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SystemStats {
+    pub peak_rss_bytes: Option<u64>,
+    /// Mean CPU cores busy (CPU seconds / wall seconds).
+    pub cpu_cores: Option<f64>,
+    pub gpu_name: Option<String>,
+    /// Mean GPU utilisation, percent.
+    pub gpu_util_mean: Option<f64>,
+    pub gpu_mem_peak_bytes: Option<u64>,
+    /// Per execution stream, busy / device time (tandem only).
+    pub stream_utilisation: Vec<f64>,
+    pub mean_batch_size: Option<f64>,
+    pub preemptions: Option<u64>,
+}
+
+/// Where the serving side can be observed.
+#[derive(Clone)]
+pub enum Probe {
+    Local(Arc<Engine>),
+    Remote(HttpTarget),
+}
+
+/// Sample values of the family `name` in a Prometheus/OpenMetrics text (label sets ignored).
+pub fn prom_values(text: &str, name: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+struct Reading {
+    rss: Option<u64>,
+    cpu: Option<f64>,
+    streams: Vec<f64>,
+    batch: Option<f64>,
+    preemptions: Option<u64>,
+}
+
+async fn read(probe: &Probe) -> Reading {
+    match probe {
+        Probe::Local(engine) => {
+            let u = ProcessUsage::read();
+            let st = engine.stats();
+            Reading {
+                rss: u.rss_bytes,
+                cpu: u.cpu_time.map(|d| d.as_secs_f64()),
+                streams: st.stream_utilisation.clone(),
+                batch: Some(st.mean_batch_size),
+                preemptions: Some(st.scheduler.preemptions()),
+            }
+        }
+        Probe::Remote(target) => {
+            let Some(text) = target.scrape_metrics().await else {
+                return Reading { rss: None, cpu: None, streams: Vec::new(), batch: None, preemptions: None };
+            };
+            let one = |n: &str| prom_values(&text, n).first().copied();
+            let pre = prom_values(&text, "tandem:num_preemptions_total");
+            Reading {
+                rss: one("process_resident_memory_bytes").map(|b| b as u64),
+                cpu: one("process_cpu_seconds_total"),
+                streams: prom_values(&text, "tandem:stream_utilization"),
+                batch: one("tandem:mean_batch_size"),
+                preemptions: (!pre.is_empty()).then(|| pre.iter().sum::<f64>() as u64),
+            }
+        }
+    }
+}
+
+struct Gpu {
+    nvml: nvml_wrapper::Nvml,
+}
+
+impl Gpu {
+    fn open() -> Option<Self> {
+        let nvml = nvml_wrapper::Nvml::init().ok()?;
+        (nvml.device_count().ok()? > 0).then_some(Self { nvml })
+    }
+
+    fn name(&self) -> Option<String> {
+        self.nvml.device_by_index(0).ok()?.name().ok()
+    }
+
+    /// (utilisation %, memory used bytes) of GPU 0.
+    fn read(&self) -> Option<(f64, u64)> {
+        let d = self.nvml.device_by_index(0).ok()?;
+        Some((d.utilization_rates().ok()?.gpu as f64, d.memory_info().ok()?.used))
+    }
+}
+
+/// Samples `probe` until `stop` turns true; returns the run's figures.
+pub async fn sample(probe: Probe, mut stop: watch::Receiver<bool>) -> SystemStats {
+    let gpu = Gpu::open();
+    let started = Instant::now();
+    let first = read(&probe).await;
+    let mut out = SystemStats { gpu_name: gpu.as_ref().and_then(|g| g.name()), ..SystemStats::default() };
+    let mut last = first;
+    let cpu0 = last.cpu;
+    let mut peak_rss = last.rss;
+    let (mut util_sum, mut util_n, mut mem_peak) = (0.0, 0u32, None::<u64>);
+    loop {
+        if let Some((u, m)) = gpu.as_ref().and_then(|g| g.read()) {
+            util_sum += u;
+            util_n += 1;
+            mem_peak = Some(mem_peak.map_or(m, |p| p.max(m)));
+        }
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+            _ = stop.changed() => true,
+        };
+        last = read(&probe).await;
+        peak_rss = match (peak_rss, last.rss) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if stopped || *stop.borrow() {
+            break;
+        }
+    }
+    let wall = started.elapsed().as_secs_f64().max(1e-9);
+    out.peak_rss_bytes = peak_rss;
+    out.cpu_cores = match (cpu0, last.cpu) {
+        (Some(a), Some(b)) => Some((b - a).max(0.0) / wall),
+        _ => None,
+    };
+    out.gpu_util_mean = (util_n > 0).then(|| util_sum / util_n as f64);
+    out.gpu_mem_peak_bytes = mem_peak;
+    out.stream_utilisation = last.streams;
+    out.mean_batch_size = last.batch;
+    out.preemptions = last.preemptions;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_values_are_found_by_family_name() {
+        let text = "# TYPE x gauge\nprocess_resident_memory_bytes 1048576\ntandem:stream_utilization{model_name=\"m\",stream=\"0\"} 0.5\ntandem:stream_utilization{model_name=\"m\",stream=\"1\"} 0.25\ntandem:stream_utilization_other 9\n";
+        assert_eq!(prom_values(text, "process_resident_memory_bytes"), vec![1048576.0]);
+        assert_eq!(prom_values(text, "tandem:stream_utilization"), vec![0.5, 0.25]);
+        assert!(prom_values(text, "missing").is_empty());
+    }
+}
