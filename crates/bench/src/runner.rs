@@ -27,6 +27,9 @@ pub struct RunSpec {
     /// Send times, seconds from the start, one per request.
     pub times: Vec<f64>,
     pub max_concurrency: Option<usize>,
+    /// A request still running after this is recorded as failed (and its connection dropped,
+    /// which aborts it on a tandem server).
+    pub request_timeout: Duration,
     pub progress: bool,
 }
 
@@ -63,6 +66,7 @@ pub async fn run(target: Arc<Target>, probe: Probe, spec: &RunSpec, percentiles:
         .enumerate()
         .map(|(seq, (req, at))| {
             let (target, slots, bar) = (target.clone(), slots.clone(), bar.clone());
+            let timeout = spec.request_timeout;
             tokio::spawn(async move {
                 tokio::time::sleep_until((start + Duration::from_secs_f64(at)).into()).await;
                 let _permit = match &slots {
@@ -70,7 +74,17 @@ pub async fn run(target: Arc<Target>, probe: Probe, spec: &RunSpec, percentiles:
                     None => None,
                 };
                 let sent_at = start.elapsed().as_secs_f64();
-                let r = target.send(seq, &req, sent_at).await;
+                let r = match tokio::time::timeout(timeout, target.send(seq, &req, sent_at)).await {
+                    Ok(r) => r,
+                    Err(_) => RequestResult {
+                        seq,
+                        prompt_len: req.prompt_len,
+                        sent_at,
+                        latency: timeout.as_secs_f64(),
+                        error: format!("timed out after {:?}", timeout),
+                        ..RequestResult::default()
+                    },
+                };
                 bar.inc(1);
                 r
             })

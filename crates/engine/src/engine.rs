@@ -297,6 +297,14 @@ impl StepLoop {
             let cpu_start = Instant::now();
             let busy = self.device_busy();
             self.apply(front.out, result);
+            // Empty steps (nothing to run) that are next in line need no device: apply them
+            // now, or one left queued would keep the loop from ever sleeping while requests
+            // wait for a batch to fill.
+            while self.inflight.front().is_some_and(|f| !f.on_device) {
+                if let Some(f) = self.inflight.pop_front() {
+                    self.apply(f.out, Ok(ModelOutput::default()));
+                }
+            }
             self.account_cpu(cpu_start.elapsed(), busy);
             if self.inflight.is_empty() && !self.has_runnable_work() {
                 self.wait_for_work();

@@ -277,3 +277,26 @@ fn async_scheduling_hides_cpu_time_and_stats_are_live() {
     assert!(s.throughput_tps > 0.0 && s.steps > 0);
     assert_eq!(s.queue_depth, 0);
 }
+
+#[test]
+fn requests_waiting_for_a_batch_to_fill_do_not_spin_the_loop() {
+    // Fixed batches of 4: six requests run four, and two wait for partners that never come.
+    // While they wait the loop must sleep, not spin: over 300 ms it may spend a little CPU on
+    // 1 ms timer checks, nowhere near the 300 ms a busy loop burns.
+    let cfg = SchedulerConfig { batching: BatchingKind::Fixed { batch_size: 4, max_wait: None }, ..small_cfg() };
+    let exec = ContentExecutor::new(&cfg);
+    let engine =
+        Engine::start(EngineConfig { scheduler: cfg, max_queued: 100, async_scheduling: true }, Box::new(exec))
+            .unwrap();
+    let mut handles: Vec<_> =
+        (0..6).map(|i| engine.submit(NewRequest::new(i, prompt(i), 3, Duration::ZERO)).unwrap()).collect();
+    for h in handles.iter_mut().take(4) {
+        assert!(matches!(collect(h).last(), Some(RequestEvent::Finished(FinishReason::Length))));
+    }
+    wait_until("the first batch to end", || engine.stats().finished_requests == 4);
+    let before = engine.stats().cpu_time;
+    std::thread::sleep(Duration::from_millis(300));
+    let spent = engine.stats().cpu_time - before;
+    assert!(spent < Duration::from_millis(60), "the idle loop spent {spent:?} of CPU in 300 ms");
+    assert_eq!(engine.stats().scheduler.waiting, 2);
+}

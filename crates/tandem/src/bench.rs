@@ -67,6 +67,9 @@ pub struct BenchArgs {
     fixed_rate: bool,
     #[arg(long)]
     max_concurrency: Option<usize>,
+    /// Seconds before a request counts as failed (e.g. a fixed batch that never fills).
+    #[arg(long, default_value_t = 600.0)]
+    request_timeout: f64,
     /// A rate sweep: comma-separated request rates (overrides --request-rate).
     #[arg(long, value_delimiter = ',')]
     sweep: Vec<f64>,
@@ -261,6 +264,10 @@ async fn bench(a: BenchArgs) -> Result<(), String> {
                     requests: requests.clone(),
                     times: times.clone(),
                     max_concurrency: a.max_concurrency,
+                    request_timeout: std::time::Duration::try_from_secs_f64(a.request_timeout)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or("--request-timeout must be a positive number of seconds")?,
                     progress: !a.no_progress,
                 };
                 let r = run_config(&a, c, &spec, &slo, tokenizer.clone()).await?;
