@@ -9,5 +9,7 @@ if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi
-cargo build --locked -p tandem
+# The binary exactly as the test build made it (a plain `cargo build -p tandem` unifies
+# features differently and would recompile half the dependencies).
+cargo test --workspace --all-targets --locked --no-run --quiet
 "$VENV/bin/python" scripts/openai_client/check.py target/debug/tandem
