@@ -15,7 +15,7 @@
 //! `process_cpu_seconds_total`.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -51,14 +51,10 @@ struct Writer<'a, 'e> {
 }
 
 impl Writer<'_, '_> {
-    fn gauge(&mut self, name: &str, help: &str, v: f64) -> Fmt {
+    /// A gauge; counts (`usize`) print as integers, fractions (`f64`) as floats.
+    fn gauge<V: EncodeGaugeValue>(&mut self, name: &str, help: &str, v: V) -> Fmt {
         let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
         ConstGauge::new(v).encode(m.encode_family(&[("model_name", self.model)])?)
-    }
-
-    fn gauge_int(&mut self, name: &str, help: &str, v: usize) -> Fmt {
-        let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        ConstGauge::new(v as i64).encode(m.encode_family(&[("model_name", self.model)])?)
     }
 
     fn counter(&mut self, name: &str, help: &str, v: u64) -> Fmt {
@@ -92,12 +88,12 @@ impl Collector for Snapshot {
         let sc = &st.scheduler;
         let rq = &st.requests;
         let mut w = Writer { enc, model: &self.model };
-        w.gauge_int("tandem:num_requests_running", "Requests in the running batch.", sc.running)?;
-        w.gauge_int("tandem:num_requests_waiting", "Requests waiting to start or resume.", sc.waiting)?;
-        w.gauge_int("tandem:num_requests_swapped", "Waiting requests whose KV is in the host tier.", sc.swapped)?;
+        w.gauge("tandem:num_requests_running", "Requests in the running batch.", sc.running)?;
+        w.gauge("tandem:num_requests_waiting", "Requests waiting to start or resume.", sc.waiting)?;
+        w.gauge("tandem:num_requests_swapped", "Waiting requests whose KV is in the host tier.", sc.swapped)?;
         w.gauge("tandem:kv_cache_usage_perc", "Fraction of KV blocks in use (1 = full).", sc.kv_usage())?;
-        w.gauge_int("tandem:kv_cache_blocks_total", "KV blocks in the device pool.", sc.kv_blocks_total)?;
-        w.gauge_int("tandem:batch_size", "Sequences in the last step.", st.current_batch_size)?;
+        w.gauge("tandem:kv_cache_blocks_total", "KV blocks in the device pool.", sc.kv_blocks_total)?;
+        w.gauge("tandem:batch_size", "Sequences in the last step.", st.current_batch_size)?;
         w.gauge("tandem:mean_batch_size", "Mean sequences per step since start.", st.mean_batch_size)?;
         {
             let mut m = w.enc.encode_descriptor(
@@ -153,7 +149,7 @@ impl Collector for Snapshot {
         if let Some(rss) = self.process.rss_bytes {
             let m =
                 enc.encode_descriptor("process_resident_memory_bytes", "Resident memory.", None, MetricType::Gauge)?;
-            ConstGauge::new(rss as i64).encode(m)?;
+            ConstGauge::new(rss).encode(m)?;
         }
         if let Some(cpu) = self.process.cpu_time {
             let m =
