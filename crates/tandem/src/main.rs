@@ -36,49 +36,16 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Serve(args) => match serve::run(args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("tandem serve: {e}");
-                2
-            }
-        },
-        Command::BenchModel(args) => match bench_model::run(args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("tandem bench-model: {e}");
-                2
-            }
-        },
-        Command::Generate(args) => match generate::run(*args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("tandem generate: {e}");
-                2
-            }
-        },
-        Command::Simulate(args) => match simulate::run(*args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("tandem simulate: {e}");
-                2
-            }
-        },
-        Command::Bench(args) => match bench::run_cli(*args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("tandem bench: {e}");
-                2
-            }
-        },
-        Command::GenModel(args) => match gen_model::run(args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("tandem gen-model: {e}");
-                2
-            }
-        },
+    let (name, result) = match cli.command {
+        Command::Serve(args) => ("serve", serve::run(args)),
+        Command::BenchModel(args) => ("bench-model", bench_model::run(args)),
+        Command::Generate(args) => ("generate", generate::run(*args)),
+        Command::Simulate(args) => ("simulate", simulate::run(*args)),
+        Command::Bench(args) => ("bench", bench::run_cli(*args)),
+        Command::GenModel(args) => ("gen-model", gen_model::run(args)),
     };
-    std::process::exit(code);
+    if let Err(e) = result {
+        eprintln!("tandem {name}: {e}");
+        std::process::exit(2);
+    }
 }
