@@ -6,9 +6,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
+use tandem_engine::report::percent_change;
 
 use crate::metrics::Stats;
-use crate::runner::RunResult;
+use crate::runner::{config_names, RunResult};
 use crate::BenchError;
 
 fn out_err(path: &Path, e: impl std::fmt::Display) -> BenchError {
@@ -176,12 +177,7 @@ fn average(runs: &[&RunResult]) -> Averaged {
 /// Seed 001's comparison: each configuration (averaged over its repeats) side by side, then the
 /// change of each against the first (positive = better).
 pub fn comparison_table(runs: &[RunResult]) -> String {
-    let mut names: Vec<&str> = Vec::new();
-    for r in runs {
-        if !names.contains(&r.name.as_str()) {
-            names.push(&r.name);
-        }
-    }
+    let names = config_names(runs);
     let avg: Vec<Averaged> =
         names.iter().map(|n| average(&runs.iter().filter(|r| r.name == *n).collect::<Vec<_>>())).collect();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(8).max(12);
@@ -234,10 +230,7 @@ pub fn comparison_table(runs: &[RunResult]) -> String {
             for (i, a) in avg.iter().enumerate() {
                 let cell = match (f(a), f(&avg[0])) {
                     _ if i == 0 => "base".to_string(),
-                    (Some(v), Some(b)) if b != 0.0 => {
-                        let change = (v - b) / b * 100.0;
-                        format!("{:+.1}%", if *higher { change } else { -change })
-                    }
+                    (Some(v), Some(b)) => percent_change(v, b, *higher),
                     _ => "—".to_string(),
                 };
                 let _ = write!(s, " {:>width$}", cell);

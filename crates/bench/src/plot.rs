@@ -4,9 +4,10 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::runner::RunResult;
+use crate::runner::{config_names, RunResult};
 use crate::BenchError;
 
 fn err(path: &Path, e: impl std::fmt::Display) -> BenchError {
@@ -14,6 +15,33 @@ fn err(path: &Path, e: impl std::fmt::Display) -> BenchError {
 }
 
 const COLORS: [RGBColor; 6] = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws one labelled line.
+fn line(
+    chart: &mut Chart,
+    path: &Path,
+    pts: Vec<(f64, f64)>,
+    label: String,
+    color: RGBColor,
+) -> Result<(), BenchError> {
+    chart
+        .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+        .map_err(|e| err(path, e))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    Ok(())
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, path: &Path) -> Result<(), BenchError> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(path, e))
+}
 
 fn cdf(mut v: Vec<f64>) -> Vec<(f64, f64)> {
     v.sort_by(f64::total_cmp);
@@ -46,19 +74,9 @@ pub fn latency_cdfs(path: &Path, runs: &[RunResult]) -> Result<(), BenchError> {
             .map_err(|e| err(path, e))?;
         chart.configure_mesh().x_desc(label).y_desc("fraction of requests").draw().map_err(|e| err(path, e))?;
         for (i, (name, pts)) in series.into_iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-                .map_err(|e| err(path, e))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            line(&mut chart, path, pts, name, COLORS[i % COLORS.len()])?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(path, e))?;
+        legend(&mut chart, path)?;
     }
     root.present().map_err(|e| err(path, e))
 }
@@ -66,12 +84,7 @@ pub fn latency_cdfs(path: &Path, runs: &[RunResult]) -> Result<(), BenchError> {
 /// Output tokens/s (top) and P99 TTFT and E2EL (bottom) against the request rate, one line
 /// per configuration. Runs without a finite rate are left out.
 pub fn rate_sweep(path: &Path, runs: &[RunResult]) -> Result<(), BenchError> {
-    let mut names: Vec<&str> = Vec::new();
-    for r in runs.iter().filter(|r| r.request_rate.is_some()) {
-        if !names.contains(&r.name.as_str()) {
-            names.push(&r.name);
-        }
-    }
+    let names = config_names(runs.iter().filter(|r| r.request_rate.is_some()));
     let points = |name: &str, f: &dyn Fn(&RunResult) -> f64| -> Vec<(f64, f64)> {
         let mut v: Vec<(f64, f64)> =
             runs.iter().filter(|r| r.name == name).filter_map(|r| Some((r.request_rate?, f(r)))).collect();
@@ -112,22 +125,13 @@ pub fn rate_sweep(path: &Path, runs: &[RunResult]) -> Result<(), BenchError> {
                 let color = COLORS[i % COLORS.len()];
                 i += 1;
                 let pts = points(name, f);
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                    .map_err(|e| err(path, e))?
-                    .label(format!("{name} {label}"))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                line(&mut chart, path, pts.clone(), format!("{name} {label}"), color)?;
                 chart
                     .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                     .map_err(|e| err(path, e))?;
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(path, e))?;
+        legend(&mut chart, path)?;
     }
     root.present().map_err(|e| err(path, e))
 }

@@ -46,6 +46,17 @@ pub struct RunResult {
     pub system: SystemStats,
 }
 
+/// The configurations' names in order of first appearance (runs repeat A B A B).
+pub fn config_names<'a>(runs: impl IntoIterator<Item = &'a RunResult>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in runs {
+        if !names.contains(&r.name.as_str()) {
+            names.push(&r.name);
+        }
+    }
+    names
+}
+
 /// Runs `spec` against `target`.
 pub async fn run(target: Arc<Target>, probe: Probe, spec: &RunSpec, percentiles: &[f64], slo: &Slo) -> RunResult {
     let bar = if spec.progress { ProgressBar::new(spec.requests.len() as u64) } else { ProgressBar::hidden() };

@@ -124,7 +124,8 @@ impl RunSummary {
     }
 }
 
-fn pct(new: f64, base: f64, higher_is_better: bool) -> String {
+/// `new` against `base` as a signed percentage where positive is better (`—` without a base).
+pub fn percent_change(new: f64, base: f64, higher_is_better: bool) -> String {
     if base == 0.0 {
         return "—".into();
     }
@@ -182,7 +183,7 @@ pub fn comparison_table(runs: &[RunSummary]) -> String {
         for (label, f, higher, _) in rows.iter().filter(|r| r.0 != "preemptions" && !r.0.starts_with("peak")) {
             let _ = write!(s, "{label:<26}");
             for r in runs {
-                let _ = write!(s, " {:>width$}", pct(f(r), f(base), *higher));
+                let _ = write!(s, " {:>width$}", percent_change(f(r), f(base), *higher));
             }
             s.push('\n');
         }
