@@ -57,24 +57,17 @@ fn bad_options_are_clear_errors() {
 
 #[test]
 fn serve_answers_on_its_port_and_shuts_down_gracefully_on_sigterm() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(["serve", "--port", "0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().expect("serve prints its address").unwrap();
-    let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).expect(&line).to_string();
+    use std::io::{Read, Write};
+    let mut server = Served::start(&[]);
+    let addr = server.url.trim_start_matches("http://").split('/').next().unwrap().to_string();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("ok"), "{resp}");
-    let pid = child.id().to_string();
+    let pid = server.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = child.wait().unwrap();
+    let status = server.child.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
 
