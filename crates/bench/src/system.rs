@@ -108,9 +108,7 @@ impl Gpu {
 pub async fn sample(probe: Probe, mut stop: watch::Receiver<bool>) -> SystemStats {
     let gpu = Gpu::open();
     let started = Instant::now();
-    let first = read(&probe).await;
-    let mut out = SystemStats { gpu_name: gpu.as_ref().and_then(|g| g.name()), ..SystemStats::default() };
-    let mut last = first;
+    let mut last = read(&probe).await;
     let cpu0 = last.cpu;
     let mut peak_rss = last.rss;
     let (mut util_sum, mut util_n, mut mem_peak) = (0.0, 0u32, None::<u64>);
@@ -134,17 +132,19 @@ pub async fn sample(probe: Probe, mut stop: watch::Receiver<bool>) -> SystemStat
         }
     }
     let wall = started.elapsed().as_secs_f64().max(1e-9);
-    out.peak_rss_bytes = peak_rss;
-    out.cpu_cores = match (cpu0, last.cpu) {
-        (Some(a), Some(b)) => Some((b - a).max(0.0) / wall),
-        _ => None,
-    };
-    out.gpu_util_mean = (util_n > 0).then(|| util_sum / util_n as f64);
-    out.gpu_mem_peak_bytes = mem_peak;
-    out.stream_utilisation = last.streams;
-    out.mean_batch_size = last.batch;
-    out.preemptions = last.preemptions;
-    out
+    SystemStats {
+        peak_rss_bytes: peak_rss,
+        cpu_cores: match (cpu0, last.cpu) {
+            (Some(a), Some(b)) => Some((b - a).max(0.0) / wall),
+            _ => None,
+        },
+        gpu_name: gpu.as_ref().and_then(|g| g.name()),
+        gpu_util_mean: (util_n > 0).then(|| util_sum / util_n as f64),
+        gpu_mem_peak_bytes: mem_peak,
+        stream_utilisation: last.streams,
+        mean_batch_size: last.batch,
+        preemptions: last.preemptions,
+    }
 }
 
 #[cfg(test)]
