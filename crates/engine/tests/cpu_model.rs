@@ -1,13 +1,13 @@
 //! The real model through the real engine: greedy outputs are batch-invariant — 8 prompts of
 //! different lengths decoded together (with chunked prefill, and with preemption by recompute
-//! and by swap) give exactly what each gives decoded alone.
+//! and by swap) give exactly what each gives decoded alone, with f32 and with int8 weights.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tandem_core::{FinishReason, NewRequest, PreemptionModeKind, SchedulerConfig, TokenId};
 use tandem_engine::{Engine, EngineConfig, RequestEvent};
-use tandem_executor::cpu::{load_model, CpuExecutor, LlamaModel};
+use tandem_executor::cpu::{load_model, load_model_as, CpuExecutor, LlamaModel, WeightFormat};
 use tandem_executor::store::default_model;
 use tandem_executor::text::{ChatMessage, TextTokenizer};
 
@@ -20,8 +20,8 @@ fn loaded() -> &'static (std::path::PathBuf, TextTokenizer) {
     })
 }
 
-fn model() -> LlamaModel {
-    load_model(&loaded().0).unwrap().model
+fn model(format: WeightFormat) -> LlamaModel {
+    load_model_as(&loaded().0, format).unwrap().model
 }
 
 fn prompts() -> Vec<Vec<TokenId>> {
@@ -43,8 +43,13 @@ fn prompts() -> Vec<Vec<TokenId>> {
 }
 
 /// Greedy outputs of `prompts` run together through an engine with `cfg`.
-fn run(cfg: SchedulerConfig, prompts: &[Vec<TokenId>], max_tokens: usize) -> (Vec<Vec<TokenId>>, u64) {
-    let exec = CpuExecutor::new(model(), cfg.block_size, cfg.num_gpu_blocks, cfg.num_host_blocks);
+fn run(
+    format: WeightFormat,
+    cfg: SchedulerConfig,
+    prompts: &[Vec<TokenId>],
+    max_tokens: usize,
+) -> (Vec<Vec<TokenId>>, u64) {
+    let exec = CpuExecutor::new(model(format), cfg.block_size, cfg.num_gpu_blocks, cfg.num_host_blocks);
     let engine =
         Engine::start(EngineConfig { scheduler: cfg, max_queued: 64, async_scheduling: true }, Box::new(exec)).unwrap();
     let mut handles: Vec<_> = prompts
@@ -89,28 +94,37 @@ fn base() -> SchedulerConfig {
     }
 }
 
-#[test]
-fn greedy_outputs_are_batch_invariant_with_chunking_and_preemption() {
+fn check_batch_invariance(format: WeightFormat) {
     let ps = prompts();
     let alone: Vec<Vec<TokenId>> =
-        ps.iter().map(|p| run(base(), std::slice::from_ref(p), MAX_TOKENS).0.remove(0)).collect();
+        ps.iter().map(|p| run(format, base(), std::slice::from_ref(p), MAX_TOKENS).0.remove(0)).collect();
     // Real text, not a degenerate loop: the first answer names Paris.
     let first = loaded().1.decode(&alone[0]).unwrap();
-    assert!(first.contains("Paris"), "{first:?}");
+    assert!(first.contains("Paris"), "{format}: {first:?}");
     // Together, with a 64-token budget: the longer prompts are prefilled in chunks.
-    let (together, _) = run(base(), &ps, MAX_TOKENS);
-    assert_eq!(together, alone, "batched with chunked prefill");
+    let (together, _) = run(format, base(), &ps, MAX_TOKENS);
+    assert_eq!(together, alone, "{format}: batched with chunked prefill");
     // 4-token blocks, 30 of them (120 tokens), cannot hold all 8 (≈ 40–60 tokens each) as they
     // grow: running requests need a new block every 4 tokens and preempt each other, by
     // recompute, then by swap.
     let tight = SchedulerConfig { block_size: 4, num_gpu_blocks: 30, num_host_blocks: 60, ..base() };
     let (recompute, n) =
-        run(SchedulerConfig { preemption: PreemptionModeKind::Recompute, ..tight.clone() }, &ps, MAX_TOKENS);
+        run(format, SchedulerConfig { preemption: PreemptionModeKind::Recompute, ..tight.clone() }, &ps, MAX_TOKENS);
     assert!(n > 0, "the tight pool must preempt");
-    eprintln!("recompute run: {n} preemptions");
-    assert_eq!(recompute, alone, "with recompute preemption");
-    let (swap, n) = run(SchedulerConfig { preemption: PreemptionModeKind::Swap, ..tight }, &ps, MAX_TOKENS);
+    eprintln!("{format} recompute run: {n} preemptions");
+    assert_eq!(recompute, alone, "{format}: with recompute preemption");
+    let (swap, n) = run(format, SchedulerConfig { preemption: PreemptionModeKind::Swap, ..tight }, &ps, MAX_TOKENS);
     assert!(n > 0, "the tight pool must preempt");
-    eprintln!("swap run: {n} preemptions");
-    assert_eq!(swap, alone, "with swap preemption");
+    eprintln!("{format} swap run: {n} preemptions");
+    assert_eq!(swap, alone, "{format}: with swap preemption");
+}
+
+#[test]
+fn greedy_outputs_are_batch_invariant_with_chunking_and_preemption() {
+    check_batch_invariance(WeightFormat::F32);
+}
+
+#[test]
+fn int8_greedy_outputs_are_batch_invariant_too() {
+    check_batch_invariance(WeightFormat::Q8);
 }

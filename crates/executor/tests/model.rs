@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use tandem_core::BlockId;
-use tandem_executor::cpu::{load_model, LoadedModel, PagedKvCache};
+use tandem_executor::cpu::{load_model, load_model_as, LoadedModel, PagedKvCache, WeightFormat};
 use tandem_executor::store::default_model;
 use tandem_executor::text::{ChatMessage, IncrementalDecoder};
 use tandem_executor::ExecError;
@@ -15,9 +15,18 @@ fn model() -> &'static LoadedModel {
     M.get_or_init(|| load_model(&default_model().expect("fetch the default model")).expect("load"))
 }
 
+fn int8_model() -> &'static LoadedModel {
+    static M: OnceLock<LoadedModel> = OnceLock::new();
+    M.get_or_init(|| load_model_as(&default_model().expect("fetch the default model"), WeightFormat::Q8).expect("load"))
+}
+
 /// Last-position logits of `ids`, run as one prefill through a fresh paged cache.
 fn logits(ids: &[u32]) -> Vec<f32> {
-    let m = &model().model;
+    logits_of(model(), ids)
+}
+
+fn logits_of(loaded: &LoadedModel, ids: &[u32]) -> Vec<f32> {
+    let m = &loaded.model;
     let c = &m.config;
     let mut cache = PagedKvCache::new(c.layers, c.kv_dim(), 16, 64, 0);
     let table: Vec<BlockId> = (0..64).map(BlockId).collect();
@@ -43,6 +52,30 @@ fn logits_match_the_independent_numpy_reference() {
         assert!(max_diff <= 1e-3, "prompt {i}: max |Δlogit| = {max_diff}");
         let argmax = got.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         assert_eq!(argmax as u64, meta["argmax"][i].as_u64().unwrap(), "prompt {i}: argmax");
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
+}
+
+#[test]
+fn int8_weights_track_the_f32_logits() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_parity");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}.json")).unwrap()).unwrap();
+    assert_eq!(model().model.weight_format(), WeightFormat::F32);
+    assert_eq!(int8_model().model.weight_format(), WeightFormat::Q8);
+    for (i, prompt) in meta["prompts"].as_array().unwrap().iter().enumerate() {
+        let ids: Vec<u32> = prompt.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let (exact, q8) = (logits(&ids), logits_of(int8_model(), &ids));
+        let spread = exact.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let max_diff = exact.iter().zip(&q8).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let mean_diff = exact.iter().zip(&q8).map(|(a, b)| (a - b).abs()).sum::<f32>() / exact.len() as f32;
+        eprintln!("prompt {i}: max |Δlogit| int8 vs f32 = {max_diff:.3}, mean {mean_diff:.3} (max |logit| {spread:.1})");
+        // int8 rounding moves logits by a few hundredths to tenths; the top token must not move.
+        assert!(max_diff < 0.1 * spread, "prompt {i}: max |Δlogit| = {max_diff}");
+        assert_eq!(argmax(&q8), argmax(&exact), "prompt {i}: argmax");
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 use tandem_core::{BlockId, RequestId, SamplerParams, ScheduledSeq, SchedulerOutput};
-use tandem_executor::cpu::{load_model, CpuExecutor};
+use tandem_executor::cpu::{load_model_as, CpuExecutor, WeightFormat};
 use tandem_executor::Executor;
 
 #[derive(Debug, Args)]
@@ -14,6 +14,9 @@ pub struct BenchModelArgs {
     /// A .gguf file or HF directory; default: the embedded model.
     #[arg(long)]
     model: Option<std::path::PathBuf>,
+    /// Linear-layer weights: auto, f32 or q8 (as for `serve`).
+    #[arg(long, default_value_t = WeightFormat::Auto)]
+    weights: WeightFormat,
     /// Decode batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     batch: Vec<usize>,
@@ -62,9 +65,9 @@ pub fn run(a: BenchModelArgs) -> Result<(), String> {
     };
     let max_batch = a.batch.iter().copied().max().unwrap_or(1);
     let per_seq = (a.context + a.steps + 1).max(a.prefill + 1).div_ceil(BS);
-    let model = load_model(&path).map_err(|e| e.to_string())?.model;
+    let model = load_model_as(&path, a.weights).map_err(|e| e.to_string())?.model;
     let mut exec = CpuExecutor::new(model, BS, max_batch * per_seq, 0);
-    println!("{}", exec.describe());
+    println!("{} ({} MiB in linear layers)", exec.describe(), exec.model().linear_bytes() >> 20);
     println!("threads: {}", std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Prefill: one prompt of `prefill` tokens in chunks of 512.
     let t = Instant::now();

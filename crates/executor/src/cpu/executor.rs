@@ -109,10 +109,11 @@ impl Executor for CpuExecutor {
     fn describe(&self) -> String {
         let c = &self.model.config;
         format!(
-            "cpu: {} ({} layers, hidden {}, {} blocks)",
+            "cpu: {} ({} layers, hidden {}, {} weights, {} blocks)",
             c.architecture,
             c.layers,
             c.hidden,
+            self.model.weight_format(),
             self.cache.num_blocks()
         )
     }

@@ -11,6 +11,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
+use super::linear::{Linear, WeightFormat};
 use super::model::{Layer, LlamaModel};
 use crate::text::TextTokenizer;
 use crate::ExecError;
@@ -52,6 +53,10 @@ fn linear_t(w: &Named, name: &str, path: &Path) -> Result<Tensor, ExecError> {
     Ok(t.t()?.contiguous()?)
 }
 
+fn vector(w: &Named, name: &str, path: &Path) -> Result<Vec<f32>, ExecError> {
+    Ok(need(w, name, path)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
 fn need<'a>(w: &'a Named, name: &str, path: &Path) -> Result<&'a Tensor, ExecError> {
     w.get(name).ok_or_else(|| bad(path, format!("tensor `{name}` is missing")))
 }
@@ -76,14 +81,21 @@ fn assemble(config: LlamaConfig, w: Named, path: &Path) -> Result<LlamaModel, Ex
                 format!("layer {i}: q/k/v weights have {} values, expected {expect}", wqkv.elem_count()),
             ));
         }
+        let norm_ok = |v: Vec<f32>, what: &str| {
+            if v.len() == config.hidden {
+                Ok(v)
+            } else {
+                Err(bad(path, format!("layer {i}: {what} has {} values, expected {}", v.len(), config.hidden)))
+            }
+        };
         layers.push(Layer {
-            attn_norm: need(&w, &n("attn_norm"), path)?.clone(),
-            wqkv,
-            bqkv,
-            wo: linear_t(&w, &n("o"), path)?,
-            ffn_norm: need(&w, &n("ffn_norm"), path)?.clone(),
-            w_gate_up: Tensor::cat(&[linear_t(&w, &n("gate"), path)?, linear_t(&w, &n("up"), path)?], 1)?,
-            w_down: linear_t(&w, &n("down"), path)?,
+            attn_norm: norm_ok(vector(&w, &n("attn_norm"), path)?, "attention norm")?,
+            wqkv: Linear::f32(wqkv)?,
+            bqkv: bqkv.map(|b| b.to_vec1::<f32>()).transpose()?,
+            wo: Linear::f32(linear_t(&w, &n("o"), path)?)?,
+            ffn_norm: norm_ok(vector(&w, &n("ffn_norm"), path)?, "FFN norm")?,
+            w_gate_up: Linear::f32(Tensor::cat(&[linear_t(&w, &n("gate"), path)?, linear_t(&w, &n("up"), path)?], 1)?)?,
+            w_down: Linear::f32(linear_t(&w, &n("down"), path)?)?,
         });
     }
     let embed = need(&w, "embed", path)?.clone();
@@ -93,11 +105,11 @@ fn assemble(config: LlamaConfig, w: Named, path: &Path) -> Result<LlamaModel, Ex
             format!("embedding is {:?}, expected [{}, {}]", embed.dims(), config.vocab, config.hidden),
         ));
     }
-    let lm_head = match w.get("lm_head") {
+    let lm_head = Linear::f32(match w.get("lm_head") {
         Some(h) => h.t()?.contiguous()?,
         None => embed.t()?.contiguous()?,
-    };
-    let norm = need(&w, "norm", path)?.clone();
+    })?;
+    let norm = vector(&w, "norm", path)?;
     LlamaModel::new(config, embed, layers, norm, lm_head)
 }
 
@@ -165,7 +177,8 @@ pub struct LoadedModel {
     pub tokenizer: TextTokenizer,
 }
 
-fn load_gguf(path: &Path) -> Result<LoadedModel, ExecError> {
+/// Loads a GGUF file; also says whether its linear weights are quantized.
+fn load_gguf(path: &Path) -> Result<(LoadedModel, bool), ExecError> {
     let file = File::open(path).map_err(|e| bad(path, e))?;
     let mut reader = BufReader::new(file);
     let content =
@@ -176,6 +189,10 @@ fn load_gguf(path: &Path) -> Result<LoadedModel, ExecError> {
     let mut w = Named::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
+    let quantized = content.tensor_infos.values().any(|t| {
+        use candle_core::quantized::GgmlDType::{BF16, F16, F32};
+        t.shape.rank() == 2 && !matches!(t.ggml_dtype, F32 | F16 | BF16)
+    });
     for name in names {
         let Some(ours) = gguf_name(name) else { continue };
         let q = content
@@ -183,7 +200,7 @@ fn load_gguf(path: &Path) -> Result<LoadedModel, ExecError> {
             .map_err(|e| bad(path, format!("tensor `{name}` cannot be read (truncated file?): {e}")))?;
         w.insert(ours, q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?);
     }
-    Ok(LoadedModel { model: assemble(config, w, path)?, tokenizer })
+    Ok((LoadedModel { model: assemble(config, w, path)?, tokenizer }, quantized))
 }
 
 fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ExecError> {
@@ -215,10 +232,19 @@ fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ExecError> {
     Ok(LoadedModel { model: assemble(config, w, dir)?, tokenizer })
 }
 
-/// Loads the model and tokenizer at `path` (a `.gguf` file or an HF directory).
+/// Loads the model and tokenizer at `path` (a `.gguf` file or an HF directory) with f32 weights:
+/// the file's values exactly.
 pub fn load_model(path: &Path) -> Result<LoadedModel, ExecError> {
-    match ModelFiles::locate(path)? {
-        ModelFiles::Gguf(p) => load_gguf(&p),
-        ModelFiles::HfDir(d) => load_hf_dir(&d),
-    }
+    load_model_as(path, WeightFormat::F32)
+}
+
+/// Loads the model at `path` with its linear layers in `format`; `Auto` means int8 for a
+/// quantized GGUF file and f32 otherwise.
+pub fn load_model_as(path: &Path, format: WeightFormat) -> Result<LoadedModel, ExecError> {
+    let (loaded, quantized) = match ModelFiles::locate(path)? {
+        ModelFiles::Gguf(p) => load_gguf(&p)?,
+        ModelFiles::HfDir(d) => (load_hf_dir(&d)?, false),
+    };
+    let model = loaded.model.into_format(format.resolve(quantized))?;
+    Ok(LoadedModel { model, ..loaded })
 }

@@ -3,16 +3,18 @@
 //! Per layer: RMSNorm → fused QKV projection (+ bias for Qwen2) → RoPE at each token's own
 //! position → K/V written into the paged cache → causal attention per sequence through its block
 //! table → output projection → residual; RMSNorm → fused gate/up → SiLU(gate)·up → down →
-//! residual. The LM head runs only on the rows that sample. Matmuls are candle (gemm) on
-//! contiguous f32; weights are stored pre-transposed (`in × out`).
+//! residual. The LM head runs only on the rows that sample. Activations are plain row-major
+//! `Vec<f32>`; the linear layers are [`Linear`]s (f32 through candle's gemm, or int8), weights
+//! stored pre-transposed (`in × out`).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 use tandem_core::BlockId;
 
 use super::attention::{attend_sequence, AttnCall, AttnShape};
 use super::config::{LlamaConfig, RopeStyle};
 use super::kv_cache::PagedKvCache;
+use super::linear::{Linear, WeightFormat};
 use crate::ExecError;
 
 /// Most tokens of one sequence per attention work item (parallelism within long prefills).
@@ -21,17 +23,33 @@ const ATTN_CHUNK: usize = 16;
 /// One transformer block's weights.
 #[derive(Debug)]
 pub struct Layer {
-    pub attn_norm: Tensor,
+    pub attn_norm: Vec<f32>,
     /// `hidden × (q + k + v)`.
-    pub wqkv: Tensor,
-    pub bqkv: Option<Tensor>,
+    pub wqkv: Linear,
+    pub bqkv: Option<Vec<f32>>,
     /// `heads·head_dim × hidden`.
-    pub wo: Tensor,
-    pub ffn_norm: Tensor,
+    pub wo: Linear,
+    pub ffn_norm: Vec<f32>,
     /// `hidden × 2·intermediate` (gate then up).
-    pub w_gate_up: Tensor,
+    pub w_gate_up: Linear,
     /// `intermediate × hidden`.
-    pub w_down: Tensor,
+    pub w_down: Linear,
+}
+
+impl Layer {
+    fn into_format(self, f: WeightFormat) -> Result<Self, ExecError> {
+        Ok(Layer {
+            wqkv: self.wqkv.into_format(f)?,
+            wo: self.wo.into_format(f)?,
+            w_gate_up: self.w_gate_up.into_format(f)?,
+            w_down: self.w_down.into_format(f)?,
+            ..self
+        })
+    }
+
+    fn linears(&self) -> [&Linear; 4] {
+        [&self.wqkv, &self.wo, &self.w_gate_up, &self.w_down]
+    }
 }
 
 /// A loaded model: config, weights and RoPE tables.
@@ -41,11 +59,28 @@ pub struct LlamaModel {
     /// `vocab × hidden`, for the embedding lookup.
     pub embed: Tensor,
     pub layers: Vec<Layer>,
-    pub norm: Tensor,
+    pub norm: Vec<f32>,
     /// `hidden × vocab`.
-    pub lm_head: Tensor,
+    pub lm_head: Linear,
     cos: Vec<f32>,
     sin: Vec<f32>,
+}
+
+/// `out[r] = x[r] / rms(x[r]) · w` for each row of `x` (width `w.len()`).
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.clear();
+    for row in x.chunks_exact(w.len()) {
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        out.extend(row.iter().zip(w).map(|(v, g)| v * inv * g));
+    }
+}
+
+/// `x += y`, element-wise.
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
 }
 
 /// One sequence's slice of a packed batch.
@@ -64,8 +99,8 @@ impl LlamaModel {
         config: LlamaConfig,
         embed: Tensor,
         layers: Vec<Layer>,
-        norm: Tensor,
-        lm_head: Tensor,
+        norm: Vec<f32>,
+        lm_head: Linear,
     ) -> Result<Self, ExecError> {
         let half = config.head_dim / 2;
         let max = config.max_position.max(1);
@@ -79,6 +114,25 @@ impl LlamaModel {
             }
         }
         Ok(Self { config, embed, layers, norm, lm_head, cos, sin })
+    }
+
+    /// This model with its linear layers in `format` (f32 → int8 quantizes; `Auto` keeps them).
+    pub fn into_format(self, format: WeightFormat) -> Result<Self, ExecError> {
+        let layers = self.layers.into_iter().map(|l| l.into_format(format)).collect::<Result<_, _>>()?;
+        Ok(LlamaModel { layers, lm_head: self.lm_head.into_format(format)?, ..self })
+    }
+
+    /// Bytes of linear-layer weights (the matmuls' operands; embedding and norms excluded).
+    pub fn linear_bytes(&self) -> usize {
+        self.layers.iter().flat_map(|l| l.linears()).map(Linear::bytes).sum::<usize>() + self.lm_head.bytes()
+    }
+
+    /// The format of the linear layers.
+    pub fn weight_format(&self) -> WeightFormat {
+        match self.lm_head {
+            Linear::F32(_) => WeightFormat::F32,
+            Linear::Q8(_) => WeightFormat::Q8,
+        }
     }
 
     /// Rotates one head vector in place for position `pos`.
@@ -127,20 +181,22 @@ impl LlamaModel {
         for s in seqs {
             cache.check_table(s.table)?;
         }
-        let dev = Device::Cpu;
         let (qd, kvd, d) = (c.heads * c.head_dim, c.kv_dim(), c.head_dim);
         let shape = AttnShape { heads: c.heads, kv_heads: c.kv_heads, head_dim: d };
-        let idx = Tensor::from_slice(ids, t, &dev)?;
-        let mut x = self.embed.index_select(&idx, 0)?;
+        let eps = c.rms_eps as f32;
+        let idx = Tensor::from_slice(ids, t, self.embed.device())?;
+        let mut x: Vec<f32> = self.embed.index_select(&idx, 0)?.flatten_all()?.to_vec1()?;
+        let mut h = Vec::with_capacity(t * c.hidden);
         let mut attn_out = vec![0.0f32; t * qd];
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.rms_eps as f32)?;
-            let mut qkv = h.matmul(&layer.wqkv)?;
-            if let Some(b) = &layer.bqkv {
-                qkv = qkv.broadcast_add(b)?;
-            }
-            let mut qkv: Vec<f32> = qkv.flatten_all()?.to_vec1()?;
+            rms_norm_rows(&x, &layer.attn_norm, eps, &mut h);
+            let mut qkv = layer.wqkv.forward(&h, t)?;
             let row = qd + 2 * kvd;
+            if let Some(b) = &layer.bqkv {
+                for r in qkv.chunks_exact_mut(row) {
+                    add_into(r, b);
+                }
+            }
             for (r, &pos) in positions.iter().enumerate() {
                 let base = r * row;
                 for head in 0..c.heads + c.kv_heads {
@@ -180,23 +236,27 @@ impl LlamaModel {
                 attend_sequence(call, out, scratch);
             };
             items.into_par_iter().for_each_init(Vec::new, run);
-            let a = Tensor::from_slice(&attn_out, (t, qd), &dev)?;
-            x = (x + a.matmul(&layer.wo)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.rms_eps as f32)?;
-            let gu = h.matmul(&layer.w_gate_up)?;
-            let gate = gu.narrow(1, 0, c.intermediate)?;
-            let up = gu.narrow(1, c.intermediate, c.intermediate)?;
-            let act = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (x + act.matmul(&layer.w_down)?)?;
+            add_into(&mut x, &layer.wo.forward(&attn_out, t)?);
+            rms_norm_rows(&x, &layer.ffn_norm, eps, &mut h);
+            let gu = layer.w_gate_up.forward(&h, t)?;
+            let inter = c.intermediate;
+            let mut act = Vec::with_capacity(t * inter);
+            for r in gu.chunks_exact(2 * inter) {
+                let (gate, up) = r.split_at(inter);
+                act.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
+            }
+            add_into(&mut x, &layer.w_down.forward(&act, t)?);
         }
         if sample_rows.is_empty() {
             return Ok(Vec::new());
         }
-        let rows =
-            Tensor::from_vec(sample_rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), sample_rows.len(), &dev)?;
-        let last = x.index_select(&rows, 0)?;
-        let h = candle_nn::ops::rms_norm(&last, &self.norm, c.rms_eps as f32)?;
-        let logits = h.matmul(&self.lm_head)?.to_dtype(DType::F32)?;
-        Ok(logits.to_vec2()?)
+        let mut last = Vec::with_capacity(sample_rows.len() * c.hidden);
+        for &r in sample_rows {
+            last.extend_from_slice(&x[r * c.hidden..(r + 1) * c.hidden]);
+        }
+        let mut normed = Vec::with_capacity(last.len());
+        rms_norm_rows(&last, &self.norm, eps, &mut normed);
+        let logits = self.lm_head.forward(&normed, sample_rows.len())?;
+        Ok(logits.chunks_exact(c.vocab).map(<[f32]>::to_vec).collect())
     }
 }

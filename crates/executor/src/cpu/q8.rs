@@ -1,0 +1,375 @@
+//! Int8 matmul for the CPU: int8 weights × int8 activations (W8A8), in blocks of 32 along the
+//! input dimension — llama.cpp's `Q8_0 × Q8_0` scheme, laid out for a register-blocked GEMM.
+//!
+//! Weights are quantized once at load, per output column and per group of [`GROUP`] inputs
+//! (scale = max |w| / 127), and packed in panels of [`NR`] columns so that one 32-byte load holds
+//! four consecutive inputs of eight columns — the operand layout of `vpdpbusd` (AVX-512 VNNI),
+//! which multiplies 32 unsigned by 32 signed bytes and adds each group of four products into an
+//! i32 lane. Activations are quantized per row and group at each call and stored offset by +128
+//! (unsigned); the offset's contribution, 128 · Σ w over the group, is precomputed per column and
+//! subtracted.
+//!
+//! Integer sums are exact, and the float part (`acc = (isum − offset) · (w_scale · x_scale) +
+//! acc`, one fused multiply-add per group, groups in order) is the same instruction sequence in
+//! the VNNI kernel and in the portable one, so results do not depend on the kernel, on the row's
+//! place in the batch or on the thread: batch invariance holds as for the f32 path.
+
+use rayon::prelude::*;
+
+/// Inputs per quantization group (one scale per group and column).
+pub const GROUP: usize = 32;
+/// Output columns per packed panel (two 8-lane vectors).
+const NR: usize = 16;
+/// Rows per register tile of the VNNI kernel.
+const MR: usize = 4;
+/// Four-input steps per group.
+const STEPS: usize = GROUP / 4;
+
+/// A weight matrix (`k` inputs × `n` outputs) quantized to int8 and packed in panels.
+#[derive(Debug, Clone)]
+pub struct Q8Matrix {
+    k: usize,
+    n: usize,
+    groups: usize,
+    panels: usize,
+    /// Per panel: `groups × STEPS × NR × 4` bytes; byte `((g·STEPS + s)·NR + col)·4 + b` holds
+    /// input `g·GROUP + 4s + b` of column `col`.
+    weights: Vec<i8>,
+    /// Per panel and group: `NR` column scales.
+    scales: Vec<f32>,
+    /// Per panel and group: `NR` values of 128 · Σ w (the +128 activation offset's share).
+    offsets: Vec<i32>,
+}
+
+/// Activations quantized per row and group: `+128`-offset bytes and one scale per group.
+struct QuantRows {
+    k_pad: usize,
+    groups: usize,
+    bytes: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+fn quantize_group(vals: impl Iterator<Item = f32> + Clone) -> (f32, impl Iterator<Item = i32>) {
+    let amax = vals.clone().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    // Round half away from zero by adding ±0.5 and truncating: `f32::round` is a library call
+    // on baseline x86-64 (no SSE4.1), and this runs for every activation of every matmul.
+    (scale, vals.map(move |v| {
+        let r = (v * inv).clamp(-127.0, 127.0);
+        (r + 0.5f32.copysign(r)) as i32
+    }))
+}
+
+impl QuantRows {
+    fn new(x: &[f32], m: usize, k: usize, groups: usize) -> Self {
+        let k_pad = groups * GROUP;
+        let mut bytes = vec![128u8; m * k_pad];
+        let mut scales = vec![0.0f32; m * groups];
+        let quantize_row = |(row, (out, sc)): (&[f32], (&mut [u8], &mut [f32]))| {
+            for (g, s) in sc.iter_mut().enumerate() {
+                let lo = g * GROUP;
+                let hi = (lo + GROUP).min(k);
+                let (scale, q) = quantize_group(row[lo..hi].iter().copied());
+                *s = scale;
+                for (o, v) in out[lo..hi].iter_mut().zip(q) {
+                    *o = (v + 128) as u8;
+                }
+            }
+        };
+        let work = x.chunks_exact(k).zip(bytes.chunks_exact_mut(k_pad).zip(scales.chunks_exact_mut(groups)));
+        if m * k >= 1 << 16 {
+            work.par_bridge().for_each(quantize_row);
+        } else {
+            work.for_each(quantize_row);
+        }
+        Self { k_pad, groups, bytes, scales }
+    }
+}
+
+impl Q8Matrix {
+    /// Quantizes `w`, `k × n` row-major (inputs × outputs, the layout `x · w` multiplies).
+    pub fn quantize(w: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w.len(), k * n, "weight matrix is {} values, not {k} × {n}", w.len());
+        let groups = k.div_ceil(GROUP);
+        let panels = n.div_ceil(NR);
+        let panel_bytes = groups * GROUP * NR;
+        let mut weights = vec![0i8; panels * panel_bytes];
+        let mut scales = vec![0.0f32; panels * groups * NR];
+        let mut offsets = vec![0i32; panels * groups * NR];
+        for c in 0..n {
+            let (p, col) = (c / NR, c % NR);
+            for g in 0..groups {
+                let (lo, hi) = (g * GROUP, ((g + 1) * GROUP).min(k));
+                let (scale, q) = quantize_group((lo..hi).map(|i| w[i * n + c]));
+                let meta = (p * groups + g) * NR + col;
+                scales[meta] = scale;
+                let mut sum = 0;
+                for (i, v) in (lo..hi).zip(q) {
+                    let (s, b) = ((i - lo) / 4, (i - lo) % 4);
+                    weights[p * panel_bytes + ((g * STEPS + s) * NR + col) * 4 + b] = v as i8;
+                    sum += v;
+                }
+                offsets[meta] = 128 * sum;
+            }
+        }
+        Self { k, n, groups, panels, weights, scales, offsets }
+    }
+
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Outputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held (weights, scales, offsets).
+    pub fn bytes(&self) -> usize {
+        self.weights.len() + 4 * (self.scales.len() + self.offsets.len())
+    }
+
+    /// `x · w` for `x` of `m × k` (row-major); returns `m × n`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "input is {} values, not {m} × {}", x.len(), self.k);
+        let a = QuantRows::new(x, m, self.k, self.groups);
+        let vnni = has_vnni();
+        // Panel-major result, one panel per task, then transposed to rows.
+        let mut panel_out = vec![0.0f32; self.panels * m * NR];
+        panel_out.par_chunks_mut(m * NR).enumerate().for_each(|(p, out)| {
+            let mut row = 0;
+            while row < m {
+                let rows = MR.min(m - row);
+                let tile = &mut out[row * NR..(row + rows) * NR];
+                if vnni {
+                    // SAFETY: `has_vnni` checked the CPU features the kernel is compiled for.
+                    unsafe { vnni::tile(self, &a, p, row, rows, tile) };
+                } else {
+                    portable_tile(self, &a, p, row, rows, tile);
+                }
+                row += rows;
+            }
+        });
+        let mut y = vec![0.0f32; m * self.n];
+        for (p, panel) in panel_out.chunks_exact(m * NR).enumerate() {
+            let cols = NR.min(self.n - p * NR);
+            for (r, vals) in panel.chunks_exact(NR).enumerate() {
+                y[r * self.n + p * NR..r * self.n + p * NR + cols].copy_from_slice(&vals[..cols]);
+            }
+        }
+        y
+    }
+}
+
+/// Whether this CPU runs the VNNI kernel (AVX-512 VNNI on 256-bit vectors, with FMA); checked
+/// once. Other machines run the portable kernel, with the same results.
+pub fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rows `row .. row + rows` of panel `p` into `out` (`rows × NR`), one column at a time.
+#[inline(always)]
+fn portable_body(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+    let panel = &w.weights[p * w.groups * GROUP * NR..(p + 1) * w.groups * GROUP * NR];
+    for r in 0..rows {
+        let x = &a.bytes[(row + r) * a.k_pad..(row + r + 1) * a.k_pad];
+        let xs = &a.scales[(row + r) * a.groups..(row + r + 1) * a.groups];
+        for col in 0..NR {
+            let mut acc = 0.0f32;
+            for g in 0..w.groups {
+                let mut isum = 0i32;
+                for s in 0..STEPS {
+                    let wb = &panel[((g * STEPS + s) * NR + col) * 4..][..4];
+                    let xb = &x[g * GROUP + 4 * s..][..4];
+                    for b in 0..4 {
+                        isum += xb[b] as i32 * wb[b] as i32;
+                    }
+                }
+                let meta = (p * w.groups + g) * NR + col;
+                acc = ((isum - w.offsets[meta]) as f32).mul_add(w.scales[meta] * xs[g], acc);
+            }
+            out[r * NR + col] = acc;
+        }
+    }
+}
+
+/// The portable kernel; compiled a second time with AVX2+FMA where the CPU has them, so that
+/// `mul_add` is one instruction rather than a library call (same results either way).
+fn portable_tile(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::attention::has_avx2_fma() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fast(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+            portable_body(w, a, p, row, rows, out)
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { fast(w, a, p, row, rows, out) };
+    }
+    portable_body(w, a, p, row, rows, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{Q8Matrix, QuantRows, GROUP, MR, NR, STEPS};
+
+    /// Rows `row .. row + rows` (at most [`MR`]) of panel `p` into `out` (`rows × NR`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, AVX-512 VNNI and AVX-512 VL.
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    pub unsafe fn tile(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+        match rows {
+            4 => tile_n::<4>(w, a, p, row, out),
+            3 => tile_n::<3>(w, a, p, row, out),
+            2 => tile_n::<2>(w, a, p, row, out),
+            _ => tile_n::<1>(w, a, p, row, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    unsafe fn tile_n<const R: usize>(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, out: &mut [f32]) {
+        debug_assert!(R <= MR && out.len() >= R * NR);
+        let groups = w.groups;
+        let wp = w.weights.as_ptr().add(p * groups * GROUP * NR) as *const __m256i;
+        let meta = (p * groups) * NR;
+        let xrow = |r: usize| a.bytes.as_ptr().add((row + r) * a.k_pad);
+        let mut facc = [[_mm256_setzero_ps(); 2]; R];
+        for g in 0..groups {
+            let mut iacc = [[_mm256_setzero_si256(); 2]; R];
+            for s in 0..STEPS {
+                let w0 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2));
+                let w1 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2 + 1));
+                for (r, acc) in iacc.iter_mut().enumerate() {
+                    let four = (xrow(r).add(g * GROUP + 4 * s) as *const i32).read_unaligned();
+                    let xb = _mm256_set1_epi32(four);
+                    acc[0] = _mm256_dpbusd_epi32(acc[0], xb, w0);
+                    acc[1] = _mm256_dpbusd_epi32(acc[1], xb, w1);
+                }
+            }
+            let m = meta + g * NR;
+            let off = [
+                _mm256_loadu_si256(w.offsets.as_ptr().add(m) as *const __m256i),
+                _mm256_loadu_si256(w.offsets.as_ptr().add(m + 8) as *const __m256i),
+            ];
+            let sc = [_mm256_loadu_ps(w.scales.as_ptr().add(m)), _mm256_loadu_ps(w.scales.as_ptr().add(m + 8))];
+            for (r, (f, i)) in facc.iter_mut().zip(&iacc).enumerate() {
+                let xs = _mm256_set1_ps(*a.scales.get_unchecked((row + r) * a.groups + g));
+                for h in 0..2 {
+                    let exact = _mm256_cvtepi32_ps(_mm256_sub_epi32(i[h], off[h]));
+                    f[h] = _mm256_fmadd_ps(exact, _mm256_mul_ps(sc[h], xs), f[h]);
+                }
+            }
+        }
+        for (r, f) in facc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * NR), f[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8), f[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; m * n];
+        for r in 0..m {
+            for c in 0..n {
+                y[r * n + c] = (0..k).map(|i| x[r * k + i] * w[i * n + c]).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn exact_on_values_the_grid_holds() {
+        // One group, k = 4 (padded to 32), n = 2; every value sits on its group's grid, so the
+        // only error is float rounding. Column 0 = [127, -127, 0, 0] (scale 1), column 1 =
+        // [1, 1, 0, -1] (scale 1/127, q = ±127); x = [127, 127, 0, 127] (scale 1, q = x).
+        // y0 = 127·127 − 127·127 = 0; y1 = 127 + 127 − 127 = 127.
+        let w = [127.0, 1.0, -127.0, 1.0, 0.0, 0.0, 0.0, -1.0];
+        let x = [127.0, 127.0, 0.0, 127.0];
+        let q = Q8Matrix::quantize(&w, 4, 2);
+        let y = q.matmul(&x, 1);
+        assert_eq!(y.len(), 2);
+        assert!(y[0].abs() < 1e-3, "{y:?}");
+        assert!((y[1] - 127.0).abs() < 1e-3, "{y:?}");
+    }
+
+    #[test]
+    fn close_to_f32_for_odd_shapes() {
+        // k not a multiple of 32, n not a multiple of 16, m not a multiple of 4.
+        for &(m, k, n) in &[(1, 40, 3), (5, 64, 17), (7, 100, 33), (9, 576, 48)] {
+            let (x, w) = (lcg(m as u64, m * k), lcg(k as u64 + 7, k * n));
+            let got = Q8Matrix::quantize(&w, k, n).matmul(&x, m);
+            let want = reference(&x, &w, m, k, n);
+            // Each product's relative error is about 2 × (1/254); values are sums of k products
+            // of magnitude ≤ 1, so |error| ≲ k · 1/127 in the worst case and ~√k/127 typically.
+            let bound = (k as f32).sqrt() * 0.05;
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < bound, "m={m} k={k} n={n}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_its_batch() {
+        let (m, k, n) = (11, 96, 40);
+        let (x, w) = (lcg(3, m * k), lcg(4, k * n));
+        let q = Q8Matrix::quantize(&w, k, n);
+        let all = q.matmul(&x, m);
+        for r in 0..m {
+            let alone = q.matmul(&x[r * k..(r + 1) * k], 1);
+            assert_eq!(alone, all[r * n..(r + 1) * n], "row {r}");
+        }
+    }
+
+    #[test]
+    fn the_portable_kernel_equals_the_vnni_one() {
+        let (m, k, n) = (6, 128, 32);
+        let (x, w) = (lcg(5, m * k), lcg(6, k * n));
+        let q = Q8Matrix::quantize(&w, k, n);
+        let a = QuantRows::new(&x, m, k, q.groups);
+        for p in 0..q.panels {
+            let mut portable = vec![0.0; m * NR];
+            portable_body(&q, &a, p, 0, 4, &mut portable[..4 * NR]);
+            portable_body(&q, &a, p, 4, 2, &mut portable[4 * NR..]);
+            if has_vnni() {
+                let mut fast = vec![0.0; m * NR];
+                // SAFETY: checked by `has_vnni`.
+                unsafe {
+                    vnni::tile(&q, &a, p, 0, 4, &mut fast[..4 * NR]);
+                    vnni::tile(&q, &a, p, 4, 2, &mut fast[4 * NR..]);
+                }
+                assert_eq!(portable, fast, "panel {p}");
+            }
+        }
+    }
+}
