@@ -72,8 +72,12 @@ fn int8_weights_track_the_f32_logits() {
         let spread = exact.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let max_diff = exact.iter().zip(&q8).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         let mean_diff = exact.iter().zip(&q8).map(|(a, b)| (a - b).abs()).sum::<f32>() / exact.len() as f32;
-        eprintln!("prompt {i}: max |Δlogit| int8 vs f32 = {max_diff:.3}, mean {mean_diff:.3} (max |logit| {spread:.1})");
-        // int8 rounding moves logits by a few hundredths to tenths; the top token must not move.
+        eprintln!(
+            "prompt {i}: max |Δlogit| int8 vs f32 = {max_diff:.3}, mean {mean_diff:.3} (max |logit| {spread:.1})"
+        );
+        // Measured: int8 rounding (weights and activations, groups of 32) moves logits by 0.1–0.5
+        // on average and at most ~1.3 where they span ±20–30 — llama.cpp's Q8_0 activations do
+        // the same. Bound: a tenth of the largest logit; the top token must not move.
         assert!(max_diff < 0.1 * spread, "prompt {i}: max |Δlogit| = {max_diff}");
         assert_eq!(argmax(&q8), argmax(&exact), "prompt {i}: argmax");
     }

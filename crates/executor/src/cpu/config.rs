@@ -130,7 +130,7 @@ impl LlamaConfig {
         if self.layers == 0 || self.hidden == 0 || self.heads == 0 || self.kv_heads == 0 || self.vocab == 0 {
             return Err(bad(path, format!("degenerate shape {self:?}")));
         }
-        if self.heads % self.kv_heads != 0 || self.head_dim % 2 != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) || !self.head_dim.is_multiple_of(2) {
             return Err(bad(
                 path,
                 format!(

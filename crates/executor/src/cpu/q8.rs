@@ -55,10 +55,13 @@ fn quantize_group(vals: impl Iterator<Item = f32> + Clone) -> (f32, impl Iterato
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     // Round half away from zero by adding ±0.5 and truncating: `f32::round` is a library call
     // on baseline x86-64 (no SSE4.1), and this runs for every activation of every matmul.
-    (scale, vals.map(move |v| {
-        let r = (v * inv).clamp(-127.0, 127.0);
-        (r + 0.5f32.copysign(r)) as i32
-    }))
+    (
+        scale,
+        vals.map(move |v| {
+            let r = (v * inv).clamp(-127.0, 127.0);
+            (r + 0.5f32.copysign(r)) as i32
+        }),
+    )
 }
 
 impl QuantRows {
