@@ -70,9 +70,9 @@ pub struct BenchArgs {
     /// Seconds before a request counts as failed (e.g. a fixed batch that never fills).
     #[arg(long, default_value_t = 600.0)]
     request_timeout: f64,
-    /// A rate sweep: comma-separated request rates (overrides --request-rate).
+    /// A rate sweep: comma-separated request rates, `inf` allowed (overrides --request-rate).
     #[arg(long, value_delimiter = ',')]
-    sweep: Vec<f64>,
+    sweep: Vec<String>,
     /// In-process configurations to compare, `NAME:key=value,...` (repeatable).
     #[arg(long)]
     compare: Vec<String>,
@@ -242,7 +242,7 @@ async fn bench(a: BenchArgs) -> Result<(), String> {
     let rates: Vec<Option<f64>> = if a.sweep.is_empty() {
         vec![parse_rate(&a.request_rate)?]
     } else {
-        a.sweep.iter().map(|r| Some(*r)).collect()
+        a.sweep.iter().map(|r| parse_rate(r)).collect::<Result<_, _>>()?
     };
     let slo = Slo::parse(&a.goodput).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
@@ -344,4 +344,18 @@ fn write_outputs(a: &BenchArgs, runs: &[RunResult], requests: &[BenchRequest]) -
     let names: Vec<String> = wrote.iter().map(|p| p.display().to_string()).collect();
     println!("wrote {}", names.join(", "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_are_positive_numbers_or_inf() {
+        assert_eq!(parse_rate("inf"), Ok(None));
+        assert_eq!(parse_rate("2.5"), Ok(Some(2.5)));
+        for bad in ["0", "-1", "NaN", "infinity", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -2,35 +2,17 @@
 //! token), with grouped-query heads. Each token attends to every cached position up to its own,
 //! read through the block table — PagedAttention's access pattern, on the CPU.
 //!
-//! Reductions run in a fixed order (key positions ascending, 8-lane partial sums combined the
-//! same way every time), so a token's result does not depend on which other sequences share the
-//! step, on how its prompt was chunked, or on which thread ran it: the basis of batch
-//! invariance. On x86-64 with AVX2 and FMA (x86-64-v3) a variant compiled for those features is
+//! Scores are computed a block at a time against the cache's channel-major keys: one lane per
+//! key position, each lane summing `q[e]·k[e]` over the head's channels in order with fused
+//! multiply-adds — no horizontal sums, and the same operations whatever the block size. The
+//! softmax and the weighted sum of values run over key positions in ascending order. So a
+//! token's result does not depend on which other sequences share the step, on how its prompt was
+//! chunked, on the block size or on which thread ran it: the basis of batch invariance. On x86-64 with AVX2 and FMA (x86-64-v3) a variant compiled for those features is
 //! chosen at run time; other machines run the portable one.
 
 use tandem_core::BlockId;
 
 use super::kv_cache::PagedKvCache;
-
-/// Dot product with eight independent partial sums, combined in a fixed order. With `FMA` each
-/// step is a fused multiply-add (used only inside the AVX2+FMA variant, where it is one
-/// instruction); either way the order of operations is the same for every call on a machine.
-#[inline(always)]
-fn dot_impl<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] = if FMA { x[l].mul_add(y[l], acc[l]) } else { acc[l] + x[l] * y[l] };
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
 
 /// `o += w · v`, element-wise.
 #[inline(always)]
@@ -92,29 +74,69 @@ unsafe fn attend_avx2(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>
     attend_impl::<true>(call, out, scores)
 }
 
+/// `row[l] = scale · Σ_e q[e] · keys[e·BS + l]` for the `BS` key positions of one block
+/// (`keys` channel-major), each lane accumulating over `e` in order.
+#[inline(always)]
+fn block_scores_n<const FMA: bool, const BS: usize>(q: &[f32], keys: &[f32], row: &mut [f32], scale: f32) {
+    let mut acc = [0.0f32; BS];
+    for (e, &qe) in q.iter().enumerate() {
+        let k = &keys[e * BS..(e + 1) * BS];
+        for l in 0..BS {
+            acc[l] = if FMA { qe.mul_add(k[l], acc[l]) } else { acc[l] + qe * k[l] };
+        }
+    }
+    for (r, a) in row.iter_mut().zip(acc) {
+        *r = a * scale;
+    }
+}
+
+/// [`block_scores_n`] for any block size (same operations per lane).
+#[inline(always)]
+fn block_scores<const FMA: bool>(q: &[f32], keys: &[f32], row: &mut [f32], scale: f32) {
+    let bs = row.len();
+    match bs {
+        16 => block_scores_n::<FMA, 16>(q, keys, row, scale),
+        32 => block_scores_n::<FMA, 32>(q, keys, row, scale),
+        8 => block_scores_n::<FMA, 8>(q, keys, row, scale),
+        _ => {
+            for (l, r) in row.iter_mut().enumerate() {
+                let mut acc = 0.0f32;
+                for (e, &qe) in q.iter().enumerate() {
+                    let k = keys[e * bs + l];
+                    acc = if FMA { qe.mul_add(k, acc) } else { acc + qe * k };
+                }
+                *r = acc * scale;
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
     let AttnCall { cache, layer, table, start, q, shape: s } = call;
     let d = s.head_dim;
+    let bs = cache.block_size();
+    let kv_dim = s.kv_heads * d;
     let group = s.heads / s.kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
     let n = q.len() / (s.heads * d);
     for i in 0..n {
         let ctx = start + i + 1;
+        let blocks = &table[..ctx.div_ceil(bs)];
+        let padded = blocks.len() * bs;
+        scores.clear();
+        scores.resize(group * padded, 0.0);
         for kvh in 0..s.kv_heads {
-            scores.clear();
-            scores.resize(group * ctx, 0.0);
-            for j in 0..ctx {
-                let (k, _) = cache.kv_at(layer, table, j);
-                let k = &k[kvh * d..(kvh + 1) * d];
-                for g in 0..group {
-                    let h = kvh * group + g;
+            let heads = kvh * group..(kvh + 1) * group;
+            for (b, &block) in blocks.iter().enumerate() {
+                let keys = &cache.key_block(layer, block)[kvh * d * bs..(kvh + 1) * d * bs];
+                for (g, h) in heads.clone().enumerate() {
                     let qh = &q[(i * s.heads + h) * d..(i * s.heads + h + 1) * d];
-                    scores[g * ctx + j] = dot_impl::<FMA>(qh, k) * scale;
+                    block_scores::<FMA>(qh, keys, &mut scores[g * padded + b * bs..g * padded + (b + 1) * bs], scale);
                 }
             }
-            for g in 0..group {
-                let row = &mut scores[g * ctx..(g + 1) * ctx];
+            for (g, h) in heads.enumerate() {
+                let row = &mut scores[g * padded..g * padded + ctx];
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 let mut sum = 0.0;
                 for x in row.iter_mut() {
@@ -122,12 +144,14 @@ fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mu
                     sum += *x;
                 }
                 let inv = 1.0 / sum;
-                let h = kvh * group + g;
                 let o = &mut out[(i * s.heads + h) * d..(i * s.heads + h + 1) * d];
                 o.fill(0.0);
-                for (j, &w) in row.iter().enumerate() {
-                    let (_, v) = cache.kv_at(layer, table, j);
-                    axpy_impl::<FMA>(o, w * inv, &v[kvh * d..(kvh + 1) * d]);
+                for (b, &block) in blocks.iter().enumerate() {
+                    let values = cache.value_block(layer, block);
+                    let weights = &row[b * bs..ctx.min((b + 1) * bs)];
+                    for (slot, &w) in weights.iter().enumerate() {
+                        axpy_impl::<FMA>(o, w * inv, &values[slot * kv_dim + kvh * d..slot * kv_dim + (kvh + 1) * d]);
+                    }
                 }
             }
         }
@@ -137,15 +161,6 @@ fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_matches_the_naive_sum_on_exact_values() {
-        let a: Vec<f32> = (0..19).map(|x| x as f32).collect();
-        let b = vec![1.0f32; 19];
-        // 0 + 1 + ... + 18 = 171, exact in f32 whichever way it is summed.
-        assert_eq!(dot_impl::<false>(&a, &b), 171.0);
-        assert_eq!(dot_impl::<true>(&a, &b), 171.0);
-    }
 
     #[test]
     fn one_key_gives_its_value_and_two_equal_keys_average() {
@@ -169,5 +184,62 @@ mod tests {
             &mut scratch,
         );
         assert_eq!(out, vec![20.0, 30.0]); // equal scores: the mean of the two values
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// Attention of `n` tokens at `start..start + n` over `ctx` cached tokens, with `bs`-token
+    /// blocks laid out in reverse order in the pool (so tables are not the identity).
+    fn run(bs: usize, k: &[f32], v: &[f32], q: &[f32], start: usize, shape: AttnShape) -> Vec<f32> {
+        let kv_dim = shape.kv_heads * shape.head_dim;
+        let ctx = k.len() / kv_dim;
+        let blocks = ctx.div_ceil(bs);
+        let mut c = PagedKvCache::new(1, kv_dim, bs, blocks, 0);
+        let table: Vec<BlockId> = (0..blocks as u32).rev().map(BlockId).collect();
+        for p in 0..ctx {
+            c.write(0, &table, p, &k[p * kv_dim..(p + 1) * kv_dim], &v[p * kv_dim..(p + 1) * kv_dim]);
+        }
+        let mut out = vec![0.0; q.len()];
+        attend_sequence(AttnCall { cache: &c, layer: 0, table: &table, start, q, shape }, &mut out, &mut Vec::new());
+        out
+    }
+
+    #[test]
+    fn matches_a_naive_softmax_and_does_not_depend_on_the_block_size() {
+        // 4 query heads sharing 2 KV heads of dim 16; 37 cached tokens; the last 3 are queried.
+        let shape = AttnShape { heads: 4, kv_heads: 2, head_dim: 16 };
+        let (ctx, n, d) = (37, 3, 16);
+        let (k, v, q) = (values(ctx * 32, 1), values(ctx * 32, 2), values(n * 64, 3));
+        let start = ctx - n;
+        let by16 = run(16, &k, &v, &q, start, shape);
+        for bs in [1, 4, 5, 8, 32] {
+            assert_eq!(run(bs, &k, &v, &q, start, shape), by16, "block size {bs}");
+        }
+        // Naive reference in f64: token i (position start + i) sees positions 0..=start + i.
+        for i in 0..n {
+            for h in 0..4 {
+                let kvh = h / 2;
+                let qh = &q[(i * 4 + h) * d..(i * 4 + h + 1) * d];
+                let seen = start + i + 1;
+                let scores: Vec<f64> = (0..seen)
+                    .map(|p| {
+                        let kp = &k[p * 32 + kvh * d..p * 32 + (kvh + 1) * d];
+                        qh.iter().zip(kp).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = w.iter().sum();
+                for e in 0..d {
+                    let want: f64 = (0..seen).map(|p| w[p] / sum * v[p * 32 + kvh * d + e] as f64).sum();
+                    let got = by16[(i * 4 + h) * d + e] as f64;
+                    assert!((got - want).abs() < 1e-5, "token {i} head {h} dim {e}: {got} vs {want}");
+                }
+            }
+        }
     }
 }

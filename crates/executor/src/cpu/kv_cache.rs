@@ -1,6 +1,13 @@
-//! The paged KV cache in host memory: per layer, `num_blocks × block_size × kv_heads × head_dim`
-//! floats for K and the same for V, addressed through the scheduler's block tables, plus the
-//! host (swap) tier with the same layout. vLLM's `CacheEngine`, on plain `Vec<f32>`.
+//! The paged KV cache in host memory: per layer, `num_blocks` blocks of `block_size` tokens ×
+//! `kv_dim` (KV heads × head dim) floats for K and the same for V, addressed through the
+//! scheduler's block tables, plus the host (swap) tier with the same layout. vLLM's
+//! `CacheEngine`, on plain `Vec<f32>`.
+//!
+//! Within a block, V is token-major (one row per token, what the weighted sum of values reads)
+//! and K is channel-major (`kv_dim × block_size`: channel `c` of every token of the block side
+//! by side), so that a query's scores against a whole block are `head_dim` vector fused
+//! multiply-adds with no transposes or horizontal sums — vLLM's CPU backend also keeps K
+//! transposed per block. Blocks are still contiguous, so swapping copies them whole.
 
 use tandem_core::{BlockId, HostBlockId};
 
@@ -62,16 +69,40 @@ impl PagedKvCache {
 
     /// Stores the K and V rows of the token at `pos` of a sequence with block table `table`.
     pub fn write(&mut self, layer: usize, table: &[BlockId], pos: usize, k: &[f32], v: &[f32]) {
-        let o = self.offset(table[pos / self.block_size], pos % self.block_size);
-        self.k[layer][o..o + self.kv_dim].copy_from_slice(k);
+        let (block, slot) = (table[pos / self.block_size].index(), pos % self.block_size);
+        let keys = &mut self.k[layer][block * self.block_size * self.kv_dim..][..self.block_size * self.kv_dim];
+        for (c, &x) in k.iter().enumerate() {
+            keys[c * self.block_size + slot] = x;
+        }
+        let o = self.offset(table[pos / self.block_size], slot);
         self.v[layer][o..o + self.kv_dim].copy_from_slice(v);
     }
 
-    /// The K and V rows (all KV heads) of the token at `pos`.
+    /// Block `block`'s keys in layer `layer`, channel-major: `kv_dim × block_size`.
     #[inline]
-    pub fn kv_at(&self, layer: usize, table: &[BlockId], pos: usize) -> (&[f32], &[f32]) {
+    pub fn key_block(&self, layer: usize, block: BlockId) -> &[f32] {
+        let n = self.block_size * self.kv_dim;
+        &self.k[layer][block.index() * n..(block.index() + 1) * n]
+    }
+
+    /// Block `block`'s values in layer `layer`, token-major: `block_size × kv_dim`.
+    #[inline]
+    pub fn value_block(&self, layer: usize, block: BlockId) -> &[f32] {
+        let n = self.block_size * self.kv_dim;
+        &self.v[layer][block.index() * n..(block.index() + 1) * n]
+    }
+
+    /// The V row (all KV heads) of the token at `pos`.
+    #[inline]
+    pub fn value_at(&self, layer: usize, table: &[BlockId], pos: usize) -> &[f32] {
         let o = self.offset(table[pos / self.block_size], pos % self.block_size);
-        (&self.k[layer][o..o + self.kv_dim], &self.v[layer][o..o + self.kv_dim])
+        &self.v[layer][o..o + self.kv_dim]
+    }
+
+    /// The K row (all KV heads) of the token at `pos`, gathered from its block.
+    pub fn key_at(&self, layer: usize, table: &[BlockId], pos: usize) -> Vec<f32> {
+        let keys = self.key_block(layer, table[pos / self.block_size]);
+        (0..self.kv_dim).map(|c| keys[c * self.block_size + pos % self.block_size]).collect()
     }
 
     /// Copies block `src` of `from` to block `dst` of `to`, every layer.
@@ -118,10 +149,13 @@ mod tests {
         let mut c = PagedKvCache::new(1, 2, 2, 3, 1);
         let table = [BlockId(2), BlockId(0)];
         c.write(0, &table, 3, &[1.0, 2.0], &[3.0, 4.0]); // position 3 → block 0, slot 1
-        assert_eq!(c.kv_at(0, &[BlockId(0), BlockId(0)], 1), (&[1.0, 2.0][..], &[3.0, 4.0][..]));
+        assert_eq!(c.key_at(0, &[BlockId(0), BlockId(0)], 1), vec![1.0, 2.0]);
+        assert_eq!(c.value_at(0, &[BlockId(0), BlockId(0)], 1), &[3.0, 4.0]);
+        // Keys are channel-major within the block: [c0 of slot 0, c0 of slot 1, c1 of slot 0, c1 of slot 1].
+        assert_eq!(c.key_block(0, BlockId(0)), &[0.0, 1.0, 0.0, 2.0]);
         c.swap_out(&[(BlockId(0), HostBlockId(0))]).unwrap();
         c.swap_in(&[(HostBlockId(0), BlockId(1))]).unwrap();
-        assert_eq!(c.kv_at(0, &[BlockId(1), BlockId(1)], 1).0, &[1.0, 2.0]);
+        assert_eq!(c.key_at(0, &[BlockId(1), BlockId(1)], 1), vec![1.0, 2.0]);
         assert!(c.swap_in(&[(HostBlockId(1), BlockId(0))]).is_err(), "host block 1 does not exist");
         assert!(c.check_table(&[BlockId(3)]).is_err());
     }
