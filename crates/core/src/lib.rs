@@ -25,6 +25,7 @@
 //! ```
 
 pub mod config;
+pub mod contexts;
 pub mod error;
 pub mod kv;
 pub mod output;
