@@ -23,6 +23,7 @@ use tandem_executor::{ExecError, Executor};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::error::EngineError;
+use crate::gate::GateHandle;
 use crate::handle::{RequestEvent, RequestHandle};
 use crate::metrics::Timeline;
 use crate::stats::{EngineStats, StatsAccumulator};
@@ -36,11 +37,14 @@ pub struct EngineConfig {
     /// Overlap the next step's CPU work with the device's current step when the executor
     /// supports placeholders.
     pub async_scheduling: bool,
+    /// When several engines share a device: the way onto it (steps interleaved by compute
+    /// share). `None`: this engine has the device to itself.
+    pub gate: Option<GateHandle>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { scheduler: SchedulerConfig::default(), max_queued: 1024, async_scheduling: true }
+        Self { scheduler: SchedulerConfig::default(), max_queued: 1024, async_scheduling: true, gate: None }
     }
 }
 
@@ -88,7 +92,7 @@ impl Engine {
         let (control, rx) = mpsc::channel();
         let depth = if config.async_scheduling && executor.supports_async() { 2 } else { 1 };
         let epoch = Instant::now();
-        let mut step_loop = StepLoop::new(scheduler, executor, rx, shared.clone(), depth, epoch);
+        let mut step_loop = StepLoop::new(scheduler, executor, config.gate.clone(), rx, shared.clone(), depth, epoch);
         let thread = std::thread::Builder::new()
             .name("tandem-engine".into())
             .spawn(move || step_loop.run())
@@ -153,6 +157,12 @@ impl Engine {
         s
     }
 
+    /// Asks the engine to stop (abort what is in flight) without waiting for it; the threads
+    /// are joined when the `Engine` is dropped. For evicting a model other threads still hold.
+    pub fn halt(&self) {
+        let _ = self.control.send(Control::Shutdown);
+    }
+
     /// Stops accepting work, aborts what is in flight, and joins the threads.
     pub fn shutdown(mut self) {
         self.stop();
@@ -214,6 +224,7 @@ impl StepLoop {
     fn new(
         sched: Scheduler,
         mut executor: Box<dyn Executor>,
+        gate: Option<GateHandle>,
         control: Receiver<Control>,
         shared: Arc<Shared>,
         depth: usize,
@@ -228,12 +239,19 @@ impl StepLoop {
                 for job in job_rx {
                     match job {
                         Job::Step(out) => {
-                            if result_tx.send(executor.execute(&out)).is_err() {
+                            let result = match &gate {
+                                Some(g) => g.run(|| executor.execute(&out)),
+                                None => executor.execute(&out),
+                            };
+                            if result_tx.send(result).is_err() {
                                 break;
                             }
                         }
                         Job::Streams(s) => executor.set_streams(&s),
                     }
+                }
+                if let Some(g) = gate {
+                    g.leave();
                 }
             })
             .ok();

@@ -20,6 +20,12 @@ pub enum EngineError {
     /// A caller-side wait for the next event ran out.
     #[error("no event within the timeout")]
     Timeout,
+    /// A model context cannot be created or loaded (unknown, not admitted, out of memory).
+    #[error(transparent)]
+    Context(#[from] tandem_core::contexts::ContextError),
+    /// Loading a model failed.
+    #[error("cannot load model `{model}`: {reason}")]
+    Load { model: String, reason: String },
 }
 
 impl EngineError {
@@ -31,6 +37,9 @@ impl EngineError {
             EngineError::NotRunning => "not_running",
             EngineError::Executor(_) => "executor_error",
             EngineError::Timeout => "timeout",
+            EngineError::Context(tandem_core::contexts::ContextError::Unknown(_)) => "model_not_found",
+            EngineError::Context(_) => "model_unavailable",
+            EngineError::Load { .. } => "model_load_failed",
         }
     }
 }

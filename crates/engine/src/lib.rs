@@ -7,6 +7,8 @@
 //!   drop aborts the request.
 //! - [`simulate`]: the same scheduler driven by a virtual clock and the simulated device, for
 //!   studying policies at scale (`tandem simulate`).
+//! - [`ModelRegistry`]: several models on one device, each an engine in its own context, loaded
+//!   on demand, evicted by QoS tier, their steps interleaved by compute share ([`FairDevice`]).
 //! - [`workload`] generates request mixes; [`report`] turns timelines into vLLM-style metrics
 //!   and seed 001's comparison table.
 //!
@@ -15,9 +17,11 @@
 mod drive;
 mod engine;
 mod error;
+mod gate;
 mod handle;
 pub mod metrics;
 mod process;
+pub mod registry;
 pub mod report;
 pub mod sim;
 mod stats;
@@ -27,9 +31,11 @@ pub mod workload;
 pub use drive::run_workload;
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;
+pub use gate::{FairDevice, GateHandle};
 pub use handle::{RequestEvent, RequestHandle};
 pub use metrics::{Histogram, RequestMetrics};
 pub use process::ProcessUsage;
+pub use registry::{ContextStatus, ModelLease, ModelLoader, ModelRegistry, ServedModel};
 pub use report::{Percentiles, RequestRecord, RunSummary};
 pub use sim::{simulate, SimConfig, SimResult};
 pub use stats::EngineStats;

@@ -51,7 +51,7 @@ fn run(
 ) -> (Vec<Vec<TokenId>>, u64) {
     let exec = CpuExecutor::new(model(format), cfg.block_size, cfg.num_gpu_blocks, cfg.num_host_blocks);
     let engine =
-        Engine::start(EngineConfig { scheduler: cfg, max_queued: 64, async_scheduling: true }, Box::new(exec)).unwrap();
+        Engine::start(EngineConfig { scheduler: cfg, max_queued: 64, async_scheduling: true, gate: None }, Box::new(exec)).unwrap();
     let mut handles: Vec<_> = prompts
         .iter()
         .enumerate()

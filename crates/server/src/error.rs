@@ -28,6 +28,9 @@ pub enum ApiError {
     /// The engine is not running (503).
     #[error("the engine is not available")]
     Unavailable,
+    /// The model cannot be loaded now (device memory short, or its load failed) (503).
+    #[error("{0}")]
+    ModelUnavailable(String),
     /// The engine or model failed (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -45,7 +48,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::ModelUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,7 +59,7 @@ impl ApiError {
             ApiError::Unauthorized => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::Busy { .. } => "rate_limit_error",
-            ApiError::Unavailable | ApiError::Internal(_) => "server_error",
+            ApiError::Unavailable | ApiError::ModelUnavailable(_) | ApiError::Internal(_) => "server_error",
         }
     }
 
@@ -78,6 +81,10 @@ impl From<EngineError> for ApiError {
             EngineError::NotRunning => ApiError::Unavailable,
             EngineError::Executor(m) => ApiError::Internal(m),
             EngineError::Timeout => ApiError::Internal("timed out".into()),
+            EngineError::Context(tandem_core::contexts::ContextError::Unknown(m)) => {
+                ApiError::NotFound(format!("model `{m}` does not exist"))
+            }
+            e @ (EngineError::Context(_) | EngineError::Load { .. }) => ApiError::ModelUnavailable(e.to_string()),
         }
     }
 }

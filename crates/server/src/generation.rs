@@ -2,12 +2,18 @@
 //! (streaming detokenizer + stop strings), report the finish reason. Shared by the streaming and
 //! non-streaming endpoints. Dropping a [`Choice`] drops its engine handle, which aborts the
 //! request and frees its KV blocks — that is how a client disconnect is handled.
+//!
+//! When the model's context is evicted mid-request (a BestEffort context making room for a
+//! higher tier), the engine stops under the choice; the choice re-acquires the model, which
+//! reloads it, and resubmits its prompt plus the tokens generated so far with the tokens left —
+//! the request is requeued, and its text continues where it stopped.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_core::{FinishReason, NewRequest, StopCause};
-use tandem_engine::{RequestEvent, RequestHandle, StopMatcher};
+use tandem_core::{FinishReason, NewRequest, StopCause, TokenId};
+use tandem_engine::{ModelLease, RequestEvent, RequestHandle, StopMatcher};
 use tandem_executor::text::IncrementalDecoder;
 
 use crate::error::ApiError;
@@ -26,6 +32,11 @@ pub fn finish_reason(r: FinishReason) -> &'static str {
 /// One running choice.
 pub struct Choice {
     pub index: usize,
+    model: Arc<ModelLease>,
+    req: GenRequest,
+    /// Tokens generated so far (resubmitted after an eviction).
+    generated: Vec<TokenId>,
+    requeues: usize,
     handle: RequestHandle,
     prompt_tokens: usize,
     started: Instant,
@@ -45,16 +56,14 @@ pub struct Delta {
 
 impl Choice {
     /// Submits choice `index` of `req` (seeded choices get seeds `seed + index`).
-    pub fn start(state: &AppState, req: &GenRequest, index: usize) -> Result<Self, ApiError> {
-        let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut r = NewRequest::new(id, req.prompt.clone(), req.max_tokens, Duration::ZERO);
-        r.params.sampler = req.sampler;
-        r.params.sampler.seed = req.sampler.seed.map(|s| s.wrapping_add(index as u64));
-        r.params.ignore_eos = req.ignore_eos;
-        r.priority = req.priority;
-        let handle = state.engine.submit(r)?;
+    pub fn start(state: &AppState, model: &Arc<ModelLease>, req: &GenRequest, index: usize) -> Result<Self, ApiError> {
+        let handle = Self::submit(state, model, req, index, &[])?;
         Ok(Self {
             index,
+            model: Arc::clone(model),
+            req: req.clone(),
+            generated: Vec::new(),
+            requeues: 0,
             handle,
             prompt_tokens: req.prompt.len(),
             started: Instant::now(),
@@ -66,17 +75,57 @@ impl Choice {
         })
     }
 
+    /// Submits the request, continuing after `generated` tokens.
+    fn submit(
+        state: &AppState,
+        model: &ModelLease,
+        req: &GenRequest,
+        index: usize,
+        generated: &[TokenId],
+    ) -> Result<RequestHandle, ApiError> {
+        let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut prompt = req.prompt.clone();
+        prompt.extend_from_slice(generated);
+        let mut r = NewRequest::new(id, prompt, req.max_tokens - generated.len(), Duration::ZERO);
+        r.params.sampler = req.sampler;
+        r.params.sampler.seed = req.sampler.seed.map(|s| s.wrapping_add(index as u64));
+        r.params.ignore_eos = req.ignore_eos;
+        r.priority = req.priority;
+        Ok(model.engine.submit(r)?)
+    }
+
+    /// After the model was evicted under this choice: reacquire it (reloading it) and resubmit
+    /// what is left.
+    async fn requeue(&mut self, state: &AppState) -> Result<(), ApiError> {
+        self.requeues += 1;
+        let lease = Arc::new(state.models.acquire(Some(&self.model.name)).await?);
+        tracing::info!(request = self.handle.id().0, model = %lease.name, generated = self.generated.len(), "requeued after eviction");
+        self.handle = Self::submit(state, &lease, &self.req, self.index, &self.generated)?;
+        self.model = lease;
+        Ok(())
+    }
+
     /// The next delta, `None` after the finish.
     pub async fn next(&mut self, state: &AppState) -> Option<Result<Delta, ApiError>> {
         if self.done {
             return None;
         }
         loop {
-            match self.handle.next().await {
+            let event = self.handle.next().await;
+            let stopped_under_us = matches!(event, None | Some(RequestEvent::Finished(FinishReason::Aborted(_))));
+            if stopped_under_us && self.model.was_evicted() && self.requeues < 8 {
+                if let Err(e) = self.requeue(state).await {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            match event {
                 Some(RequestEvent::Token(t)) => {
                     self.tokens += 1;
+                    self.generated.push(t);
                     self.first_token.get_or_insert_with(Instant::now);
-                    let piece = match self.decoder.push(&state.tokenizer, t) {
+                    let piece = match self.decoder.push(&self.model.tokenizer, t) {
                         Ok(p) => p,
                         Err(e) => return Some(Err(self.fail(e.to_string()))),
                     };
@@ -84,7 +133,7 @@ impl Choice {
                     if stopped {
                         self.done = true;
                         let reason = FinishReason::Stopped(StopCause::StopString);
-                        state.engine.finish_request(self.handle.id(), reason);
+                        self.model.engine.finish_request(self.handle.id(), reason);
                         self.log_end(finish_reason(reason));
                         return Some(Ok(Delta { text, finish: Some(finish_reason(reason)) }));
                     }
@@ -94,7 +143,7 @@ impl Choice {
                 }
                 Some(RequestEvent::Finished(reason)) => {
                     self.done = true;
-                    let tail = self.decoder.flush(&state.tokenizer).unwrap_or_default();
+                    let tail = self.decoder.flush(&self.model.tokenizer).unwrap_or_default();
                     let (mut text, _) = self.stops.push(&tail);
                     text.push_str(&self.stops.flush());
                     self.log_end(finish_reason(reason));

@@ -33,6 +33,7 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/models", get(routes::models))
+        .route("/v1/contexts", get(routes::contexts))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat))
         .route("/v1/stats", get(routes::stats))

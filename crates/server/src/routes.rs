@@ -1,4 +1,4 @@
-//! The HTTP routes: `/health`, `/ready`, `/v1/models`, `/v1/completions`,
+//! The HTTP routes: `/health`, `/ready`, `/v1/models`, `/v1/contexts`, `/v1/completions`,
 //! `/v1/chat/completions` (JSON or SSE streaming ending with `data: [DONE]`).
 
 use std::convert::Infallible;
@@ -19,7 +19,8 @@ use tandem_executor::text::ChatMessage;
 use crate::error::ApiError;
 use crate::generation::Choice;
 use crate::openai::{parse, ChatBody, Common, CompletionBody, GenRequest, PromptInput};
-use crate::state::AppState;
+use crate::state::{AppState, Models};
+use tandem_engine::ModelLease;
 
 type Shared = State<Arc<AppState>>;
 
@@ -32,28 +33,73 @@ pub async fn health() -> Json<serde_json::Value> {
 }
 
 pub async fn ready(State(s): Shared) -> Json<serde_json::Value> {
-    Json(json!({"status": "ready", "model": s.model_name}))
+    let names: Vec<String> = s.models.list().into_iter().map(|(n, _)| n).collect();
+    Json(json!({"status": "ready", "model": names.first(), "models": names}))
 }
 
-/// Prometheus scrape (see [`crate::metrics`]).
+/// Prometheus scrape (see [`crate::metrics`]): the primary model's engine (see
+/// [`Models::primary`]) and the process.
 pub async fn metrics(State(s): Shared) -> Result<Response, ApiError> {
-    let text = crate::metrics::render(&s.model_name, s.engine.stats())
-        .map_err(|_| ApiError::Internal("cannot encode the metrics".into()))?;
+    let (name, stats) = match s.models.primary() {
+        Some(m) => (m.name.clone(), m.engine.stats()),
+        None => (String::new(), Default::default()),
+    };
+    let text =
+        crate::metrics::render(&name, stats).map_err(|_| ApiError::Internal("cannot encode the metrics".into()))?;
     Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 pub async fn models(State(s): Shared) -> Json<serde_json::Value> {
-    Json(json!({"object": "list", "data": [{
-        "id": s.model_name, "object": "model", "created": 0, "owned_by": "tandem", "max_model_len": s.max_model_len
-    }]}))
+    let data: Vec<_> = s
+        .models
+        .list()
+        .into_iter()
+        .map(|(id, len)| json!({"id": id, "object": "model", "created": 0, "owned_by": "tandem", "max_model_len": len}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
 }
 
-/// Live statistics (seed 002's list plus the scheduler's counters).
-pub async fn stats(State(s): Shared) -> Json<serde_json::Value> {
-    let st = s.engine.stats();
+/// Loaded state of every model context, like `ollama ps`: tier, memory used / max, running
+/// requests, idle time, compute share and device time.
+pub async fn contexts(State(s): Shared) -> Json<serde_json::Value> {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    match &s.models {
+        Models::One(m) => Json(json!({"object": "list", "data": [{
+            "id": m.name, "loaded": true, "tier": "guaranteed", "running": m.engine.stats().running,
+        }]})),
+        Models::Many(r) => {
+            let data: Vec<_> = r
+                .contexts()
+                .into_iter()
+                .map(|c| {
+                    let v = &c.view;
+                    json!({
+                        "id": v.spec.name, "loaded": v.loaded_bytes.is_some(), "tier": v.spec.tier.to_string(),
+                        "priority": v.priority, "memory_used_mib": v.loaded_bytes.map(mib),
+                        "memory_max_mib": mib(v.spec.max_bytes), "memory_reserved_mib": mib(v.spec.reserved_bytes()),
+                        "running": v.running, "idle_s": c.idle.as_secs_f64(), "keep_alive_s": v.spec.keep_alive.as_secs_f64(),
+                        "share": v.spec.share, "device_time_s": c.device_time.as_secs_f64(),
+                    })
+                })
+                .collect();
+            let st = r.stats();
+            Json(json!({"object": "list", "data": data, "memory": {
+                "total_mib": mib(st.total_bytes), "allocated_mib": mib(st.allocated_bytes),
+                "reserved_mib": mib(st.reserved_bytes), "free_mib": mib(st.free_bytes),
+                "loads": st.loads, "evictions": st.evictions, "keep_alive_unloads": st.keep_alive_unloads,
+                "pressure_events": st.pressure_events, "denied_loads": st.denied_loads,
+            }}))
+        }
+    }
+}
+
+/// Live statistics (seed 002's list plus the scheduler's counters) of the primary model.
+pub async fn stats(State(s): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = s.models.primary().ok_or(ApiError::Unavailable)?;
+    let st = m.engine.stats();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let sc = &st.scheduler;
-    Json(json!({
+    Ok(Json(json!({
         "total_requests": st.total_requests,
         "finished_requests": st.finished_requests,
         "queue_depth": st.queue_depth,
@@ -81,7 +127,7 @@ pub async fn stats(State(s): Shared) -> Json<serde_json::Value> {
             "max_num_seqs": sc.max_num_seqs, "max_num_batched_tokens": sc.max_num_batched_tokens,
             "tokens_generated": sc.tokens_generated,
         },
-    }))
+    })))
 }
 
 #[derive(serde::Deserialize)]
@@ -98,7 +144,7 @@ pub async fn set_batching(
     let req: BatchingBody = parse(&body(b)?)?;
     let kind: tandem_core::BatchingKind =
         req.strategy.parse().map_err(|e: tandem_core::Error| ApiError::invalid("strategy", e.to_string()))?;
-    s.engine.set_batching(kind)?;
+    s.models.primary().ok_or(ApiError::Unavailable)?.engine.set_batching(kind)?;
     Ok(Json(json!({"batching": kind.to_string()})))
 }
 
@@ -142,53 +188,49 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn check_model(s: &AppState, c: &Common) -> Result<(), ApiError> {
-    match &c.model {
-        Some(m) if m != &s.model_name => {
-            Err(ApiError::NotFound(format!("model `{m}` does not exist; this server serves `{}`", s.model_name)))
-        }
-        _ => Ok(()),
-    }
+async fn model_for(s: &AppState, c: &Common) -> Result<Arc<ModelLease>, ApiError> {
+    Ok(Arc::new(s.models.acquire(c.model.as_deref()).await?))
 }
 
-fn encode(s: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
-    s.tokenizer.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))
+fn encode(m: &ModelLease, text: &str) -> Result<Vec<u32>, ApiError> {
+    m.tokenizer.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))
 }
 
 pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: CompletionBody = parse(&body(b)?)?;
-    check_model(&s, &req.common)?;
+    let m = model_for(&s, &req.common).await?;
     let prompt = match req.prompt {
-        PromptInput::Text(t) => encode(&s, &t)?,
-        PromptInput::Texts(v) if v.len() == 1 => encode(&s, &v[0])?,
+        PromptInput::Text(t) => encode(&m, &t)?,
+        PromptInput::Texts(v) if v.len() == 1 => encode(&m, &v[0])?,
         PromptInput::Texts(_) => return Err(ApiError::invalid("prompt", "send one prompt per request")),
         PromptInput::Tokens(ids) => ids,
     };
-    let vocab = s.tokenizer.vocab_size();
+    let vocab = m.tokenizer.vocab_size();
     if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary")));
     }
-    let g = req.common.validate(prompt, s.max_model_len)?;
-    respond(s, g, false).await
+    let g = req.common.validate(prompt, m.max_model_len)?;
+    respond(s, m, g, false).await
 }
 
 pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: ChatBody = parse(&body(b)?)?;
-    check_model(&s, &req.common)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
     let messages: Vec<ChatMessage> = req.messages.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
-    let text = s.tokenizer.apply_chat_template(&messages).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let g = req.common.validate(encode(&s, &text)?, s.max_model_len)?;
-    respond(s, g, true).await
+    let m = model_for(&s, &req.common).await?;
+    let text = m.tokenizer.apply_chat_template(&messages).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let g = req.common.validate(encode(&m, &text)?, m.max_model_len)?;
+    respond(s, m, g, true).await
 }
 
-async fn respond(s: Arc<AppState>, g: GenRequest, chat: bool) -> Result<Response, ApiError> {
-    let choices = (0..g.n).map(|i| Choice::start(&s, &g, i)).collect::<Result<Vec<_>, _>>()?;
+async fn respond(s: Arc<AppState>, m: Arc<ModelLease>, g: GenRequest, chat: bool) -> Result<Response, ApiError> {
+    let model = m.name.clone();
+    let choices = (0..g.n).map(|i| Choice::start(&s, &m, &g, i)).collect::<Result<Vec<_>, _>>()?;
     let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, s.next_id.load(Ordering::Relaxed));
     if g.stream {
-        return Ok(stream_response(s, g, choices, chat, id).into_response());
+        return Ok(stream_response(s, g, choices, chat, id, model).into_response());
     }
     let results = futures_util::future::join_all(choices.into_iter().map(|c| c.collect(&s))).await;
     let mut out = Vec::new();
@@ -207,7 +249,7 @@ async fn respond(s: Arc<AppState>, g: GenRequest, chat: bool) -> Result<Response
         "id": id,
         "object": if chat { "chat.completion" } else { "text_completion" },
         "created": now_secs(),
-        "model": s.model_name,
+        "model": model,
         "choices": out,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     }))
@@ -222,6 +264,7 @@ fn stream_response(
     choices: Vec<Choice>,
     chat: bool,
     id: String,
+    model: String,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let generated = Arc::new(AtomicUsize::new(0));
     let created = now_secs();
@@ -237,7 +280,6 @@ fn stream_response(
         })
         .boxed()
     });
-    let model = s.model_name.clone();
     let (id2, model2) = (id.clone(), model.clone());
     let chunks = stream::select_all(per_choice).map(move |item| {
         let data = match item {

@@ -1,27 +1,78 @@
-//! [`AppState`]: what every handler shares.
+//! [`AppState`]: what every handler shares — the models served (one engine, or a
+//! [`ModelRegistry`] of several contexts routed by the request's `model`), request ids, the API
+//! key.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use tandem_engine::Engine;
+use tandem_engine::{Engine, ModelLease, ModelRegistry, ServedModel};
 use tandem_executor::text::TextTokenizer;
+
+use crate::error::ApiError;
+
+/// The models behind the server.
+pub enum Models {
+    /// One model, always loaded.
+    One(Arc<ServedModel>),
+    /// Several models sharing the device, loaded on demand (multi-model contexts).
+    Many(Arc<ModelRegistry>),
+}
+
+impl Models {
+    /// A lease on the model a request names (`None`: the first one), loading it if needed.
+    pub async fn acquire(&self, name: Option<&str>) -> Result<ModelLease, ApiError> {
+        match self {
+            Models::One(m) => match name {
+                Some(n) if n != m.name => {
+                    Err(ApiError::NotFound(format!("model `{n}` does not exist; this server serves `{}`", m.name)))
+                }
+                _ => Ok(ModelLease::unmanaged(Arc::clone(m))),
+            },
+            Models::Many(r) => {
+                let name = match name {
+                    Some(n) => n.to_string(),
+                    None => r.names().into_iter().next().ok_or(ApiError::Unavailable)?,
+                };
+                let r = Arc::clone(r);
+                // Loading takes seconds and blocks: off the async workers.
+                tokio::task::spawn_blocking(move || r.acquire(&name))
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("model loader panicked: {e}")))?
+                    .map_err(ApiError::from)
+            }
+        }
+    }
+
+    /// Every model's name and, when loaded, its longest context.
+    pub fn list(&self) -> Vec<(String, Option<usize>)> {
+        match self {
+            Models::One(m) => vec![(m.name.clone(), Some(m.max_model_len))],
+            Models::Many(r) => r.names().into_iter().map(|n| (n.clone(), r.loaded(&n).map(|m| m.max_model_len))).collect(),
+        }
+    }
+
+    /// The model stats, metrics and run-time controls refer to: the only one, or the first
+    /// loaded one of a registry.
+    pub fn primary(&self) -> Option<Arc<ServedModel>> {
+        match self {
+            Models::One(m) => Some(Arc::clone(m)),
+            Models::Many(r) => r.loaded_models().into_iter().next(),
+        }
+    }
+}
 
 /// The server's shared state.
 pub struct AppState {
-    pub engine: Engine,
-    pub tokenizer: TextTokenizer,
-    /// The name clients use in `model`.
-    pub model_name: String,
-    /// Longest prompt + output accepted.
-    pub max_model_len: usize,
+    pub models: Models,
     pub next_id: AtomicU64,
     /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
 }
 
 impl AppState {
+    /// One model on one engine.
     pub fn new(engine: Engine, tokenizer: TextTokenizer, model_name: String, max_model_len: usize) -> Arc<Self> {
-        Arc::new(Self { engine, tokenizer, model_name, max_model_len, next_id: AtomicU64::new(1), api_key: None })
+        Self::serving(Models::One(Arc::new(ServedModel::new(model_name, engine, tokenizer, max_model_len, String::new()))), None)
     }
 
     /// The same, requiring `api_key` on `/v1/*`.
@@ -32,13 +83,12 @@ impl AppState {
         max_model_len: usize,
         api_key: String,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            engine,
-            tokenizer,
-            model_name,
-            max_model_len,
-            next_id: AtomicU64::new(1),
-            api_key: Some(api_key),
-        })
+        let model = ServedModel::new(model_name, engine, tokenizer, max_model_len, String::new());
+        Self::serving(Models::One(Arc::new(model)), Some(api_key))
+    }
+
+    /// Any set of models.
+    pub fn serving(models: Models, api_key: Option<String>) -> Arc<Self> {
+        Arc::new(Self { models, next_id: AtomicU64::new(1), api_key })
     }
 }

@@ -37,7 +37,7 @@ fn start_server(api_key: Option<&str>) -> (String, Arc<AppState>) {
     };
     let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
     let engine =
-        Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true }, Box::new(exec)).unwrap();
+        Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true, gate: None }, Box::new(exec)).unwrap();
     let state = match api_key {
         Some(k) => AppState::with_api_key(engine, loaded.tokenizer, "smollm2".into(), 2048, k.into()),
         None => AppState::new(engine, loaded.tokenizer, "smollm2".into(), 2048),
@@ -193,10 +193,10 @@ async fn a_client_disconnect_mid_stream_frees_the_kv_blocks() {
         assert!(n > 0, "stream ended early: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    assert!(state.engine.stats().scheduler.kv_blocks_used > 0, "the request holds blocks while streaming");
+    assert!(state.models.primary().unwrap().engine.stats().scheduler.kv_blocks_used > 0, "the request holds blocks while streaming");
     drop(s); // the client goes away
     let start = Instant::now();
-    while state.engine.stats().scheduler.kv_blocks_used > 0 || state.engine.stats().running > 0 {
+    while state.models.primary().unwrap().engine.stats().scheduler.kv_blocks_used > 0 || state.models.primary().unwrap().engine.stats().running > 0 {
         assert!(start.elapsed() < Duration::from_secs(10), "blocks not freed after disconnect");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -148,7 +148,7 @@ async fn soak_with_random_disconnects_leaks_nothing() {
         ..SchedulerConfig::default()
     };
     let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
-    let config = EngineConfig { scheduler, max_queued: 4096, async_scheduling: true };
+    let config = EngineConfig { scheduler, max_queued: 4096, async_scheduling: true, gate: None };
     let engine = Engine::start(config, Box::new(exec)).unwrap();
     let state = AppState::new(engine, loaded.tokenizer, "smollm2".into(), 2048);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -195,7 +195,7 @@ async fn soak_with_random_disconnects_leaks_nothing() {
     // Aborts reach the engine within a step; wait for it to drain.
     let drain = Instant::now();
     let stats = loop {
-        let st = state.engine.stats();
+        let st = state.models.primary().unwrap().engine.stats();
         if st.scheduler.running == 0 && st.scheduler.waiting == 0 || drain.elapsed() > Duration::from_secs(60) {
             break st;
         }

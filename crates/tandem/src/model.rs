@@ -74,7 +74,7 @@ pub fn start_with(args: &ModelArgs, extra: &[String]) -> Result<Running, String>
     let executor = CpuExecutor::new(loaded.model, block_size, blocks, 0);
     let describe = format!("{} from {}", tandem_executor::Executor::describe(&executor), path.display());
     let engine =
-        Engine::start(EngineConfig { scheduler, max_queued: 1024, async_scheduling: true }, Box::new(executor))
+        Engine::start(EngineConfig { scheduler, max_queued: 1024, async_scheduling: true, gate: None }, Box::new(executor))
             .map_err(|e| e.to_string())?;
     let name = path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let name = name.split('.').next().unwrap_or("model").to_string();

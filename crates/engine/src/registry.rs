@@ -1,0 +1,266 @@
+//! [`ModelRegistry`]: several models on one device, each in its own context — its own
+//! scheduler, executor, engine thread and stream — loaded on first use, unloaded after
+//! `keep_alive`, evicted by tier when memory is short (Ollama's model lifecycle with seed 003's
+//! QoS tiers). The decisions are `tandem_core::contexts::DeviceMemory`'s; this module does the
+//! loading and stopping, and keeps the contexts' steps interleaved by compute share through one
+//! [`FairDevice`].
+//!
+//! A request holds a [`ModelLease`] while it runs, so the pool knows which contexts are busy.
+//! When a busy BestEffort context is evicted its engine is halted and
+//! [`ServedModel::was_evicted`] turns true: the request's owner re-acquires the model (which
+//! reloads it) and resubmits what is left — the request is requeued, not lost.
+
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tandem_core::contexts::{ContextSpec, ContextView, DeviceMemory, MemoryStats, PressureHook};
+use tandem_executor::text::TextTokenizer;
+
+use crate::error::EngineError;
+use crate::gate::{FairDevice, GateHandle};
+use crate::Engine;
+
+/// A loaded model: its engine and what the server needs to talk to it.
+pub struct ServedModel {
+    pub name: String,
+    pub engine: Engine,
+    pub tokenizer: TextTokenizer,
+    /// Longest prompt + output accepted.
+    pub max_model_len: usize,
+    /// One line saying what runs (for logs).
+    pub describe: String,
+    evicted: AtomicBool,
+}
+
+impl ServedModel {
+    pub fn new(name: String, engine: Engine, tokenizer: TextTokenizer, max_model_len: usize, describe: String) -> Self {
+        Self { name, engine, tokenizer, max_model_len, describe, evicted: AtomicBool::new(false) }
+    }
+
+    /// Whether the registry evicted this instance (its engine is stopping; acquire the model
+    /// again to reach the reloaded one).
+    pub fn was_evicted(&self) -> bool {
+        self.evicted.load(Ordering::SeqCst)
+    }
+}
+
+/// Loads one context's model with `bytes` of memory (weights + KV cache), its engine stepping
+/// through `gate`.
+pub trait ModelLoader: Send + Sync {
+    fn load(&self, spec: &ContextSpec, bytes: u64, gate: GateHandle) -> Result<ServedModel, String>;
+}
+
+/// A model in use by one request; dropping it tells the pool the request ended.
+pub struct ModelLease {
+    model: Arc<ServedModel>,
+    registry: Option<Arc<ModelRegistry>>,
+}
+
+impl ModelLease {
+    /// A lease on a model no registry manages (a single-model server).
+    pub fn unmanaged(model: Arc<ServedModel>) -> Self {
+        Self { model, registry: None }
+    }
+
+    pub fn model(&self) -> &Arc<ServedModel> {
+        &self.model
+    }
+}
+
+impl Deref for ModelLease {
+    type Target = ServedModel;
+    fn deref(&self) -> &ServedModel {
+        &self.model
+    }
+}
+
+impl Drop for ModelLease {
+    fn drop(&mut self) {
+        if let Some(r) = &self.registry {
+            // An evicted instance's requests were already written off by the eviction.
+            if !self.model.was_evicted() {
+                let now = r.now();
+                r.lock().memory.end_request(&self.model.name, now);
+            }
+        }
+    }
+}
+
+/// One context as `GET /v1/contexts` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextStatus {
+    pub view: ContextView,
+    /// Idle time since the last request (loaded contexts).
+    pub idle: Duration,
+    /// Device time its steps have used.
+    pub device_time: Duration,
+}
+
+struct Inner {
+    memory: DeviceMemory,
+    served: BTreeMap<String, Arc<ServedModel>>,
+}
+
+/// The models of one device.
+pub struct ModelRegistry {
+    inner: Mutex<Inner>,
+    /// One load at a time (others wait, then find the model loaded).
+    loading: Mutex<()>,
+    loader: Box<dyn ModelLoader>,
+    hook: Box<dyn PressureHook>,
+    device: Arc<FairDevice>,
+    epoch: Instant,
+}
+
+impl ModelRegistry {
+    /// A registry over `total_bytes` of device memory with the contexts `specs` (each admitted
+    /// or the whole call fails with the reason).
+    pub fn new(
+        total_bytes: u64,
+        specs: Vec<ContextSpec>,
+        loader: Box<dyn ModelLoader>,
+        hook: Box<dyn PressureHook>,
+    ) -> Result<Arc<Self>, EngineError> {
+        let mut memory = DeviceMemory::new(total_bytes);
+        for spec in specs {
+            let admission = memory.register(spec.clone())?;
+            tracing::info!(model = %spec.name, tier = %spec.tier, priority = admission.priority, "{}", admission.reason);
+        }
+        Ok(Arc::new(Self {
+            inner: Mutex::new(Inner { memory, served: BTreeMap::new() }),
+            loading: Mutex::new(()),
+            loader,
+            hook,
+            device: FairDevice::new(),
+            epoch: Instant::now(),
+        }))
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Configured model names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.lock().memory.views().into_iter().map(|v| v.spec.name).collect()
+    }
+
+    /// The loaded instance of `name`, if any (no lease: for stats and control).
+    pub fn loaded(&self, name: &str) -> Option<Arc<ServedModel>> {
+        self.lock().served.get(name).cloned()
+    }
+
+    /// Every loaded model.
+    pub fn loaded_models(&self) -> Vec<Arc<ServedModel>> {
+        self.lock().served.values().cloned().collect()
+    }
+
+    /// A lease on `name`, loading it first if needed (evicting as its tier permits). Blocks
+    /// while a model loads: call it off the async runtime.
+    pub fn acquire(self: &Arc<Self>, name: &str) -> Result<ModelLease, EngineError> {
+        if let Some(lease) = self.try_lease(name)? {
+            return Ok(lease);
+        }
+        let _one_load = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lease) = self.try_lease(name)? {
+            return Ok(lease);
+        }
+        let (spec, plan, victims) = {
+            let mut inner = self.lock();
+            let spec = inner.memory.view(name).ok_or_else(|| EngineError::Context(unknown(name)))?.spec;
+            let plan = inner.memory.plan_load(name, self.hook.as_ref())?;
+            let now = self.now();
+            inner.memory.apply_load(&plan, now)?;
+            let victims: Vec<Arc<ServedModel>> = plan.evict.iter().filter_map(|v| inner.served.remove(v)).collect();
+            (spec, plan, victims)
+        };
+        if plan.under_pressure {
+            let stats = self.stats();
+            tracing::warn!(
+                model = name,
+                granted = plan.bytes,
+                wanted = spec.max_bytes,
+                evicting = ?plan.evict,
+                free_bytes = stats.free_bytes,
+                "memory pressure"
+            );
+        }
+        for v in victims {
+            v.evicted.store(true, Ordering::SeqCst);
+            v.engine.halt();
+            tracing::info!(model = %v.name, for_model = name, "evicted");
+        }
+        let gate = self.device.handle(name, spec.share);
+        let started = Instant::now();
+        match self.loader.load(&spec, plan.bytes, gate) {
+            Ok(model) => {
+                tracing::info!(model = name, bytes = plan.bytes, secs = started.elapsed().as_secs_f64(), "{}", model.describe);
+                self.lock().served.insert(name.to_string(), Arc::new(model));
+                self.try_lease(name)?.ok_or_else(|| EngineError::Load { model: name.into(), reason: "vanished".into() })
+            }
+            Err(reason) => {
+                let _ = self.lock().memory.unload(name);
+                self.device.remove(name);
+                Err(EngineError::Load { model: name.into(), reason })
+            }
+        }
+    }
+
+    fn try_lease(self: &Arc<Self>, name: &str) -> Result<Option<ModelLease>, EngineError> {
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.memory.view(name).is_none() {
+            return Err(EngineError::Context(unknown(name)));
+        }
+        let Some(model) = inner.served.get(name).cloned() else { return Ok(None) };
+        inner.memory.begin_request(name, now)?;
+        Ok(Some(ModelLease { model, registry: Some(Arc::clone(self)) }))
+    }
+
+    /// Unloads contexts idle past their keep-alive; returns their names. Call it periodically.
+    pub fn unload_idle(&self) -> Vec<String> {
+        let now = self.now();
+        let stopped: Vec<Arc<ServedModel>> = {
+            let mut inner = self.lock();
+            let names = inner.memory.unload_expired(now);
+            names.iter().filter_map(|n| inner.served.remove(n)).collect()
+        };
+        for m in &stopped {
+            m.engine.halt();
+            self.device.remove(&m.name);
+            tracing::info!(model = %m.name, "unloaded after keep_alive");
+        }
+        stopped.iter().map(|m| m.name.clone()).collect()
+    }
+
+    /// Every context's state.
+    pub fn contexts(&self) -> Vec<ContextStatus> {
+        let now = self.now();
+        let used: BTreeMap<String, Duration> = self.device.used().into_iter().collect();
+        self.lock()
+            .memory
+            .views()
+            .into_iter()
+            .map(|view| ContextStatus {
+                idle: if view.loaded_bytes.is_some() { now.saturating_sub(view.last_used) } else { Duration::ZERO },
+                device_time: used.get(&view.spec.name).copied().unwrap_or_default(),
+                view,
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> MemoryStats {
+        self.lock().memory.stats()
+    }
+}
+
+fn unknown(name: &str) -> tandem_core::contexts::ContextError {
+    tandem_core::contexts::ContextError::Unknown(name.into())
+}
