@@ -55,7 +55,8 @@ fn memory_accounting_holds_under_random_operations() {
                     match m.plan_load(&n, &TierRule) {
                         Ok(plan) => {
                             let before = m.views();
-                            m.apply_load(&plan, now).unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}\n{plan:?}\n{before:#?}"));
+                            m.apply_load(&plan, now)
+                                .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}\n{plan:?}\n{before:#?}"));
                             for v in &plan.evict {
                                 let was = before.iter().find(|c| &c.spec.name == v).unwrap();
                                 assert_ne!(was.spec.tier, QosTier::Guaranteed, "seed {seed}: evicted Guaranteed {v}");
@@ -101,5 +102,8 @@ fn memory_accounting_holds_under_random_operations() {
         all_requeued += requeued;
     }
     // The runs exercised what they check.
-    assert!(all_evictions > 100 && all_requeued > 10 && all_expired > 100, "{all_evictions} {all_requeued} {all_expired}");
+    assert!(
+        all_evictions > 100 && all_requeued > 10 && all_expired > 100,
+        "{all_evictions} {all_requeued} {all_expired}"
+    );
 }

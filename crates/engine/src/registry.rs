@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -113,6 +113,7 @@ pub struct ModelRegistry {
     hook: Box<dyn PressureHook>,
     device: Arc<FairDevice>,
     epoch: Instant,
+    requeued: AtomicU64,
 }
 
 impl ModelRegistry {
@@ -136,6 +137,7 @@ impl ModelRegistry {
             hook,
             device: FairDevice::new(),
             epoch: Instant::now(),
+            requeued: AtomicU64::new(0),
         }))
     }
 
@@ -188,7 +190,7 @@ impl ModelRegistry {
                 granted = plan.bytes,
                 wanted = spec.max_bytes,
                 evicting = ?plan.evict,
-                free_bytes = stats.free_bytes,
+                free_after_bytes = stats.free_bytes,
                 "memory pressure"
             );
         }
@@ -201,7 +203,13 @@ impl ModelRegistry {
         let started = Instant::now();
         match self.loader.load(&spec, plan.bytes, gate) {
             Ok(model) => {
-                tracing::info!(model = name, bytes = plan.bytes, secs = started.elapsed().as_secs_f64(), "{}", model.describe);
+                tracing::info!(
+                    model = name,
+                    bytes = plan.bytes,
+                    secs = started.elapsed().as_secs_f64(),
+                    "{}",
+                    model.describe
+                );
                 self.lock().served.insert(name.to_string(), Arc::new(model));
                 self.try_lease(name)?.ok_or_else(|| EngineError::Load { model: name.into(), reason: "vanished".into() })
             }
@@ -258,6 +266,16 @@ impl ModelRegistry {
 
     pub fn stats(&self) -> MemoryStats {
         self.lock().memory.stats()
+    }
+
+    /// Counts a request that lost its model to an eviction and was resubmitted.
+    pub fn note_requeue(&self) {
+        self.requeued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests requeued after an eviction so far.
+    pub fn requeued(&self) -> u64 {
+        self.requeued.load(Ordering::Relaxed)
     }
 }
 

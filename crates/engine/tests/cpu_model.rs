@@ -50,8 +50,11 @@ fn run(
     max_tokens: usize,
 ) -> (Vec<Vec<TokenId>>, u64) {
     let exec = CpuExecutor::new(model(format), cfg.block_size, cfg.num_gpu_blocks, cfg.num_host_blocks);
-    let engine =
-        Engine::start(EngineConfig { scheduler: cfg, max_queued: 64, async_scheduling: true, gate: None }, Box::new(exec)).unwrap();
+    let engine = Engine::start(
+        EngineConfig { scheduler: cfg, max_queued: 64, async_scheduling: true, gate: None },
+        Box::new(exec),
+    )
+    .unwrap();
     let mut handles: Vec<_> = prompts
         .iter()
         .enumerate()

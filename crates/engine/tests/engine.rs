@@ -126,7 +126,8 @@ fn prompt(i: u64) -> Vec<TokenId> {
 fn run_all(cfg: SchedulerConfig, async_scheduling: bool) -> Vec<Vec<TokenId>> {
     let exec = ContentExecutor::new(&cfg);
     let engine =
-        Engine::start(EngineConfig { scheduler: cfg, max_queued: 100, async_scheduling, gate: None }, Box::new(exec)).unwrap();
+        Engine::start(EngineConfig { scheduler: cfg, max_queued: 100, async_scheduling, gate: None }, Box::new(exec))
+            .unwrap();
     let handles: Vec<_> = (0..24)
         .map(|i| engine.submit(NewRequest::new(i, prompt(i), 5 + (i as usize % 9), Duration::ZERO)).unwrap())
         .collect();
@@ -244,9 +245,11 @@ fn an_executor_failure_fails_that_step_and_the_loop_goes_on() {
     let cfg = small_cfg();
     let mut exec = ContentExecutor::new(&cfg);
     exec.fail_step = Some(2);
-    let engine =
-        Engine::start(EngineConfig { scheduler: cfg, max_queued: 10, async_scheduling: false, gate: None }, Box::new(exec))
-            .unwrap();
+    let engine = Engine::start(
+        EngineConfig { scheduler: cfg, max_queued: 10, async_scheduling: false, gate: None },
+        Box::new(exec),
+    )
+    .unwrap();
     let mut a = engine.submit(NewRequest::new(1, vec![1, 2, 3], 10, Duration::ZERO)).unwrap();
     let events = collect(&mut a);
     assert!(matches!(events.last(), Some(RequestEvent::Failed(EngineError::Executor(_)))), "{events:?}");
@@ -261,9 +264,11 @@ fn async_scheduling_hides_cpu_time_and_stats_are_live() {
     let cfg = small_cfg();
     let mut exec = ContentExecutor::new(&cfg);
     exec.delay = Duration::from_millis(2);
-    let engine =
-        Engine::start(EngineConfig { scheduler: cfg, max_queued: 100, async_scheduling: true, gate: None }, Box::new(exec))
-            .unwrap();
+    let engine = Engine::start(
+        EngineConfig { scheduler: cfg, max_queued: 100, async_scheduling: true, gate: None },
+        Box::new(exec),
+    )
+    .unwrap();
     let handles: Vec<_> =
         (0..8).map(|i| engine.submit(NewRequest::new(i, prompt(i), 20, Duration::ZERO)).unwrap()).collect();
     for mut h in handles {
@@ -285,9 +290,11 @@ fn requests_waiting_for_a_batch_to_fill_do_not_spin_the_loop() {
     // 1 ms timer checks, nowhere near the 300 ms a busy loop burns.
     let cfg = SchedulerConfig { batching: BatchingKind::Fixed { batch_size: 4, max_wait: None }, ..small_cfg() };
     let exec = ContentExecutor::new(&cfg);
-    let engine =
-        Engine::start(EngineConfig { scheduler: cfg, max_queued: 100, async_scheduling: true, gate: None }, Box::new(exec))
-            .unwrap();
+    let engine = Engine::start(
+        EngineConfig { scheduler: cfg, max_queued: 100, async_scheduling: true, gate: None },
+        Box::new(exec),
+    )
+    .unwrap();
     let mut handles: Vec<_> =
         (0..6).map(|i| engine.submit(NewRequest::new(i, prompt(i), 3, Duration::ZERO)).unwrap()).collect();
     for h in handles.iter_mut().take(4) {

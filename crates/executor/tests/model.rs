@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use tandem_core::BlockId;
-use tandem_executor::cpu::{load_model, load_model_as, LoadedModel, PagedKvCache, WeightFormat};
+use tandem_executor::cpu::{load_model, load_model_as, model_bytes, LoadedModel, PagedKvCache, WeightFormat};
 use tandem_executor::store::default_model;
 use tandem_executor::text::{ChatMessage, IncrementalDecoder};
 use tandem_executor::ExecError;
@@ -81,6 +81,18 @@ fn int8_weights_track_the_f32_logits() {
         assert!(max_diff < 0.1 * spread, "prompt {i}: max |Δlogit| = {max_diff}");
         assert_eq!(argmax(&q8), argmax(&exact), "prompt {i}: argmax");
     }
+}
+
+#[test]
+fn memory_is_known_before_loading() {
+    let path = default_model().unwrap();
+    for (format, loaded) in [(WeightFormat::F32, model()), (WeightFormat::Q8, int8_model())] {
+        let (config, predicted) = model_bytes(&path, format).unwrap();
+        assert_eq!(config, loaded.model.config);
+        assert_eq!(predicted as usize, loaded.model.memory_bytes(), "{format}");
+    }
+    // Auto resolves to int8 for this quantized file.
+    assert_eq!(model_bytes(&path, WeightFormat::Auto).unwrap().1, model_bytes(&path, WeightFormat::Q8).unwrap().1);
 }
 
 #[test]

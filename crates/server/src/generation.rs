@@ -98,6 +98,7 @@ impl Choice {
     /// what is left.
     async fn requeue(&mut self, state: &AppState) -> Result<(), ApiError> {
         self.requeues += 1;
+        state.models.note_requeue();
         let lease = Arc::new(state.models.acquire(Some(&self.model.name)).await?);
         tracing::info!(request = self.handle.id().0, model = %lease.name, generated = self.generated.len(), "requeued after eviction");
         self.handle = Self::submit(state, &lease, &self.req, self.index, &self.generated)?;

@@ -24,7 +24,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use state::AppState;
+pub use state::{AppState, Models};
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1 << 20;

@@ -88,6 +88,7 @@ pub async fn contexts(State(s): Shared) -> Json<serde_json::Value> {
                 "reserved_mib": mib(st.reserved_bytes), "free_mib": mib(st.free_bytes),
                 "loads": st.loads, "evictions": st.evictions, "keep_alive_unloads": st.keep_alive_unloads,
                 "pressure_events": st.pressure_events, "denied_loads": st.denied_loads,
+                "requeued_requests": r.requeued(),
             }}))
         }
     }

@@ -43,11 +43,20 @@ impl Models {
         }
     }
 
+    /// Counts a request resubmitted after its model was evicted under it.
+    pub fn note_requeue(&self) {
+        if let Models::Many(r) = self {
+            r.note_requeue();
+        }
+    }
+
     /// Every model's name and, when loaded, its longest context.
     pub fn list(&self) -> Vec<(String, Option<usize>)> {
         match self {
             Models::One(m) => vec![(m.name.clone(), Some(m.max_model_len))],
-            Models::Many(r) => r.names().into_iter().map(|n| (n.clone(), r.loaded(&n).map(|m| m.max_model_len))).collect(),
+            Models::Many(r) => {
+                r.names().into_iter().map(|n| (n.clone(), r.loaded(&n).map(|m| m.max_model_len))).collect()
+            }
         }
     }
 
@@ -72,7 +81,10 @@ pub struct AppState {
 impl AppState {
     /// One model on one engine.
     pub fn new(engine: Engine, tokenizer: TextTokenizer, model_name: String, max_model_len: usize) -> Arc<Self> {
-        Self::serving(Models::One(Arc::new(ServedModel::new(model_name, engine, tokenizer, max_model_len, String::new()))), None)
+        Self::serving(
+            Models::One(Arc::new(ServedModel::new(model_name, engine, tokenizer, max_model_len, String::new()))),
+            None,
+        )
     }
 
     /// The same, requiring `api_key` on `/v1/*`.

@@ -13,6 +13,9 @@ use tandem_server::AppState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod common;
+use common::{http_to, json};
+
 /// One server for the whole file, on its own runtime thread.
 fn server() -> &'static (String, Arc<AppState>) {
     static S: OnceLock<(String, Arc<AppState>)> = OnceLock::new();
@@ -37,7 +40,8 @@ fn start_server(api_key: Option<&str>) -> (String, Arc<AppState>) {
     };
     let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
     let engine =
-        Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true, gate: None }, Box::new(exec)).unwrap();
+        Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true, gate: None }, Box::new(exec))
+            .unwrap();
     let state = match api_key {
         Some(k) => AppState::with_api_key(engine, loaded.tokenizer, "smollm2".into(), 2048, k.into()),
         None => AppState::new(engine, loaded.tokenizer, "smollm2".into(), 2048),
@@ -58,27 +62,6 @@ fn start_server(api_key: Option<&str>) -> (String, Arc<AppState>) {
 /// Sends one request; returns (status, body).
 async fn http(method: &str, path: &str, body: &str) -> (u16, String) {
     http_to(&server().0, method, path, body, "").await
-}
-
-async fn http_to(addr: &str, method: &str, path: &str, body: &str, extra_headers: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
-    (status, body)
-}
-
-fn json(body: &str) -> serde_json::Value {
-    // Chunked encoding: take the JSON object between the first '{' and the last '}'.
-    let (a, b) = (body.find('{').unwrap(), body.rfind('}').unwrap());
-    serde_json::from_str(&body[a..=b]).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,10 +176,15 @@ async fn a_client_disconnect_mid_stream_frees_the_kv_blocks() {
         assert!(n > 0, "stream ended early: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    assert!(state.models.primary().unwrap().engine.stats().scheduler.kv_blocks_used > 0, "the request holds blocks while streaming");
+    assert!(
+        state.models.primary().unwrap().engine.stats().scheduler.kv_blocks_used > 0,
+        "the request holds blocks while streaming"
+    );
     drop(s); // the client goes away
     let start = Instant::now();
-    while state.models.primary().unwrap().engine.stats().scheduler.kv_blocks_used > 0 || state.models.primary().unwrap().engine.stats().running > 0 {
+    while state.models.primary().unwrap().engine.stats().scheduler.kv_blocks_used > 0
+        || state.models.primary().unwrap().engine.stats().running > 0
+    {
         assert!(start.elapsed() < Duration::from_secs(10), "blocks not freed after disconnect");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

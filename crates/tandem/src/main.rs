@@ -3,6 +3,7 @@
 mod bench;
 mod bench_model;
 mod config_spec;
+mod contexts;
 mod gen_model;
 mod generate;
 mod model;

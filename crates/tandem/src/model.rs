@@ -51,30 +51,61 @@ pub fn start(args: &ModelArgs) -> Result<Running, String> {
 
 /// Like [`start`], with `extra` overrides applied after `args.overrides`.
 pub fn start_with(args: &ModelArgs, extra: &[String]) -> Result<Running, String> {
-    let path = match &args.model {
-        Some(p) => p.clone(),
-        None => tandem_executor::store::default_model().map_err(|e| e.to_string())?,
-    };
+    let path = resolve(args.model.as_deref())?;
     let loaded = load_model_as(&path, args.weights).map_err(|e| e.to_string())?;
+    let overrides: Vec<String> = args.overrides.iter().chain(extra).cloned().collect();
+    let sizing = Sizing {
+        kv_bytes: args.kv_memory_mb << 20,
+        max_num_seqs: args.max_num_seqs,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        overrides,
+    };
+    engine_for(loaded, &path, &sizing, None)
+}
+
+/// The model file: `path`, or the embedded default (fetched once into the cache).
+pub fn resolve(path: Option<&std::path::Path>) -> Result<PathBuf, String> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => tandem_executor::store::default_model().map_err(|e| e.to_string()),
+    }
+}
+
+/// How big an engine is: KV memory and scheduler limits.
+#[derive(Debug, Clone)]
+pub struct Sizing {
+    pub kv_bytes: u64,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    /// Scheduler overrides, `key=value`.
+    pub overrides: Vec<String>,
+}
+
+/// Starts an engine for a loaded model with a KV pool of `sizing.kv_bytes`, stepping through
+/// `gate` when it shares the device.
+pub fn engine_for(
+    loaded: tandem_executor::cpu::LoadedModel,
+    path: &std::path::Path,
+    sizing: &Sizing,
+    gate: Option<tandem_engine::GateHandle>,
+) -> Result<Running, String> {
     let block_size = 16;
-    let blocks = CpuExecutor::blocks_for_memory(&loaded.model, block_size, args.kv_memory_mb << 20).max(1);
+    let blocks = CpuExecutor::blocks_for_memory(&loaded.model, block_size, sizing.kv_bytes).max(1);
     let max_model_len = loaded.model.config.max_position.min(blocks * block_size);
-    let scheduler = SchedulerConfig {
+    let mut scheduler = SchedulerConfig {
         block_size,
         num_gpu_blocks: blocks,
-        max_num_seqs: args.max_num_seqs,
-        max_num_batched_tokens: args.max_num_batched_tokens.max(block_size),
+        max_num_seqs: sizing.max_num_seqs,
+        max_num_batched_tokens: sizing.max_num_batched_tokens.max(block_size),
         max_model_len: max_model_len.max(2),
         eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
         ..SchedulerConfig::default()
     };
-    let mut scheduler = scheduler;
-    let all: Vec<String> = args.overrides.iter().chain(extra).cloned().collect();
-    crate::config_spec::apply_all(&mut scheduler, &all)?;
+    crate::config_spec::apply_all(&mut scheduler, &sizing.overrides)?;
     let executor = CpuExecutor::new(loaded.model, block_size, blocks, 0);
     let describe = format!("{} from {}", tandem_executor::Executor::describe(&executor), path.display());
     let engine =
-        Engine::start(EngineConfig { scheduler, max_queued: 1024, async_scheduling: true, gate: None }, Box::new(executor))
+        Engine::start(EngineConfig { scheduler, max_queued: 1024, async_scheduling: true, gate }, Box::new(executor))
             .map_err(|e| e.to_string())?;
     let name = path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let name = name.split('.').next().unwrap_or("model").to_string();

@@ -1,7 +1,9 @@
 //! `tandem serve`: load the model, start the engine, serve the OpenAI API until SIGINT/SIGTERM.
+//! With `--models FILE.toml`, several models share the device in contexts
+//! ([`crate::contexts`]), loaded on first request.
 
 use clap::Args;
-use tandem_server::AppState;
+use tandem_server::{AppState, Models};
 
 use crate::model::{start, ModelArgs};
 
@@ -16,6 +18,10 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <key>` on /v1 (also read from TANDEM_API_KEY).
     #[arg(long, env = "TANDEM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Serve several models from a TOML file of contexts (tiers, memory budgets, shares,
+    /// keep-alive) instead of one `--model`; see docs/contexts.md.
+    #[arg(long, conflicts_with = "model")]
+    models: Option<std::path::PathBuf>,
 }
 
 async fn shutdown_signal() {
@@ -39,21 +45,47 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
-    let running = start(&a.model)?;
-    eprintln!("tandem serve: {}", running.describe);
-    let state = match a.api_key.clone().filter(|k| !k.is_empty()) {
-        Some(key) => {
-            AppState::with_api_key(running.engine, running.tokenizer, running.name.clone(), running.max_model_len, key)
-        }
-        None => AppState::new(running.engine, running.tokenizer, running.name.clone(), running.max_model_len),
-    };
+    let key = a.api_key.clone().filter(|k| !k.is_empty());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let (state, what) = match &a.models {
+        Some(file) => {
+            let registry = crate::contexts::registry_from_file(file)?;
+            let names = registry.names().join(", ");
+            let reaper = registry.clone();
+            // Unload models idle past their keep-alive.
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let r = reaper.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.unload_idle()).await;
+                }
+            });
+            (AppState::serving(Models::Many(registry), key), format!("models {names} (loaded on first request)"))
+        }
+        None => {
+            let running = start(&a.model)?;
+            eprintln!("tandem serve: {}", running.describe);
+            let what = format!("model `{}`", running.name);
+            let state = match key {
+                Some(key) => AppState::with_api_key(
+                    running.engine,
+                    running.tokenizer,
+                    running.name.clone(),
+                    running.max_model_len,
+                    key,
+                ),
+                None => AppState::new(running.engine, running.tokenizer, running.name.clone(), running.max_model_len),
+            };
+            (state, what)
+        }
+    };
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", a.host, a.port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        println!("tandem serve: model `{}` on http://{addr}/v1 (OpenAI-compatible)", running.name);
+        println!("tandem serve: {what} on http://{addr}/v1 (OpenAI-compatible)");
         tandem_server::run(listener, state, shutdown_signal()).await.map_err(|e| e.to_string())
     })
 }

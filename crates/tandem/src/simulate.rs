@@ -244,8 +244,12 @@ fn run_engine(
 ) -> CliResult<tandem_engine::RunSummary> {
     use tandem_executor::sim::{ClockMode, SimExecutor};
     let exec = SimExecutor::new(model.clone(), device.clone(), cfg.block_size, ClockMode::RealTime);
-    let engine_cfg =
-        tandem_engine::EngineConfig { scheduler: cfg.clone(), max_queued: requests.len().max(1), async_scheduling, gate: None };
+    let engine_cfg = tandem_engine::EngineConfig {
+        scheduler: cfg.clone(),
+        max_queued: requests.len().max(1),
+        async_scheduling,
+        gate: None,
+    };
     let engine = tandem_engine::Engine::start(engine_cfg, Box::new(exec)).map_err(|e| e.to_string())?;
     let records = tandem_engine::run_workload(&engine, requests);
     let st = engine.stats();

@@ -32,11 +32,7 @@ impl AdmissionEvaluator {
             return reject(e.to_string());
         }
         if spec.min_bytes() > self.total_bytes {
-            return reject(format!(
-                "needs at least {} bytes, the device has {}",
-                spec.min_bytes(),
-                self.total_bytes
-            ));
+            return reject(format!("needs at least {} bytes, the device has {}", spec.min_bytes(), self.total_bytes));
         }
         let reserve = spec.reserved_bytes();
         let free = self.total_bytes.saturating_sub(committed_by_others);

@@ -134,10 +134,9 @@ impl DeviceMemory {
     pub fn deregister(&mut self, name: &str) -> Result<(), ContextError> {
         match self.entries.get(name) {
             None => Err(ContextError::Unknown(name.into())),
-            Some(e) if e.loaded.is_some() => Err(ContextError::InvalidSpec {
-                name: name.into(),
-                problem: "is loaded; unload it first".into(),
-            }),
+            Some(e) if e.loaded.is_some() => {
+                Err(ContextError::InvalidSpec { name: name.into(), problem: "is loaded; unload it first".into() })
+            }
             Some(_) => {
                 self.entries.remove(name);
                 Ok(())
@@ -340,7 +339,12 @@ impl DeviceMemory {
         for e in self.entries.values() {
             if let Some(b) = e.loaded {
                 if b > e.spec.max_bytes || b < e.spec.min_bytes() {
-                    return Err(format!("`{}` holds {b}, outside [{}, {}]", e.spec.name, e.spec.min_bytes(), e.spec.max_bytes));
+                    return Err(format!(
+                        "`{}` holds {b}, outside [{}, {}]",
+                        e.spec.name,
+                        e.spec.min_bytes(),
+                        e.spec.max_bytes
+                    ));
                 }
                 if e.spec.tier != QosTier::BestEffort {
                     borrowed += b.saturating_sub(e.spec.reserved_bytes());
@@ -438,10 +442,7 @@ mod tests {
         assert_eq!(load(&mut m, "g2", 6).unwrap().evict, vec!["e1"]);
         // A BestEffort may evict neither a Burstable nor a Guaranteed: e2 (min 3) finds
         // 12 − (4 + 3 + 3) = 2.
-        assert!(matches!(
-            m.plan_load("e2", &TierRule),
-            Err(ContextError::OutOfMemory { needed: 3, available: 2, .. })
-        ));
+        assert!(matches!(m.plan_load("e2", &TierRule), Err(ContextError::OutOfMemory { needed: 3, available: 2, .. })));
         assert_eq!(m.stats().evictions, 2);
     }
 

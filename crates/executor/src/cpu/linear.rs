@@ -98,6 +98,14 @@ impl Linear {
         }
     }
 
+    /// Bytes a `k × n` layer takes in `format` (`Auto` counts as f32).
+    pub fn bytes_for(format: WeightFormat, k: usize, n: usize) -> usize {
+        match format {
+            WeightFormat::Q8 => Q8Matrix::bytes_for(k, n),
+            WeightFormat::F32 | WeightFormat::Auto => 4 * k * n,
+        }
+    }
+
     /// Bytes of weights held.
     pub fn bytes(&self) -> usize {
         match self {

@@ -232,6 +232,43 @@ fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ExecError> {
     Ok(LoadedModel { model: assemble(config, w, dir)?, tokenizer })
 }
 
+/// Bytes the model at `path` will take in memory once loaded in `format` (weights, embedding,
+/// norms, RoPE tables; not the KV cache), read from its config without loading the weights —
+/// what a memory budget must hold before any KV block.
+pub fn model_bytes(path: &Path, format: WeightFormat) -> Result<(LlamaConfig, u64), ExecError> {
+    let (config, quantized) = match ModelFiles::locate(path)? {
+        ModelFiles::Gguf(p) => {
+            let mut reader = BufReader::new(File::open(&p).map_err(|e| bad(&p, e))?);
+            let content =
+                gguf_file::Content::read(&mut reader).map_err(|e| bad(&p, format!("not a readable GGUF file: {e}")))?;
+            let quantized = content.tensor_infos.values().any(|t| {
+                use candle_core::quantized::GgmlDType::{BF16, F16, F32};
+                t.shape.rank() == 2 && !matches!(t.ggml_dtype, F32 | F16 | BF16)
+            });
+            (LlamaConfig::from_gguf(&content, &p.display().to_string())?, quantized)
+        }
+        ModelFiles::HfDir(d) => {
+            let cfg_path = d.join("config.json");
+            let json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e))?)
+                    .map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}")))?;
+            (LlamaConfig::from_hf_json(&json, &cfg_path.display().to_string())?, false)
+        }
+    };
+    let f = format.resolve(quantized);
+    let c = &config;
+    let (h, q, kv, i) = (c.hidden, c.heads * c.head_dim, c.kv_dim(), c.intermediate);
+    let per_layer = Linear::bytes_for(f, h, q + 2 * kv)
+        + Linear::bytes_for(f, q, h)
+        + Linear::bytes_for(f, h, 2 * i)
+        + Linear::bytes_for(f, i, h)
+        + 4 * 2 * h
+        + if c.architecture == "qwen2" { 4 * (q + 2 * kv) } else { 0 }; // Qwen2's QKV biases
+    let rope = 2 * 4 * c.max_position.max(1) * (c.head_dim / 2);
+    let total = 4 * c.vocab * h + c.layers * per_layer + Linear::bytes_for(f, h, c.vocab) + 4 * h + rope;
+    Ok((config, total as u64))
+}
+
 /// Loads the model and tokenizer at `path` (a `.gguf` file or an HF directory) with f32 weights:
 /// the file's values exactly.
 pub fn load_model(path: &Path) -> Result<LoadedModel, ExecError> {

@@ -23,6 +23,6 @@ pub use config::{LlamaConfig, RopeStyle};
 pub use executor::CpuExecutor;
 pub use kv_cache::PagedKvCache;
 pub use linear::{Linear, WeightFormat};
-pub use load::{load_model, load_model_as, LoadedModel, ModelFiles};
+pub use load::{load_model, load_model_as, model_bytes, LoadedModel, ModelFiles};
 pub use model::{LlamaModel, SeqSlice};
 pub use sampling::sample;

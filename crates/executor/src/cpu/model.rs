@@ -127,6 +127,19 @@ impl LlamaModel {
         self.layers.iter().flat_map(|l| l.linears()).map(Linear::bytes).sum::<usize>() + self.lm_head.bytes()
     }
 
+    /// Bytes the loaded model holds: embedding, linear layers, norms, biases, RoPE tables (what
+    /// [`super::model_bytes`] predicts from the config).
+    pub fn memory_bytes(&self) -> usize {
+        let small: usize = self
+            .layers
+            .iter()
+            .map(|l| l.attn_norm.len() + l.ffn_norm.len() + l.bqkv.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.embed.elem_count() * 4
+            + self.linear_bytes()
+            + 4 * (small + self.norm.len() + self.cos.len() + self.sin.len())
+    }
+
     /// The format of the linear layers.
     pub fn weight_format(&self) -> WeightFormat {
         match self.lm_head {

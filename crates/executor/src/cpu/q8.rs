@@ -134,6 +134,12 @@ impl Q8Matrix {
         self.weights.len() + 4 * (self.scales.len() + self.offsets.len())
     }
 
+    /// Bytes a `k × n` matrix takes once quantized (what [`Q8Matrix::bytes`] will say).
+    pub fn bytes_for(k: usize, n: usize) -> usize {
+        let (groups, panels) = (k.div_ceil(GROUP), n.div_ceil(NR));
+        panels * groups * GROUP * NR + 8 * panels * groups * NR
+    }
+
     /// `x · w` for `x` of `m × k` (row-major); returns `m × n`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input is {} values, not {m} × {}", x.len(), self.k);
@@ -339,6 +345,13 @@ mod tests {
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < bound, "m={m} k={k} n={n}: {g} vs {w}");
             }
+        }
+    }
+
+    #[test]
+    fn the_size_is_known_before_quantizing() {
+        for (k, n) in [(40, 3), (576, 3072), (100, 33)] {
+            assert_eq!(Q8Matrix::quantize(&vec![0.5; k * n], k, n).bytes(), Q8Matrix::bytes_for(k, n));
         }
     }
 

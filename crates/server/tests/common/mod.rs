@@ -1,0 +1,28 @@
+//! Raw HTTP/1.1 for the server tests: what is tested is the bytes on the wire.
+
+#![allow(dead_code)]
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends one request to `addr`; returns (status, body).
+pub async fn http_to(addr: &str, method: &str, path: &str, body: &str, extra_headers: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The JSON object in a (possibly chunked) body: between the first '{' and the last '}'.
+pub fn json(body: &str) -> serde_json::Value {
+    let (a, b) = (body.find('{').unwrap(), body.rfind('}').unwrap());
+    serde_json::from_str(&body[a..=b]).unwrap()
+}
