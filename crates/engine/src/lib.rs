@@ -35,7 +35,7 @@ pub use gate::{FairDevice, GateHandle};
 pub use handle::{RequestEvent, RequestHandle};
 pub use metrics::{Histogram, RequestMetrics};
 pub use process::ProcessUsage;
-pub use registry::{ContextStatus, ModelLease, ModelLoader, ModelRegistry, ServedModel};
+pub use registry::{ContextEvent, ContextStatus, ModelLease, ModelLoader, ModelRegistry, ServedModel};
 pub use report::{Percentiles, RequestRecord, RunSummary};
 pub use sim::{simulate, SimConfig, SimResult};
 pub use stats::EngineStats;

@@ -10,10 +10,10 @@
 //! [`ServedModel::was_evicted`] turns true: the request's owner re-acquires the model (which
 //! reloads it) and resubmits what is left — the request is requeued, not lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tandem_core::contexts::{ContextSpec, ContextView, DeviceMemory, MemoryStats, PressureHook};
@@ -57,12 +57,29 @@ pub trait ModelLoader: Send + Sync {
 pub struct ModelLease {
     model: Arc<ServedModel>,
     registry: Option<Arc<ModelRegistry>>,
+    /// This lease's number (for events); 0 when unmanaged.
+    id: u64,
+}
+
+/// Completes when every request a model was running at [`ModelRegistry::record_event`] has
+/// ended (seed 003's `record_event` / `wait_event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextEvent {
+    pub model: String,
+    pending: BTreeSet<u64>,
+}
+
+/// Which leases are live (for events).
+#[derive(Debug, Default)]
+struct LeaseBook {
+    next: u64,
+    live: BTreeMap<u64, String>,
 }
 
 impl ModelLease {
     /// A lease on a model no registry manages (a single-model server).
     pub fn unmanaged(model: Arc<ServedModel>) -> Self {
-        Self { model, registry: None }
+        Self { model, registry: None, id: 0 }
     }
 
     pub fn model(&self) -> &Arc<ServedModel> {
@@ -85,6 +102,8 @@ impl Drop for ModelLease {
                 let now = r.now();
                 r.lock().memory.end_request(&self.model.name, now);
             }
+            r.book().live.remove(&self.id);
+            r.lease_ended.notify_all();
         }
     }
 }
@@ -114,6 +133,8 @@ pub struct ModelRegistry {
     device: Arc<FairDevice>,
     epoch: Instant,
     requeued: AtomicU64,
+    leases: Mutex<LeaseBook>,
+    lease_ended: Condvar,
 }
 
 impl ModelRegistry {
@@ -138,6 +159,8 @@ impl ModelRegistry {
             device: FairDevice::new(),
             epoch: Instant::now(),
             requeued: AtomicU64::new(0),
+            leases: Mutex::new(LeaseBook::default()),
+            lease_ended: Condvar::new(),
         }))
     }
 
@@ -147,6 +170,41 @@ impl ModelRegistry {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn book(&self) -> MutexGuard<'_, LeaseBook> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An event that completes when every request `model` is running now has ended.
+    pub fn record_event(&self, model: &str) -> Result<ContextEvent, EngineError> {
+        if self.lock().memory.view(model).is_none() {
+            return Err(EngineError::Context(unknown(model)));
+        }
+        let pending = self.book().live.iter().filter(|(_, m)| *m == model).map(|(id, _)| *id).collect();
+        Ok(ContextEvent { model: model.to_string(), pending })
+    }
+
+    /// Whether `event` has completed.
+    pub fn event_done(&self, event: &ContextEvent) -> bool {
+        let book = self.book();
+        event.pending.iter().all(|id| !book.live.contains_key(id))
+    }
+
+    /// Waits up to `timeout` for `event`; returns whether it completed.
+    pub fn wait_event(&self, event: &ContextEvent, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut book = self.book();
+        loop {
+            if event.pending.iter().all(|id| !book.live.contains_key(id)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            book = self.lease_ended.wait_timeout(book, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
     }
 
     /// Configured model names, in order.
@@ -229,7 +287,12 @@ impl ModelRegistry {
         }
         let Some(model) = inner.served.get(name).cloned() else { return Ok(None) };
         inner.memory.begin_request(name, now)?;
-        Ok(Some(ModelLease { model, registry: Some(Arc::clone(self)) }))
+        drop(inner);
+        let mut book = self.book();
+        book.next += 1;
+        let id = book.next;
+        book.live.insert(id, name.to_string());
+        Ok(Some(ModelLease { model, registry: Some(Arc::clone(self)), id }))
     }
 
     /// Unloads contexts idle past their keep-alive; returns their names. Call it periodically.

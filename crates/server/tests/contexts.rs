@@ -86,7 +86,7 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
     let specs =
         vec![spec("smollm2", QosTier::Guaranteed, 400, &smol), spec("tiny", QosTier::BestEffort, 300, &tiny_dir)];
     let registry = ModelRegistry::new(600 * MIB, specs, Box::new(Loader { paths }), Box::new(TierRule)).unwrap();
-    let state = AppState::serving(Models::Many(registry), None);
+    let state = AppState::serving(Models::Many(registry.clone()), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(tandem_server::run(listener, state, std::future::pending()));
@@ -105,6 +105,21 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
     assert_eq!(json(&body)["model"], "tiny");
     assert_eq!(state_of(&contexts(&addr).await, "tiny"), (true, Some(300.0)));
 
+    // An event recorded while a tiny request runs completes when that request ends.
+    let body = r#"{"model": "tiny", "prompt": "count", "max_tokens": 300, "ignore_eos": true, "stream": true}"#;
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let req = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(n > 0);
+    let event = registry.record_event("tiny").unwrap();
+    assert!(!registry.event_done(&event), "the request is still running");
+    while s.read(&mut buf).await.unwrap() > 0 {}
+    let r = registry.clone();
+    assert!(tokio::task::spawn_blocking(move || r.wait_event(&event, Duration::from_secs(10))).await.unwrap());
+    assert!(registry.record_event("nope").is_err());
+
     // A long streaming tiny request is running when smollm2 is asked for.
     const TOKENS: usize = 1500;
     let body = format!(
@@ -113,7 +128,6 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
     let mut s = TcpStream::connect(&addr).await.unwrap();
     let req = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1 << 16];
     let mut seen = String::new();
     while seen.matches("data: ").count() < 3 {
         let n = s.read(&mut buf).await.unwrap();
