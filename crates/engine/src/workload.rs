@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
-use rand_distr::{Distribution, Exp, LogNormal};
+use rand_distr::{Distribution, Exp, Gamma, LogNormal};
 
 /// When requests arrive.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,6 +19,9 @@ pub enum Arrival {
     Poisson { rate: f64 },
     /// Evenly spaced at `rate` requests/s.
     Fixed { rate: f64 },
+    /// Gamma inter-arrival times (shape `burstiness`, scale `1/(rate·burstiness)`): mean
+    /// `1/rate`; below 1 the arrivals come in bursts separated by lulls (vLLM's burstiness).
+    Gamma { rate: f64, burstiness: f64 },
 }
 
 /// A token-length distribution.
@@ -128,6 +131,13 @@ impl WorkloadSpec {
                         }
                         t
                     }
+                    Arrival::Gamma { rate, burstiness } => {
+                        if i > 0 {
+                            let g = Gamma::new(burstiness, 1.0 / (rate * burstiness)).expect("positive rate and shape");
+                            t += g.sample(&mut rng);
+                        }
+                        t
+                    }
                 };
                 let prompt_len = self.prompt.sample(&mut rng).min(2047);
                 let output_len = self.output.sample(&mut rng).min(2048 - prompt_len).max(1);
@@ -145,6 +155,25 @@ impl WorkloadSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gamma_arrivals_keep_the_rate_and_come_in_bursts() {
+        let gaps = |arrival| {
+            let w = WorkloadSpec { requests: 20_000, arrival, ..WorkloadSpec::default() }.generate();
+            w.windows(2).map(|p| (p[1].arrival - p[0].arrival).as_secs_f64()).collect::<Vec<_>>()
+        };
+        let stats = |g: &[f64]| {
+            let m = g.iter().sum::<f64>() / g.len() as f64;
+            let var = g.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / g.len() as f64;
+            (m, var.sqrt() / m)
+        };
+        // Gamma(k, θ) has mean kθ = 1/rate and coefficient of variation 1/√k: k = 0.25 → 2.
+        let (mean, cv) = stats(&gaps(Arrival::Gamma { rate: 10.0, burstiness: 0.25 }));
+        assert!((0.09..0.11).contains(&mean) && (1.8..2.2).contains(&cv), "mean {mean} cv {cv}");
+        // Poisson (k = 1): cv 1.
+        let (_, cv) = stats(&gaps(Arrival::Poisson { rate: 10.0 }));
+        assert!((0.95..1.05).contains(&cv), "cv {cv}");
+    }
 
     #[test]
     fn sharegpt_like_means_and_limits() {

@@ -9,6 +9,7 @@ mod generate;
 mod model;
 mod serve;
 mod simulate;
+mod simulate_contexts;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Simulate a workload on a modelled device with the real scheduler (virtual time).
     Simulate(Box<simulate::SimulateArgs>),
+    /// Simulate two models sharing one device: time-sliced contexts vs a static partition.
+    SimulateContexts(simulate_contexts::SimulateContextsArgs),
     /// Benchmark an OpenAI-compatible server or in-process engines (vLLM bench serve's metrics).
     Bench(Box<bench::BenchArgs>),
     /// Write a random-weight model directory of a preset shape (tiny, qwen2.5-0.5b).
@@ -44,6 +47,7 @@ fn main() {
         Command::Simulate(args) => ("simulate", simulate::run(*args)),
         Command::Bench(args) => ("bench", bench::run_cli(*args)),
         Command::GenModel(args) => ("gen-model", gen_model::run(args)),
+        Command::SimulateContexts(args) => ("simulate-contexts", simulate_contexts::run(args)),
     };
     if let Err(e) = result {
         eprintln!("tandem {name}: {e}");

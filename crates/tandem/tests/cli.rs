@@ -39,6 +39,23 @@ fn simulate_compares_configurations_and_writes_json() {
 }
 
 #[test]
+fn simulate_contexts_reports_both_sharing_modes_for_each_model() {
+    let (code, stdout, stderr) =
+        tandem(&["simulate-contexts", "--requests", "3000,100", "--rates", "600,10", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        let expected = if r["model"] == "qwen2.5-0.5b" { 3000 } else { 100 };
+        assert_eq!(r["completed"], expected, "{r}");
+        assert!(r["goodput_rps"].as_f64().unwrap() <= r["throughput_rps"].as_f64().unwrap() + 1e-9, "{r}");
+    }
+    let (code, _, stderr) = tandem(&["simulate-contexts", "--rates", "1"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("one value per model"), "{stderr}");
+}
+
+#[test]
 fn bad_options_are_clear_errors() {
     for (args, needle) in [
         (vec!["simulate", "--batching", "sometimes"], "unknown batching strategy"),

@@ -41,6 +41,18 @@ impl DeviceProfile {
         }
     }
 
+    /// A static `fraction` of this device (an MIG-like partition): that share of its bandwidth,
+    /// compute and memory; fixed per-step costs unchanged.
+    pub fn partition(&self, fraction: f64) -> Self {
+        let f = fraction.clamp(1e-3, 1.0);
+        Self {
+            mem_bandwidth: self.mem_bandwidth * f,
+            peak_flops: self.peak_flops * f,
+            memory: (self.memory as f64 * f) as u64,
+            ..self.clone()
+        }
+    }
+
     /// A100 SXM 80 GB: ~1.9 TB/s and ~280 TFLOP/s bf16 achieved (of 2.04 TB/s and 312 peak).
     pub fn a100() -> Self {
         Self {

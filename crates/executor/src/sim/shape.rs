@@ -50,6 +50,22 @@ impl ModelShape {
         }
     }
 
+    /// Qwen2.5-1.5B: 28 layers, hidden 1536, 12 heads / 2 KV heads × 128, tied embeddings.
+    pub fn qwen2_5_1_5b() -> Self {
+        Self {
+            name: "qwen2.5-1.5b",
+            layers: 28,
+            hidden: 1536,
+            heads: 12,
+            kv_heads: 2,
+            head_dim: 128,
+            intermediate: 8960,
+            vocab: 151_936,
+            params: 1_543_714_304,
+            dtype_bytes: 2,
+        }
+    }
+
     /// Llama-3-8B: 32 layers, hidden 4096, 32 heads / 8 KV heads × 128.
     pub fn llama3_8b() -> Self {
         Self {
@@ -66,9 +82,11 @@ impl ModelShape {
         }
     }
 
-    /// Looks a shape up by name (`smollm2-135m`, `qwen2.5-0.5b`, `llama3-8b`).
+    /// Looks a shape up by name (`smollm2-135m`, `qwen2.5-0.5b`, `qwen2.5-1.5b`, `llama3-8b`).
     pub fn by_name(name: &str) -> Option<Self> {
-        [Self::smollm2_135m(), Self::qwen2_5_0_5b(), Self::llama3_8b()].into_iter().find(|m| m.name == name)
+        [Self::smollm2_135m(), Self::qwen2_5_0_5b(), Self::qwen2_5_1_5b(), Self::llama3_8b()]
+            .into_iter()
+            .find(|m| m.name == name)
     }
 
     /// Bytes of all weights.
