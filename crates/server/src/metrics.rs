@@ -12,7 +12,13 @@
 //! `request_prompt_tokens`, `request_generation_tokens`. tandem's own: `stream_utilization`
 //! per stream, `batch_size`, `iteration_batch_size`, `iteration_tokens`, `num_requests_swapped`,
 //! `request_errors`, `num_steps`; and the process' `process_resident_memory_bytes` and
-//! `process_cpu_seconds_total`.
+//! `process_cpu_seconds_total`. With several models (`serve --models`), every loaded model's
+//! engine is a `model_name` label value, and the contexts add `context_loaded`,
+//! `context_memory_bytes` / `_max_bytes` / `_reserved_bytes`, `context_priority`,
+//! `context_running_requests`, `context_device_seconds`, the device's
+//! `device_memory_total_bytes` / `_allocated_bytes` / `_reserved_bytes`, and the counters
+//! `context_loads`, `context_evictions`, `context_keep_alive_unloads`, `memory_pressure_events`,
+//! `context_denied_loads`, `requests_requeued`.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric, NoLabelSet};
@@ -25,10 +31,19 @@ use tandem_engine::{EngineStats, Histogram, ProcessUsage};
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Renders one scrape.
-pub fn render(model_name: &str, stats: EngineStats) -> Result<String, std::fmt::Error> {
+/// The multi-model part of a scrape: each context and the device's memory.
+#[derive(Debug, Clone)]
+pub struct ContextMetrics {
+    pub contexts: Vec<tandem_engine::ContextStatus>,
+    pub memory: tandem_core::contexts::MemoryStats,
+    pub requeued: u64,
+}
+
+/// Renders one scrape: every loaded model's engine (label `model_name`), the contexts when
+/// several models share the device, and the process.
+pub fn render(models: Vec<(String, EngineStats)>, contexts: Option<ContextMetrics>) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
-    let snapshot = Snapshot { model: model_name.to_string(), stats, process: ProcessUsage::read() };
+    let snapshot = Snapshot { models, contexts, process: ProcessUsage::read() };
     registry.register_collector(Box::new(snapshot));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
@@ -37,64 +52,175 @@ pub fn render(model_name: &str, stats: EngineStats) -> Result<String, std::fmt::
 
 #[derive(Debug)]
 struct Snapshot {
-    model: String,
-    stats: EngineStats,
+    models: Vec<(String, EngineStats)>,
+    contexts: Option<ContextMetrics>,
     process: ProcessUsage,
 }
 
 type Fmt = Result<(), std::fmt::Error>;
 
-/// Writes families for one model (label `model_name`).
+/// Writes families with one sample per model (label `model_name`).
 struct Writer<'a, 'e> {
     enc: DescriptorEncoder<'e>,
-    model: &'a str,
+    models: &'a [(String, EngineStats)],
 }
 
 impl Writer<'_, '_> {
     /// A gauge; counts (`usize`) print as integers, fractions (`f64`) as floats.
-    fn gauge<V: EncodeGaugeValue>(&mut self, name: &str, help: &str, v: V) -> Fmt {
+    fn gauge<V: EncodeGaugeValue>(&mut self, name: &str, help: &str, f: impl Fn(&EngineStats) -> V) -> Fmt {
         let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        ConstGauge::new(v).encode(m.encode_family(&[("model_name", self.model)])?)
-    }
-
-    fn counter(&mut self, name: &str, help: &str, v: u64) -> Fmt {
-        let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        ConstCounter::new(v).encode(m.encode_family(&[("model_name", self.model)])?)
-    }
-
-    /// A counter family with one more label.
-    fn counters(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) -> Fmt {
-        let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (l, v) in values {
-            ConstCounter::new(*v).encode(m.encode_family(&[("model_name", self.model), (label, l)])?)?;
+        for (model, st) in self.models {
+            ConstGauge::new(f(st)).encode(m.encode_family(&[("model_name", model.as_str())])?)?;
         }
         Ok(())
     }
 
-    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) -> Fmt {
+    fn counter(&mut self, name: &str, help: &str, f: impl Fn(&EngineStats) -> u64) -> Fmt {
+        let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (model, st) in self.models {
+            ConstCounter::new(f(st)).encode(m.encode_family(&[("model_name", model.as_str())])?)?;
+        }
+        Ok(())
+    }
+
+    /// A counter family with one more label.
+    fn counters(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        f: impl Fn(&EngineStats) -> Vec<(&'static str, u64)>,
+    ) -> Fmt {
+        let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (model, st) in self.models {
+            for (l, v) in f(st) {
+                ConstCounter::new(v).encode(m.encode_family(&[("model_name", model.as_str()), (label, l)])?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, f: impl Fn(&EngineStats) -> &Histogram) -> Fmt {
         let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
-        m.encode_family(&[("model_name", self.model)])?.encode_histogram::<NoLabelSet>(
-            h.sum,
-            h.count,
-            &h.buckets(),
-            None,
+        for (model, st) in self.models {
+            let h = f(st);
+            m.encode_family(&[("model_name", model.as_str())])?.encode_histogram::<NoLabelSet>(
+                h.sum,
+                h.count,
+                &h.buckets(),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One gauge (or counter) family over the contexts, label `model_name`.
+fn per_context<V: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    c: &ContextMetrics,
+    f: impl Fn(&tandem_engine::ContextStatus) -> V,
+) -> Fmt {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for s in &c.contexts {
+        ConstGauge::new(f(s)).encode(m.encode_family(&[("model_name", s.view.spec.name.as_str())])?)?;
+    }
+    Ok(())
+}
+
+fn device_gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Fmt {
+    ConstGauge::new(v as i64).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn device_counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Fmt {
+    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+impl Snapshot {
+    fn encode_contexts(c: &ContextMetrics, enc: &mut DescriptorEncoder<'_>) -> Fmt {
+        per_context(enc, "tandem:context_loaded", "1 when the model's context is loaded.", c, |s| {
+            i64::from(s.view.loaded_bytes.is_some())
+        })?;
+        per_context(enc, "tandem:context_memory_bytes", "Bytes the context holds (weights + KV).", c, |s| {
+            s.view.loaded_bytes.unwrap_or(0) as i64
+        })?;
+        per_context(enc, "tandem:context_memory_max_bytes", "The context's memory budget.", c, |s| {
+            s.view.spec.max_bytes as i64
+        })?;
+        per_context(
+            enc,
+            "tandem:context_memory_reserved_bytes",
+            "Bytes reserved for the context by its tier.",
+            c,
+            |s| s.view.spec.reserved_bytes() as i64,
+        )?;
+        per_context(
+            enc,
+            "tandem:context_priority",
+            "QoS priority: guaranteed 2, burstable 1, best-effort 0.",
+            c,
+            |s| i64::from(s.view.priority),
+        )?;
+        per_context(enc, "tandem:context_running_requests", "Requests holding the context.", c, |s| {
+            s.view.running as i64
+        })?;
+        per_context(enc, "tandem:context_device_seconds", "Device time the context's steps used.", c, |s| {
+            s.device_time.as_secs_f64()
+        })?;
+        let m = &c.memory;
+        device_gauge(enc, "tandem:device_memory_total_bytes", "Memory the contexts share.", m.total_bytes)?;
+        device_gauge(
+            enc,
+            "tandem:device_memory_allocated_bytes",
+            "Memory held by loaded contexts.",
+            m.allocated_bytes,
+        )?;
+        device_gauge(enc, "tandem:device_memory_reserved_bytes", "Memory reserved by tiers.", m.reserved_bytes)?;
+        device_counter(enc, "tandem:context_loads", "Context loads.", m.loads)?;
+        device_counter(enc, "tandem:context_evictions", "Contexts evicted to make room.", m.evictions)?;
+        device_counter(
+            enc,
+            "tandem:context_keep_alive_unloads",
+            "Contexts unloaded after keep-alive.",
+            m.keep_alive_unloads,
+        )?;
+        device_counter(
+            enc,
+            "tandem:memory_pressure_events",
+            "Loads that got less than their max or evicted others.",
+            m.pressure_events,
+        )?;
+        device_counter(
+            enc,
+            "tandem:context_denied_loads",
+            "Loads refused for lack of memory or by the pressure hook.",
+            m.denied_loads,
+        )?;
+        device_counter(
+            enc,
+            "tandem:requests_requeued",
+            "Requests resubmitted after their model was evicted.",
+            c.requeued,
         )
     }
 }
 
 impl Collector for Snapshot {
     fn encode(&self, enc: DescriptorEncoder) -> Fmt {
-        let st = &self.stats;
-        let sc = &st.scheduler;
-        let rq = &st.requests;
-        let mut w = Writer { enc, model: &self.model };
-        w.gauge("tandem:num_requests_running", "Requests in the running batch.", sc.running)?;
-        w.gauge("tandem:num_requests_waiting", "Requests waiting to start or resume.", sc.waiting)?;
-        w.gauge("tandem:num_requests_swapped", "Waiting requests whose KV is in the host tier.", sc.swapped)?;
-        w.gauge("tandem:kv_cache_usage_perc", "Fraction of KV blocks in use (1 = full).", sc.kv_usage())?;
-        w.gauge("tandem:kv_cache_blocks_total", "KV blocks in the device pool.", sc.kv_blocks_total)?;
-        w.gauge("tandem:batch_size", "Sequences in the last step.", st.current_batch_size)?;
-        w.gauge("tandem:mean_batch_size", "Mean sequences per step since start.", st.mean_batch_size)?;
+        let mut w = Writer { enc, models: &self.models };
+        w.gauge("tandem:num_requests_running", "Requests in the running batch.", |st| st.scheduler.running)?;
+        w.gauge("tandem:num_requests_waiting", "Requests waiting to start or resume.", |st| st.scheduler.waiting)?;
+        w.gauge("tandem:num_requests_swapped", "Waiting requests whose KV is in the host tier.", |st| {
+            st.scheduler.swapped
+        })?;
+        w.gauge("tandem:kv_cache_usage_perc", "Fraction of KV blocks in use (1 = full).", |st| {
+            st.scheduler.kv_usage()
+        })?;
+        w.gauge("tandem:kv_cache_blocks_total", "KV blocks in the device pool.", |st| st.scheduler.kv_blocks_total)?;
+        w.gauge("tandem:batch_size", "Sequences in the last step.", |st| st.current_batch_size)?;
+        w.gauge("tandem:mean_batch_size", "Mean sequences per step since start.", |st| st.mean_batch_size)?;
         {
             let mut m = w.enc.encode_descriptor(
                 "tandem:stream_utilization",
@@ -102,50 +228,60 @@ impl Collector for Snapshot {
                 None,
                 MetricType::Gauge,
             )?;
-            for (i, u) in st.stream_utilisation.iter().enumerate() {
-                let stream = i.to_string();
-                ConstGauge::new(*u).encode(m.encode_family(&[("model_name", w.model), ("stream", &stream)])?)?;
+            for (model, st) in w.models {
+                for (i, u) in st.stream_utilisation.iter().enumerate() {
+                    let stream = i.to_string();
+                    ConstGauge::new(*u)
+                        .encode(m.encode_family(&[("model_name", model.as_str()), ("stream", &stream)])?)?;
+                }
             }
         }
-        w.counter(
-            "tandem:prefix_cache_queries",
-            "Prompt tokens looked up in the prefix cache.",
-            sc.prefix_cache_queries,
-        )?;
-        w.counter("tandem:prefix_cache_hits", "Prompt tokens found in the prefix cache.", sc.prefix_cache_hits)?;
-        w.counters(
-            "tandem:num_preemptions",
-            "Preemptions, by mode.",
-            "mode",
-            &[("recompute", sc.preemptions_recompute), ("swap", sc.preemptions_swap)],
-        )?;
-        w.counter("tandem:prompt_tokens", "Prompt tokens of requests that ran.", rq.prompt_tokens_total)?;
-        w.counter("tandem:generation_tokens", "Tokens generated.", rq.generation_tokens_total)?;
-        let f = &rq.finished;
-        w.counters(
-            "tandem:request_success",
-            "Requests finished, by reason.",
-            "finished_reason",
-            &[("stop", f.stop), ("length", f.length), ("abort", f.abort)],
-        )?;
-        w.counter("tandem:request_errors", "Requests refused by the scheduler or failed by the executor.", f.error)?;
-        w.counter("tandem:num_steps", "Engine steps run.", st.steps)?;
-        w.histogram("tandem:time_to_first_token_seconds", "Arrival to first token.", &rq.ttft)?;
-        w.histogram("tandem:inter_token_latency_seconds", "Gap between consecutive tokens.", &rq.inter_token)?;
+        w.counter("tandem:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", |st| {
+            st.scheduler.prefix_cache_queries
+        })?;
+        w.counter("tandem:prefix_cache_hits", "Prompt tokens found in the prefix cache.", |st| {
+            st.scheduler.prefix_cache_hits
+        })?;
+        w.counters("tandem:num_preemptions", "Preemptions, by mode.", "mode", |st| {
+            vec![("recompute", st.scheduler.preemptions_recompute), ("swap", st.scheduler.preemptions_swap)]
+        })?;
+        w.counter("tandem:prompt_tokens", "Prompt tokens of requests that ran.", |st| st.requests.prompt_tokens_total)?;
+        w.counter("tandem:generation_tokens", "Tokens generated.", |st| st.requests.generation_tokens_total)?;
+        w.counters("tandem:request_success", "Requests finished, by reason.", "finished_reason", |st| {
+            let f = &st.requests.finished;
+            vec![("stop", f.stop), ("length", f.length), ("abort", f.abort)]
+        })?;
+        w.counter("tandem:request_errors", "Requests refused by the scheduler or failed by the executor.", |st| {
+            st.requests.finished.error
+        })?;
+        w.counter("tandem:num_steps", "Engine steps run.", |st| st.steps)?;
+        w.histogram("tandem:time_to_first_token_seconds", "Arrival to first token.", |st| &st.requests.ttft)?;
+        w.histogram("tandem:inter_token_latency_seconds", "Gap between consecutive tokens.", |st| {
+            &st.requests.inter_token
+        })?;
         w.histogram(
             "tandem:request_time_per_output_token_seconds",
             "(e2e - TTFT) / (tokens - 1) per request.",
-            &rq.tpot,
+            |st| &st.requests.tpot,
         )?;
-        w.histogram("tandem:e2e_request_latency_seconds", "Arrival to finish.", &rq.e2e)?;
-        w.histogram("tandem:request_queue_time_seconds", "Arrival to first scheduled.", &rq.queue_time)?;
-        w.histogram("tandem:request_prefill_time_seconds", "First scheduled to first token.", &rq.prefill_time)?;
-        w.histogram("tandem:request_decode_time_seconds", "First token to finish.", &rq.decode_time)?;
-        w.histogram("tandem:request_prompt_tokens", "Prompt length of requests that ran.", &rq.prompt_len)?;
-        w.histogram("tandem:request_generation_tokens", "Tokens generated per request.", &rq.generation_len)?;
-        w.histogram("tandem:iteration_tokens", "Tokens fed to the model per step.", &rq.step_tokens)?;
-        w.histogram("tandem:iteration_batch_size", "Sequences per step.", &rq.step_batch)?;
+        w.histogram("tandem:e2e_request_latency_seconds", "Arrival to finish.", |st| &st.requests.e2e)?;
+        w.histogram("tandem:request_queue_time_seconds", "Arrival to first scheduled.", |st| &st.requests.queue_time)?;
+        w.histogram("tandem:request_prefill_time_seconds", "First scheduled to first token.", |st| {
+            &st.requests.prefill_time
+        })?;
+        w.histogram("tandem:request_decode_time_seconds", "First token to finish.", |st| &st.requests.decode_time)?;
+        w.histogram("tandem:request_prompt_tokens", "Prompt length of requests that ran.", |st| {
+            &st.requests.prompt_len
+        })?;
+        w.histogram("tandem:request_generation_tokens", "Tokens generated per request.", |st| {
+            &st.requests.generation_len
+        })?;
+        w.histogram("tandem:iteration_tokens", "Tokens fed to the model per step.", |st| &st.requests.step_tokens)?;
+        w.histogram("tandem:iteration_batch_size", "Sequences per step.", |st| &st.requests.step_batch)?;
         let mut enc = w.enc;
+        if let Some(c) = &self.contexts {
+            Self::encode_contexts(c, &mut enc)?;
+        }
         if let Some(rss) = self.process.rss_bytes {
             let m =
                 enc.encode_descriptor("process_resident_memory_bytes", "Resident memory.", None, MetricType::Gauge)?;
@@ -174,7 +310,7 @@ mod tests {
         stats.stream_utilisation = vec![0.5, 0.25];
         stats.requests.ttft.observe(0.003);
         stats.requests.finished.length = 4;
-        let text = render("m", stats).unwrap();
+        let text = render(vec![("m".into(), stats)], None).unwrap();
         assert!(text.contains("tandem:num_requests_running{model_name=\"m\"} 3"), "{text}");
         // 5 of 20 blocks = 0.25.
         assert!(text.contains("tandem:kv_cache_usage_perc{model_name=\"m\"} 0.25"), "{text}");

@@ -37,15 +37,18 @@ pub async fn ready(State(s): Shared) -> Json<serde_json::Value> {
     Json(json!({"status": "ready", "model": names.first(), "models": names}))
 }
 
-/// Prometheus scrape (see [`crate::metrics`]): the primary model's engine (see
-/// [`Models::primary`]) and the process.
+/// Prometheus scrape (see [`crate::metrics`]): every loaded model's engine, the contexts, and
+/// the process.
 pub async fn metrics(State(s): Shared) -> Result<Response, ApiError> {
-    let (name, stats) = match s.models.primary() {
-        Some(m) => (m.name.clone(), m.engine.stats()),
-        None => (String::new(), Default::default()),
+    let (models, contexts) = match &s.models {
+        Models::One(m) => (vec![(m.name.clone(), m.engine.stats())], None),
+        Models::Many(r) => (
+            r.loaded_models().iter().map(|m| (m.name.clone(), m.engine.stats())).collect(),
+            Some(crate::metrics::ContextMetrics { contexts: r.contexts(), memory: r.stats(), requeued: r.requeued() }),
+        ),
     };
     let text =
-        crate::metrics::render(&name, stats).map_err(|_| ApiError::Internal("cannot encode the metrics".into()))?;
+        crate::metrics::render(models, contexts).map_err(|_| ApiError::Internal("cannot encode the metrics".into()))?;
     Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 

@@ -170,6 +170,20 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
     assert_eq!(c["memory"]["allocated_mib"], 600.0);
     assert!(c["memory"]["requeued_requests"].as_u64().unwrap() >= 1, "the stream was not cut by the eviction: {c}");
 
+    // The same in Prometheus format, both engines labelled by model.
+    let (status, scrape) = http_to(&addr, "GET", "/metrics", "", "").await;
+    assert_eq!(status, 200);
+    for line in [
+        "tandem:context_evictions_total 1",
+        "tandem:context_loads_total 3",
+        "tandem:context_loaded{model_name=\"tiny\"} 1",
+        "tandem:context_priority{model_name=\"smollm2\"} 2",
+        "tandem:num_requests_running{model_name=\"smollm2\"} 0",
+        "tandem:num_requests_running{model_name=\"tiny\"} 0",
+    ] {
+        assert!(scrape.contains(line), "missing `{line}` in\n{scrape}");
+    }
+
     // Unknown models are 404.
     let (status, body) =
         http_to(&addr, "POST", "/v1/completions", r#"{"model": "nope", "prompt": "x", "max_tokens": 1}"#, "").await;
