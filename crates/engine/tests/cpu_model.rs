@@ -50,11 +50,19 @@ fn run(
     max_tokens: usize,
 ) -> (Vec<Vec<TokenId>>, u64) {
     let exec = CpuExecutor::new(model(format), cfg.block_size, cfg.num_gpu_blocks, cfg.num_host_blocks);
-    let engine = Engine::start(
-        EngineConfig { scheduler: cfg, max_queued: 64, async_scheduling: true, gate: None },
-        Box::new(exec),
-    )
-    .unwrap();
+    run_on(Box::new(exec), cfg, prompts, max_tokens)
+}
+
+/// Greedy outputs of `prompts` run together through an engine on `exec`.
+fn run_on(
+    exec: Box<dyn tandem_executor::Executor>,
+    cfg: SchedulerConfig,
+    prompts: &[Vec<TokenId>],
+    max_tokens: usize,
+) -> (Vec<Vec<TokenId>>, u64) {
+    let engine =
+        Engine::start(EngineConfig { scheduler: cfg, max_queued: 64, async_scheduling: true, gate: None }, exec)
+            .unwrap();
     let mut handles: Vec<_> = prompts
         .iter()
         .enumerate()
@@ -133,4 +141,28 @@ fn greedy_outputs_are_batch_invariant_with_chunking_and_preemption() {
 #[test]
 fn int8_greedy_outputs_are_batch_invariant_too() {
     check_batch_invariance(WeightFormat::Q8);
+}
+
+#[test]
+fn the_tensor_executor_gives_the_cpu_executors_tokens_with_swap_preemption() {
+    // The CUDA path's executor, on the CPU device: three prompts, 4-token blocks in a pool too
+    // small for all of them, so requests are swapped out and in — the same greedy tokens as
+    // the CPU executor's, each prompt alone.
+    use tandem_executor::tensor::{TensorExecutor, TensorModel};
+    let ps: Vec<Vec<TokenId>> = prompts().into_iter().take(3).collect();
+    let alone: Vec<Vec<TokenId>> =
+        ps.iter().map(|p| run(WeightFormat::F32, base(), std::slice::from_ref(p), MAX_TOKENS).0.remove(0)).collect();
+    let cfg = SchedulerConfig {
+        block_size: 4,
+        num_gpu_blocks: 16,
+        num_host_blocks: 40,
+        preemption: PreemptionModeKind::Swap,
+        ..base()
+    };
+    let tm =
+        TensorModel::from_cpu(&model(WeightFormat::F32), &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
+    let exec = TensorExecutor::new(tm, cfg.block_size, cfg.num_gpu_blocks).unwrap();
+    let (together, n) = run_on(Box::new(exec), cfg, &ps, MAX_TOKENS);
+    assert!(n > 0, "the tight pool must preempt");
+    assert_eq!(together, alone);
 }

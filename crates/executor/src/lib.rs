@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod sim;
 pub mod store;
 pub mod synth;
+pub mod tensor;
 pub mod text;
 
 use tandem_core::{ModelOutput, SchedulerOutput, StreamConfig};

@@ -1,0 +1,29 @@
+//! The model on candle tensors of any device: [`TensorModel`] (the Llama-family forward over
+//! the packed batch and a paged KV cache in device memory) and [`TensorExecutor`]. This is the
+//! CUDA path — built with the `cuda` feature (`Device::new_cuda`, bf16) — and runs on the CPU
+//! too, where it is tested against `crate::cpu` (f32). See docs/cuda.md for what is still to be
+//! built and measured on a GPU.
+
+mod executor;
+mod model;
+
+pub use executor::TensorExecutor;
+pub use model::{TensorKvCache, TensorModel, TensorSeq};
+
+/// The first CUDA device (on its own stream), when built with the `cuda` feature and a GPU and
+/// driver are present.
+pub fn cuda_device() -> Result<candle_core::Device, crate::ExecError> {
+    #[cfg(feature = "cuda")]
+    {
+        // cudarc panics rather than erring without a driver: catch it.
+        match std::panic::catch_unwind(|| candle_core::Device::new_cuda_with_stream(0)) {
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(e)) => Err(crate::ExecError::Device(format!("no CUDA device: {e}"))),
+            Err(_) => Err(crate::ExecError::Device("no CUDA driver on this machine".into())),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(crate::ExecError::Device("this build has no CUDA support (build with --features cuda)".into()))
+    }
+}

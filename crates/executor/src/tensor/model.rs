@@ -1,0 +1,249 @@
+//! The Llama-family forward on candle tensors of any device — CUDA (bf16) under the `cuda`
+//! feature, the CPU (f32) in tests — over the scheduler's packed batch and a paged KV cache.
+//!
+//! Same math and layout as `crate::cpu::model` (which it is tested against), written with
+//! candle ops so that every op has a CUDA kernel: cuBLAS matmuls, candle's `rms_norm`, `rope` /
+//! `rope_i` and `softmax_last_dim`. The paged cache is one `(blocks · block_size) × kv_dim`
+//! tensor per layer for K and for V; a step's new rows are written in place with `scatter_set`
+//! at their slots (`block · block_size + offset`), and each sequence's context is gathered by
+//! slot with `index_select` before its attention — correct on any device, but one gather and a
+//! few small kernels per sequence and layer. A fused paged-attention kernel (reading K/V through
+//! the block table, vLLM's `paged_attention_v2`) is the next step on the GPU.
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+use crate::cpu::{Linear, LlamaConfig, LlamaModel, RopeStyle};
+use crate::ExecError;
+
+/// One layer's weights on the device.
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Tensor,
+    wqkv: Tensor,
+    bqkv: Option<Tensor>,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    w_gate_up: Tensor,
+    w_down: Tensor,
+}
+
+/// A model's weights on a candle device.
+#[derive(Debug)]
+pub struct TensorModel {
+    pub config: LlamaConfig,
+    device: Device,
+    dtype: DType,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    /// `max_position × head_dim/2`, f32.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// The paged KV cache on the device: per layer, `slots × kv_dim` for K and for V.
+#[derive(Debug)]
+pub struct TensorKvCache {
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+}
+
+impl TensorKvCache {
+    pub fn new(model: &TensorModel, block_size: usize, num_blocks: usize) -> Result<Self, ExecError> {
+        let c = &model.config;
+        let zeros = || Tensor::zeros((num_blocks * block_size, c.kv_dim()), model.dtype, &model.device);
+        let (mut k, mut v) = (Vec::with_capacity(c.layers), Vec::with_capacity(c.layers));
+        for _ in 0..c.layers {
+            k.push(zeros()?);
+            v.push(zeros()?);
+        }
+        Ok(Self { block_size, num_blocks, k, v })
+    }
+
+    /// The slot of position `pos` of a sequence with block table `table`.
+    fn slot(&self, table: &[tandem_core::BlockId], pos: usize) -> u32 {
+        (table[pos / self.block_size].index() * self.block_size + pos % self.block_size) as u32
+    }
+}
+
+/// One sequence of a packed batch (rows `start_row .. start_row + len`, first position
+/// `start_pos`, its block table).
+#[derive(Debug, Clone)]
+pub struct TensorSeq<'a> {
+    pub start_row: usize,
+    pub len: usize,
+    pub start_pos: usize,
+    pub table: &'a [tandem_core::BlockId],
+}
+
+fn weight(l: &Linear, dev: &Device, dtype: DType) -> Result<Tensor, ExecError> {
+    match l {
+        Linear::F32(t) => Ok(t.to_device(dev)?.to_dtype(dtype)?),
+        Linear::Q8(_) => Err(ExecError::Device("load the model with f32 weights for the tensor executor".into())),
+    }
+}
+
+fn vector(v: &[f32], dev: &Device, dtype: DType) -> Result<Tensor, ExecError> {
+    Ok(Tensor::from_slice(v, v.len(), dev)?.to_dtype(dtype)?)
+}
+
+impl TensorModel {
+    /// Moves a model loaded with f32 weights onto `device` in `dtype` (bf16 on a GPU).
+    pub fn from_cpu(m: &LlamaModel, device: &Device, dtype: DType) -> Result<Self, ExecError> {
+        let c = m.config.clone();
+        let layers = m
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    attn_norm: vector(&l.attn_norm, device, dtype)?,
+                    wqkv: weight(&l.wqkv, device, dtype)?,
+                    bqkv: l.bqkv.as_ref().map(|b| vector(b, device, dtype)).transpose()?,
+                    wo: weight(&l.wo, device, dtype)?,
+                    ffn_norm: vector(&l.ffn_norm, device, dtype)?,
+                    w_gate_up: weight(&l.w_gate_up, device, dtype)?,
+                    w_down: weight(&l.w_down, device, dtype)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ExecError>>()?;
+        let half = c.head_dim / 2;
+        let max = c.max_position.max(1);
+        let (mut cos, mut sin) = (Vec::with_capacity(max * half), Vec::with_capacity(max * half));
+        for p in 0..max {
+            for i in 0..half {
+                let a = p as f64 * c.rope_theta.powf(-(2.0 * i as f64) / c.head_dim as f64);
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(Self {
+            embed: m.embed.to_device(device)?.to_dtype(dtype)?,
+            layers,
+            norm: vector(&m.norm, device, dtype)?,
+            lm_head: weight(&m.lm_head, device, dtype)?,
+            cos: Tensor::from_vec(cos, (max, half), device)?,
+            sin: Tensor::from_vec(sin, (max, half), device)?,
+            device: device.clone(),
+            dtype,
+            config: c,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Rotates `x` (`t × heads·d`) at `positions` (a u32 tensor of `t`).
+    fn rope(&self, x: &Tensor, heads: usize, positions: &Tensor) -> Result<Tensor, ExecError> {
+        let c = &self.config;
+        let t = x.dim(0)?;
+        let cos = self.cos.index_select(positions, 0)?.to_dtype(self.dtype)?;
+        let sin = self.sin.index_select(positions, 0)?.to_dtype(self.dtype)?;
+        // (t, heads, d) → (1, heads, t, d), what candle's rope kernels take.
+        let xs = x.reshape((t, heads, c.head_dim))?.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
+        let out = match c.rope_style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&xs, &cos, &sin)?,
+            RopeStyle::Half => candle_nn::rotary_emb::rope(&xs, &cos, &sin)?,
+        };
+        Ok(out.squeeze(0)?.transpose(0, 1)?.reshape((t, heads * c.head_dim))?)
+    }
+
+    /// Causal attention of one sequence's `n` new tokens (queries `q`: `n × heads·d`) over its
+    /// cached context `0 .. start + n`.
+    fn attend(&self, cache: &TensorKvCache, layer: usize, s: &TensorSeq<'_>, q: &Tensor) -> Result<Tensor, ExecError> {
+        let c = &self.config;
+        let (n, d, kvh) = (s.len, c.head_dim, c.kv_heads);
+        let group = c.heads / kvh;
+        let ctx = s.start_pos + n;
+        let slots: Vec<u32> = (0..ctx).map(|p| cache.slot(s.table, p)).collect();
+        let idx = Tensor::from_vec(slots, ctx, &self.device)?;
+        // (ctx, kvh, d) → (kvh, ctx, d)
+        let k = cache.k[layer].index_select(&idx, 0)?.reshape((ctx, kvh, d))?.transpose(0, 1)?.contiguous()?;
+        let v = cache.v[layer].index_select(&idx, 0)?.reshape((ctx, kvh, d))?.transpose(0, 1)?.contiguous()?;
+        // (n, kvh, group, d) → (kvh, group·n, d): query head h = kvh·group + g.
+        let qh = q.reshape((n, kvh, group, d))?.permute((1, 2, 0, 3))?.reshape((kvh, group * n, d))?.contiguous()?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (qh.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?; // (kvh, group·n, ctx)
+                                                                           // Token i (position start + i) sees positions ≤ start + i.
+        let mask: Vec<f32> = (0..group * n)
+            .flat_map(|r| {
+                let i = r % n;
+                (0..ctx).map(move |j| if j <= s.start_pos + i { 0.0 } else { f32::NEG_INFINITY })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, group * n, ctx), &self.device)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?.to_dtype(self.dtype)?;
+        let out = probs.matmul(&v)?; // (kvh, group·n, d)
+        Ok(out.reshape((kvh, group, n, d))?.permute((2, 0, 1, 3))?.reshape((n, c.heads * d))?)
+    }
+
+    /// Runs the packed batch; returns the logits (f32, on the host) of `sample_rows`.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        positions: &[usize],
+        seqs: &[TensorSeq<'_>],
+        sample_rows: &[usize],
+        cache: &mut TensorKvCache,
+    ) -> Result<Vec<Vec<f32>>, ExecError> {
+        let c = &self.config;
+        let t = ids.len();
+        if let Some(&p) = positions.iter().find(|&&p| p >= c.max_position) {
+            return Err(ExecError::InvalidStep(format!("position {p} beyond the model's {}", c.max_position)));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= c.vocab) {
+            return Err(ExecError::InvalidStep(format!("token {bad} beyond the vocabulary of {}", c.vocab)));
+        }
+        for s in seqs {
+            if let Some(b) = s.table.iter().find(|b| b.index() >= cache.num_blocks) {
+                return Err(ExecError::InvalidStep(format!("block {} beyond the pool of {}", b.0, cache.num_blocks)));
+            }
+        }
+        let dev = &self.device;
+        let (qd, kvd) = (c.heads * c.head_dim, c.kv_dim());
+        let eps = c.rms_eps as f32;
+        let pos = Tensor::from_vec(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), t, dev)?;
+        // Every row's slot, broadcast over kv_dim: the scatter index for writing K and V.
+        let mut slots = vec![0u32; t];
+        for s in seqs {
+            for (i, slot) in slots[s.start_row..s.start_row + s.len].iter_mut().enumerate() {
+                *slot = cache.slot(s.table, s.start_pos + i);
+            }
+        }
+        let slot_idx = Tensor::from_vec(slots, (t, 1), dev)?.broadcast_as((t, kvd))?.contiguous()?;
+        let mut x = self.embed.index_select(&Tensor::from_slice(ids, t, dev)?, 0)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
+            let mut qkv = h.matmul(&l.wqkv)?;
+            if let Some(b) = &l.bqkv {
+                qkv = qkv.broadcast_add(b)?;
+            }
+            let q = self.rope(&qkv.narrow(1, 0, qd)?, c.heads, &pos)?;
+            let k = self.rope(&qkv.narrow(1, qd, kvd)?, c.kv_heads, &pos)?;
+            let v = qkv.narrow(1, qd + kvd, kvd)?.contiguous()?;
+            cache.k[li].scatter_set(&slot_idx, &k.contiguous()?, 0)?;
+            cache.v[li].scatter_set(&slot_idx, &v, 0)?;
+            let outs = seqs
+                .iter()
+                .map(|s| self.attend(cache, li, s, &q.narrow(0, s.start_row, s.len)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            let attn = Tensor::cat(&outs, 0)?;
+            x = (x + attn.matmul(&l.wo)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
+            let gu = h.matmul(&l.w_gate_up)?;
+            let act = (candle_nn::ops::silu(&gu.narrow(1, 0, c.intermediate)?)?
+                * gu.narrow(1, c.intermediate, c.intermediate)?)?;
+            x = (x + act.matmul(&l.w_down)?)?;
+        }
+        if sample_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = Tensor::from_vec(sample_rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), sample_rows.len(), dev)?;
+        let last = candle_nn::ops::rms_norm(&x.index_select(&rows, 0)?, &self.norm, eps)?;
+        let logits = last.matmul(&self.lm_head)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        Ok((0..sample_rows.len()).map(|i| logits.i(i).and_then(|r| r.to_vec1())).collect::<Result<_, _>>()?)
+    }
+}
