@@ -17,6 +17,12 @@ pub struct BenchModelArgs {
     /// Linear-layer weights: auto, f32 or q8 (as for `serve`).
     #[arg(long, default_value_t = WeightFormat::Auto)]
     weights: WeightFormat,
+    /// cpu, cuda or tensor-cpu (as for `serve`).
+    #[arg(long, default_value_t = crate::model::DeviceKind::Cpu)]
+    device: crate::model::DeviceKind,
+    /// KV cache memory for the tensor executor, MiB (the CPU executor sizes its own).
+    #[arg(long, default_value_t = 4096)]
+    kv_memory_mb: u64,
     /// Decode batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     batch: Vec<usize>,
@@ -65,9 +71,20 @@ pub fn run(a: BenchModelArgs) -> Result<(), String> {
     };
     let max_batch = a.batch.iter().copied().max().unwrap_or(1);
     let per_seq = (a.context + a.steps + 1).max(a.prefill + 1).div_ceil(BS);
-    let model = load_model_as(&path, a.weights).map_err(|e| e.to_string())?.model;
-    let mut exec = CpuExecutor::new(model, BS, max_batch * per_seq, 0);
-    println!("{} ({} MiB in linear layers)", exec.describe(), exec.model().linear_bytes() >> 20);
+    let weights = crate::model::weights_for(a.device, a.weights)?;
+    let model = load_model_as(&path, weights).map_err(|e| e.to_string())?.model;
+    let linear_mib = model.linear_bytes() >> 20;
+    let mut exec: Box<dyn Executor> = match a.device {
+        crate::model::DeviceKind::Cpu => Box::new(CpuExecutor::new(model, BS, max_batch * per_seq, 0)),
+        device => {
+            let (exec, blocks) = crate::model::executor_for(device, model, BS, a.kv_memory_mb << 20)?;
+            if blocks < max_batch * per_seq {
+                return Err(format!("--kv-memory-mb holds {blocks} blocks, the run needs {}", max_batch * per_seq));
+            }
+            exec
+        }
+    };
+    println!("{} ({linear_mib} MiB of f32/int8 linear layers loaded)", exec.describe());
     println!("threads: {}", std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Prefill: one prompt of `prefill` tokens in chunks of 512.
     let t = Instant::now();

@@ -102,6 +102,7 @@ impl ModelLoader for CpuLoader {
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
             overrides: Vec::new(),
+            device: crate::model::DeviceKind::Cpu,
         };
         let running = engine_for(loaded, &src.path, &sizing, Some(gate))?;
         let describe = format!("{} ({} MiB budget)", running.describe, bytes / MIB);

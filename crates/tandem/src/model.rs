@@ -19,6 +19,11 @@ pub struct ModelArgs {
     /// file's values exactly) or `q8` (int8 weights and activations, ~4× faster matmuls).
     #[arg(long, default_value_t = WeightFormat::Auto)]
     pub weights: WeightFormat,
+    /// Where the model runs: `cpu` (the CPU executor), `cuda` (the tensor executor on the first
+    /// GPU, bf16; needs a build with `--features cuda`), or `tensor-cpu` (the CUDA path's
+    /// executor on the CPU, f32, for checking it without a GPU).
+    #[arg(long, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
     /// Memory for the KV cache, in MiB.
     #[arg(long, default_value_t = 512)]
     pub kv_memory_mb: u64,
@@ -33,6 +38,56 @@ pub struct ModelArgs {
     /// max_num_batched_tokens. E.g. `--set batching=fixed:4 --set streams=2`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+    TensorCpu,
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::TensorCpu => "tensor-cpu",
+        })
+    }
+}
+
+/// The weights format a device needs: the tensor executor takes f32 weights from the loader
+/// (it converts them to its own dtype on the device).
+pub fn weights_for(device: DeviceKind, asked: WeightFormat) -> Result<WeightFormat, String> {
+    match (device, asked) {
+        (DeviceKind::Cpu, w) => Ok(w),
+        (_, WeightFormat::Q8) => Err("--weights q8 is for the CPU executor; the tensor executor uses bf16/f32".into()),
+        (_, _) => Ok(WeightFormat::F32),
+    }
+}
+
+/// An executor for `model` on `device` with a KV pool of about `kv_bytes`; also its block count.
+pub fn executor_for(
+    device: DeviceKind,
+    model: tandem_executor::cpu::LlamaModel,
+    block_size: usize,
+    kv_bytes: u64,
+) -> Result<(Box<dyn tandem_executor::Executor>, usize), String> {
+    use tandem_executor::tensor::TensorDevice;
+    let e = |e: tandem_executor::ExecError| e.to_string();
+    match device {
+        DeviceKind::Cpu => {
+            let blocks = CpuExecutor::blocks_for_memory(&model, block_size, kv_bytes).max(1);
+            Ok((Box::new(CpuExecutor::new(model, block_size, blocks, 0)), blocks))
+        }
+        DeviceKind::Cuda | DeviceKind::TensorCpu => {
+            let on = if device == DeviceKind::Cuda { TensorDevice::Cuda } else { TensorDevice::Cpu };
+            let (exec, blocks) = tandem_executor::tensor::build(model, on, block_size, kv_bytes).map_err(e)?;
+            Ok((Box::new(exec), blocks))
+        }
+    }
 }
 
 /// A started engine with its tokenizer.
@@ -52,13 +107,14 @@ pub fn start(args: &ModelArgs) -> Result<Running, String> {
 /// Like [`start`], with `extra` overrides applied after `args.overrides`.
 pub fn start_with(args: &ModelArgs, extra: &[String]) -> Result<Running, String> {
     let path = resolve(args.model.as_deref())?;
-    let loaded = load_model_as(&path, args.weights).map_err(|e| e.to_string())?;
+    let loaded = load_model_as(&path, weights_for(args.device, args.weights)?).map_err(|e| e.to_string())?;
     let overrides: Vec<String> = args.overrides.iter().chain(extra).cloned().collect();
     let sizing = Sizing {
         kv_bytes: args.kv_memory_mb << 20,
         max_num_seqs: args.max_num_seqs,
         max_num_batched_tokens: args.max_num_batched_tokens,
         overrides,
+        device: args.device,
     };
     engine_for(loaded, &path, &sizing, None)
 }
@@ -79,6 +135,7 @@ pub struct Sizing {
     pub max_num_batched_tokens: usize,
     /// Scheduler overrides, `key=value`.
     pub overrides: Vec<String>,
+    pub device: DeviceKind,
 }
 
 /// Starts an engine for a loaded model with a KV pool of `sizing.kv_bytes`, stepping through
@@ -90,8 +147,9 @@ pub fn engine_for(
     gate: Option<tandem_engine::GateHandle>,
 ) -> Result<Running, String> {
     let block_size = 16;
-    let blocks = CpuExecutor::blocks_for_memory(&loaded.model, block_size, sizing.kv_bytes).max(1);
-    let max_model_len = loaded.model.config.max_position.min(blocks * block_size);
+    let max_position = loaded.model.config.max_position;
+    let (executor, blocks) = executor_for(sizing.device, loaded.model, block_size, sizing.kv_bytes)?;
+    let max_model_len = max_position.min(blocks * block_size);
     let mut scheduler = SchedulerConfig {
         block_size,
         num_gpu_blocks: blocks,
@@ -102,11 +160,9 @@ pub fn engine_for(
         ..SchedulerConfig::default()
     };
     crate::config_spec::apply_all(&mut scheduler, &sizing.overrides)?;
-    let executor = CpuExecutor::new(loaded.model, block_size, blocks, 0);
-    let describe = format!("{} from {}", tandem_executor::Executor::describe(&executor), path.display());
-    let engine =
-        Engine::start(EngineConfig { scheduler, max_queued: 1024, async_scheduling: true, gate }, Box::new(executor))
-            .map_err(|e| e.to_string())?;
+    let describe = format!("{} from {}", executor.describe(), path.display());
+    let engine = Engine::start(EngineConfig { scheduler, max_queued: 1024, async_scheduling: true, gate }, executor)
+        .map_err(|e| e.to_string())?;
     let name = path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
     let name = name.split('.').next().unwrap_or("model").to_string();
     Ok(Running { engine, tokenizer: loaded.tokenizer, describe, name, max_model_len: max_model_len.max(2) })

@@ -27,3 +27,31 @@ pub fn cuda_device() -> Result<candle_core::Device, crate::ExecError> {
         Err(crate::ExecError::Device("this build has no CUDA support (build with --features cuda)".into()))
     }
 }
+
+/// Where the tensor executor runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorDevice {
+    /// The first CUDA GPU, bf16 weights and KV cache.
+    Cuda,
+    /// The CPU, f32 (for checking the CUDA path without a GPU).
+    Cpu,
+}
+
+/// A tensor executor for `model` (loaded with f32 weights) on `device`, with as many
+/// `block_size`-token KV blocks as fit in `kv_bytes`; also that block count.
+pub fn build(
+    model: crate::cpu::LlamaModel,
+    device: TensorDevice,
+    block_size: usize,
+    kv_bytes: u64,
+) -> Result<(TensorExecutor, usize), crate::ExecError> {
+    let (dev, dtype) = match device {
+        TensorDevice::Cuda => (cuda_device()?, candle_core::DType::BF16),
+        TensorDevice::Cpu => (candle_core::Device::Cpu, candle_core::DType::F32),
+    };
+    let tm = TensorModel::from_cpu(&model, &dev, dtype)?;
+    drop(model);
+    let per_block = TensorExecutor::bytes_per_block(&tm, block_size, dtype.size_in_bytes());
+    let blocks = ((kv_bytes / per_block.max(1)) as usize).max(1);
+    Ok((TensorExecutor::new(tm, block_size, blocks)?, blocks))
+}
