@@ -18,7 +18,11 @@ pub fn cuda_device() -> Result<candle_core::Device, crate::ExecError> {
         // cudarc panics rather than erring without a driver: catch it.
         match std::panic::catch_unwind(|| candle_core::Device::new_cuda_with_stream(0)) {
             Ok(Ok(d)) => Ok(d),
-            Ok(Err(e)) => Err(crate::ExecError::Device(format!("no CUDA device: {e}"))),
+            // candle's error text carries a backtrace: keep its first line.
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                Err(crate::ExecError::Device(format!("no CUDA device: {}", e.lines().next().unwrap_or(""))))
+            }
             Err(_) => Err(crate::ExecError::Device("no CUDA driver on this machine".into())),
         }
     }
