@@ -102,9 +102,9 @@ impl SynthShape {
 
 const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
-/// Writes a random-weight model of `shape` into `dir` (created if needed). With `tokenizer`,
-/// also `tokenizer.json` and a `tokenizer_config.json` with a ChatML template, so the directory
-/// serves text; its vocabulary must fit the shape's.
+/// Writes a random-weight model of `shape` into `dir` (created if needed), with `tokenizer`
+/// (its vocabulary must fit the shape's) or else [`byte_level_tokenizer_json`], and a
+/// `tokenizer_config.json` with a ChatML template, so the directory serves text.
 pub fn write_hf_model(
     dir: &Path,
     shape: &SynthShape,
@@ -155,17 +155,67 @@ pub fn write_hf_model(
     }
     candle_core::safetensors::save(&t, dir.join("model.safetensors"))?;
     std::fs::write(dir.join("config.json"), shape.config_json().to_string()).map_err(io)?;
-    if let Some(tok) = tokenizer {
-        tok.save_json(&dir.join("tokenizer.json"))?;
-        let tc = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": "<|im_start|>"});
-        std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).map_err(io)?;
+    match tokenizer {
+        Some(tok) => tok.save_json(&dir.join("tokenizer.json"))?,
+        None => std::fs::write(dir.join("tokenizer.json"), byte_level_tokenizer_json().to_string()).map_err(io)?,
     }
+    let tc = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": "<|im_start|>"});
+    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).map_err(io)?;
     Ok(())
+}
+
+/// A byte-level BPE tokenizer with no merges: one token per byte (ids 0–255, GPT-2's
+/// byte-to-character alphabet) plus `<|im_start|>` (256) and `<|im_end|>` (257). It needs no
+/// download, so a generated model serves text (one token per byte) anywhere.
+pub fn byte_level_tokenizer_json() -> serde_json::Value {
+    // GPT-2's bytes_to_unicode: printable bytes stand for themselves, the rest map to 256 + n.
+    let mut vocab = serde_json::Map::new();
+    let mut extra = 0u32;
+    for b in 0u32..256 {
+        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let c = if printable {
+            char::from_u32(b)
+        } else {
+            extra += 1;
+            char::from_u32(255 + extra)
+        };
+        if let Some(c) = c {
+            vocab.insert(c.to_string(), b.into());
+        }
+    }
+    let added = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let byte_level =
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(256, "<|im_start|>"), added(257, "<|im_end|>")],
+        "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []},
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_tokenizer_the_directory_still_serves_text() {
+        let dir = std::env::temp_dir().join(format!("tandem-synth-bytes-{}", std::process::id()));
+        write_hf_model(&dir, &SynthShape::tiny(), 1, None).unwrap();
+        let loaded = crate::cpu::load_model(&dir).unwrap();
+        let t = &loaded.tokenizer;
+        // One token per byte: "héllo" is 6 bytes; special markers are one token each.
+        let ids = t.encode("héllo").unwrap();
+        assert_eq!(ids.len(), 6);
+        assert_eq!(t.decode(&ids).unwrap(), "héllo");
+        assert_eq!(t.encode("<|im_end|>").unwrap(), vec![257]);
+        assert!(t.eos_token_ids.contains(&257));
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn parameter_counts_match_the_shapes() {

@@ -1,5 +1,5 @@
 //! `tandem gen-model`: writes a random-weight model directory of a preset shape (for load,
-//! soak and speed tests without downloads), with the default model's tokenizer.
+//! soak and speed tests without downloads), with the default model's tokenizer or a byte-level one.
 
 use std::path::PathBuf;
 
@@ -17,7 +17,7 @@ pub struct GenModelArgs {
     out: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Skip the tokenizer files (the directory then serves token ids only).
+    /// Write a byte-level tokenizer instead of the default model's (no download needed).
     #[arg(long)]
     no_tokenizer: bool,
 }
