@@ -32,6 +32,21 @@ pub struct SimResult {
     pub wall: Duration,
 }
 
+/// Applies a step's deltas at `now` to the per-request records (indexed by request id).
+pub(crate) fn record_deltas(records: &mut [RequestRecord], deltas: &[tandem_core::RequestDelta], now: Duration) {
+    for d in deltas {
+        let r = &mut records[d.id.0 as usize];
+        if d.token.is_some() {
+            r.output_tokens += 1;
+            r.first_token.get_or_insert(now);
+        }
+        if let Some(reason) = d.finish {
+            r.finish = Some(now);
+            r.failed = matches!(reason, FinishReason::Aborted(_) | FinishReason::Rejected(_));
+        }
+    }
+}
+
 /// Most consecutive empty steps before a simulation is declared stuck.
 const MAX_IDLE_STEPS: u64 = 50_000_000;
 
@@ -98,17 +113,7 @@ pub fn simulate(cfg: &SimConfig, workload: &[WorkloadRequest]) -> Result<SimResu
         steps += 1;
         let st = sched.stats();
         peak_kv = peak_kv.max(st.kv_usage());
-        for d in sched.update(&out, &model, now)? {
-            let r = &mut records[d.id.0 as usize];
-            if d.token.is_some() {
-                r.output_tokens += 1;
-                r.first_token.get_or_insert(now);
-            }
-            if let Some(reason) = d.finish {
-                r.finish = Some(now);
-                r.failed = matches!(reason, FinishReason::Aborted(_) | FinishReason::Rejected(_));
-            }
-        }
+        record_deltas(&mut records, &sched.update(&out, &model, now)?, now);
     }
     let stats = sched.stats();
     let mut summary = RunSummary::from_records(&cfg.name, &records);

@@ -11,13 +11,13 @@
 use std::time::Duration;
 
 use tandem_core::contexts::FairShare;
-use tandem_core::{FinishReason, ModelOutput, NewRequest, Scheduler, SchedulerConfig};
+use tandem_core::{ModelOutput, NewRequest, Scheduler, SchedulerConfig};
 use tandem_executor::sim::{ClockMode, DeviceProfile, ModelShape, SimExecutor};
 use tandem_executor::Executor;
 
 use crate::error::EngineError;
 use crate::report::{RequestRecord, RunSummary};
-use crate::sim::{simulate, SimConfig, SimResult};
+use crate::sim::{record_deltas, simulate, SimConfig, SimResult};
 use crate::workload::WorkloadRequest;
 
 /// How the device is shared.
@@ -155,17 +155,8 @@ fn time_sliced(device: &DeviceProfile, contexts: &[SharedContext]) -> Result<Vec
             fair.charge(&contexts[i].name, model.timing.device);
             r.steps += 1;
             r.batch_sum += out.seqs.len() as u64;
-            for d in r.sched.update(&out, &model, now)? {
-                let rec = &mut r.records[d.id.0 as usize];
-                if d.token.is_some() {
-                    rec.output_tokens += 1;
-                    rec.first_token.get_or_insert(now);
-                }
-                if let Some(reason) = d.finish {
-                    rec.finish = Some(now);
-                    rec.failed = matches!(reason, FinishReason::Aborted(_) | FinishReason::Rejected(_));
-                }
-            }
+            let deltas = r.sched.update(&out, &model, now)?;
+            record_deltas(&mut r.records, &deltas, now);
             ran = true;
             break;
         }

@@ -6,12 +6,26 @@
 
 pub mod cpu;
 pub mod sim;
+mod step_io;
 pub mod store;
 pub mod synth;
 pub mod tensor;
 pub mod text;
 
 use tandem_core::{ModelOutput, SchedulerOutput, StreamConfig};
+
+/// Each micro-batch's busy time when the whole step ran fused in `device` time: its share by
+/// fed tokens (what executors that run a step as one forward report per stream).
+pub fn busy_by_tokens(out: &SchedulerOutput, device: std::time::Duration) -> Vec<std::time::Duration> {
+    let total = out.num_batched_tokens.max(1) as f64;
+    out.micro_batches
+        .iter()
+        .map(|r| {
+            let n: usize = out.seqs[r.clone()].iter().map(|s| s.tokens.len()).sum();
+            std::time::Duration::from_secs_f64(device.as_secs_f64() * n as f64 / total)
+        })
+        .collect()
+}
 
 /// The KV cache geometry an executor needs, from which a memory budget becomes a block count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,7 +51,7 @@ impl AdmissionEvaluator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -65,7 +65,7 @@ mod tests {
             weight_bytes: 2,
             min_kv_bytes: 1,
             share: 1.0,
-            keep_alive: Duration::from_secs(300),
+            keep_alive: Duration::from_secs(10),
         }
     }
 

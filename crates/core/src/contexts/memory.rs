@@ -363,19 +363,7 @@ impl DeviceMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(name: &str, tier: QosTier, max: u64, base: u64) -> ContextSpec {
-        ContextSpec {
-            name: name.into(),
-            tier,
-            max_bytes: max,
-            base_bytes: base,
-            weight_bytes: 2,
-            min_kv_bytes: 1,
-            share: 1.0,
-            keep_alive: Duration::from_secs(10),
-        }
-    }
+    use crate::contexts::admission::tests::spec;
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)

@@ -5,13 +5,12 @@
 //! tokens) of the fused step's time.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tandem_core::{ModelOutput, RequestId, SchedulerOutput, StepTiming, TokenId};
 
 use super::kv_cache::PagedKvCache;
-use super::model::{LlamaModel, SeqSlice};
-use super::sampling::sample;
+use super::model::LlamaModel;
 use crate::{ExecError, Executor, KvSpec};
 
 /// The CPU executor.
@@ -62,44 +61,11 @@ impl Executor for CpuExecutor {
         }
         self.cache.swap_out(&out.swap_out)?;
         self.cache.swap_in(&out.swap_in)?;
-        let t = out.num_batched_tokens;
-        let (mut ids, mut positions) = (Vec::with_capacity(t), Vec::with_capacity(t));
-        let mut seqs = Vec::with_capacity(out.seqs.len());
-        let mut sample_rows = Vec::new();
-        for s in &out.seqs {
-            let start_row = ids.len();
-            for (i, &tok) in out.tokens(s).iter().enumerate() {
-                let tok = if s.feeds_last_sample { self.last_sampled.get(&s.id).copied().unwrap_or(0) } else { tok };
-                ids.push(tok);
-                positions.push(s.start_pos + i);
-            }
-            seqs.push(SeqSlice { start_row, len: s.tokens.len(), start_pos: s.start_pos, table: out.block_table(s) });
-            if s.sample {
-                sample_rows.push(ids.len() - 1);
-            }
-        }
-        let logits = self.model.forward(&ids, &positions, &seqs, &sample_rows, &mut self.cache)?;
-        let mut rows = logits.iter();
-        let mut sampled = Vec::with_capacity(out.seqs.len());
-        for s in &out.seqs {
-            let tok = if s.sample {
-                let row = rows.next().ok_or_else(|| ExecError::Device("missing logits row".into()))?;
-                let fallback = self.nonce ^ s.id.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-                let tok = sample(row, &s.sampler, s.num_generated, fallback);
-                self.last_sampled.insert(s.id, tok);
-                Some(tok)
-            } else {
-                None
-            };
-            sampled.push(tok);
-        }
+        let p = crate::step_io::pack(out, &self.last_sampled);
+        let logits = self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)?;
+        let sampled = crate::step_io::sample_all(out, &logits, &mut self.last_sampled, self.nonce)?;
         let device = started.elapsed();
-        let share = |r: &std::ops::Range<usize>| {
-            let n: usize = out.seqs[r.clone()].iter().map(|s| s.tokens.len()).sum();
-            Duration::from_secs_f64(device.as_secs_f64() * n as f64 / t.max(1) as f64)
-        };
-        let stream_busy = out.micro_batches.iter().map(share).collect();
-        Ok(ModelOutput { sampled, timing: StepTiming { device, stream_busy } })
+        Ok(ModelOutput { sampled, timing: StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) } })
     }
 
     fn supports_async(&self) -> bool {

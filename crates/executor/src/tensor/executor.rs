@@ -2,13 +2,12 @@
 //! KV cache in device memory and swapped blocks in host memory.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use tandem_core::{HostBlockId, ModelOutput, RequestId, SchedulerOutput, StepTiming, TokenId};
 
-use super::model::{TensorKvCache, TensorModel, TensorSeq};
-use crate::cpu::sample;
+use super::model::{TensorKvCache, TensorModel};
 use crate::{ExecError, Executor, KvSpec};
 
 /// One block's K and V rows for every layer, on the host.
@@ -101,47 +100,15 @@ impl Executor for TensorExecutor {
         }
         self.swap_out(&out.swap_out)?;
         self.swap_in(&out.swap_in)?;
-        let t = out.num_batched_tokens;
-        let (mut ids, mut positions, mut seqs, mut sample_rows) =
-            (Vec::with_capacity(t), Vec::with_capacity(t), Vec::new(), Vec::new());
-        for s in &out.seqs {
-            let start_row = ids.len();
-            for (i, &tok) in out.tokens(s).iter().enumerate() {
-                ids.push(if s.feeds_last_sample { self.last_sampled.get(&s.id).copied().unwrap_or(0) } else { tok });
-                positions.push(s.start_pos + i);
-            }
-            seqs.push(TensorSeq { start_row, len: s.tokens.len(), start_pos: s.start_pos, table: out.block_table(s) });
-            if s.sample {
-                sample_rows.push(ids.len() - 1);
-            }
-        }
-        let logits = if ids.is_empty() {
+        let p = crate::step_io::pack(out, &self.last_sampled);
+        let logits = if p.ids.is_empty() {
             Vec::new()
         } else {
-            self.model.forward(&ids, &positions, &seqs, &sample_rows, &mut self.cache)?
+            self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)?
         };
-        let mut rows = logits.iter();
-        let mut sampled = Vec::with_capacity(out.seqs.len());
-        for s in &out.seqs {
-            sampled.push(if s.sample {
-                let row = rows.next().ok_or_else(|| ExecError::Device("missing logits row".into()))?;
-                let tok =
-                    sample(row, &s.sampler, s.num_generated, self.nonce ^ s.id.0.wrapping_mul(0x2545_f491_4f6c_dd1d));
-                self.last_sampled.insert(s.id, tok);
-                Some(tok)
-            } else {
-                None
-            });
-        }
+        let sampled = crate::step_io::sample_all(out, &logits, &mut self.last_sampled, self.nonce)?;
         let device = started.elapsed();
-        let share = |r: &std::ops::Range<usize>| {
-            let n: usize = out.seqs[r.clone()].iter().map(|s| s.tokens.len()).sum();
-            Duration::from_secs_f64(device.as_secs_f64() * n as f64 / t.max(1) as f64)
-        };
-        Ok(ModelOutput {
-            sampled,
-            timing: StepTiming { device, stream_busy: out.micro_batches.iter().map(share).collect() },
-        })
+        Ok(ModelOutput { sampled, timing: StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) } })
     }
 
     fn supports_async(&self) -> bool {

@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use crate::cpu::{Linear, LlamaConfig, LlamaModel, RopeStyle};
+use crate::cpu::{Linear, LlamaConfig, LlamaModel, RopeStyle, SeqSlice};
 use crate::ExecError;
 
 /// One layer's weights on the device.
@@ -69,15 +69,8 @@ impl TensorKvCache {
     }
 }
 
-/// One sequence of a packed batch (rows `start_row .. start_row + len`, first position
-/// `start_pos`, its block table).
-#[derive(Debug, Clone)]
-pub struct TensorSeq<'a> {
-    pub start_row: usize,
-    pub len: usize,
-    pub start_pos: usize,
-    pub table: &'a [tandem_core::BlockId],
-}
+/// One sequence of a packed batch: the CPU forward's [`SeqSlice`].
+pub type TensorSeq<'a> = SeqSlice<'a>;
 
 fn weight(l: &Linear, dev: &Device, dtype: DType) -> Result<Tensor, ExecError> {
     match l {
