@@ -152,6 +152,11 @@ impl DeviceMemory {
         self.entries.get_mut(name).ok_or_else(|| ContextError::Unknown(name.into()))
     }
 
+    /// Loaded contexts: name → bytes held.
+    fn loaded_bytes(&self) -> BTreeMap<&str, u64> {
+        self.entries.values().filter_map(|e| e.loaded.map(|b| (e.spec.name.as_str(), b))).collect()
+    }
+
     /// Bytes `who` could get if exactly the contexts in `loaded` (name → bytes) held memory.
     fn usable(&self, who: &ContextSpec, loaded: &BTreeMap<&str, u64>) -> u64 {
         let used: u64 = loaded.iter().filter(|(n, _)| **n != who.name).map(|(_, b)| b).sum();
@@ -187,8 +192,7 @@ impl DeviceMemory {
         if let Some(bytes) = entry.loaded {
             return Ok(LoadPlan { name: name.into(), bytes, evict: Vec::new(), under_pressure: false });
         }
-        let mut loaded: BTreeMap<&str, u64> =
-            self.entries.values().filter_map(|e| e.loaded.map(|b| (e.spec.name.as_str(), b))).collect();
+        let mut loaded = self.loaded_bytes();
         let mut victims: Vec<&Entry> =
             self.entries.values().filter(|e| e.loaded.is_some() && Self::may_evict(&spec, e)).collect();
         victims.sort_by_key(|e| (e.spec.tier, e.running > 0, e.last_used, e.spec.name.clone()));
@@ -228,8 +232,7 @@ impl DeviceMemory {
             return Ok(());
         }
         let spec = entry.spec.clone();
-        let mut loaded: BTreeMap<&str, u64> =
-            self.entries.values().filter_map(|e| e.loaded.map(|b| (e.spec.name.as_str(), b))).collect();
+        let mut loaded = self.loaded_bytes();
         for v in &plan.evict {
             loaded.remove(v.as_str());
         }

@@ -142,6 +142,20 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// Checks a step's token ids and positions fit the model (vocabulary, positions).
+    pub fn check_step(&self, ids: &[u32], positions: &[usize]) -> Result<(), ExecError> {
+        if let Some(&p) = positions.iter().find(|&&p| p >= self.max_position) {
+            return Err(ExecError::InvalidStep(format!(
+                "position {p} beyond the model's {} positions",
+                self.max_position
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.vocab) {
+            return Err(ExecError::InvalidStep(format!("token {bad} beyond the vocabulary of {}", self.vocab)));
+        }
+        Ok(())
+    }
+
     /// K and V floats per token per layer.
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim

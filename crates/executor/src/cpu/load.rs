@@ -177,6 +177,12 @@ pub struct LoadedModel {
     pub tokenizer: TextTokenizer,
 }
 
+/// Whether a GGUF file's matrices are stored quantized (not f32/f16/bf16).
+fn has_quantized_weights(content: &gguf_file::Content) -> bool {
+    use candle_core::quantized::GgmlDType::{BF16, F16, F32};
+    content.tensor_infos.values().any(|t| t.shape.rank() == 2 && !matches!(t.ggml_dtype, F32 | F16 | BF16))
+}
+
 /// Loads a GGUF file; also says whether its linear weights are quantized.
 fn load_gguf(path: &Path) -> Result<(LoadedModel, bool), ExecError> {
     let file = File::open(path).map_err(|e| bad(path, e))?;
@@ -189,10 +195,7 @@ fn load_gguf(path: &Path) -> Result<(LoadedModel, bool), ExecError> {
     let mut w = Named::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
-    let quantized = content.tensor_infos.values().any(|t| {
-        use candle_core::quantized::GgmlDType::{BF16, F16, F32};
-        t.shape.rank() == 2 && !matches!(t.ggml_dtype, F32 | F16 | BF16)
-    });
+    let quantized = has_quantized_weights(&content);
     for name in names {
         let Some(ours) = gguf_name(name) else { continue };
         let q = content
@@ -241,11 +244,7 @@ pub fn model_bytes(path: &Path, format: WeightFormat) -> Result<(LlamaConfig, u6
             let mut reader = BufReader::new(File::open(&p).map_err(|e| bad(&p, e))?);
             let content =
                 gguf_file::Content::read(&mut reader).map_err(|e| bad(&p, format!("not a readable GGUF file: {e}")))?;
-            let quantized = content.tensor_infos.values().any(|t| {
-                use candle_core::quantized::GgmlDType::{BF16, F16, F32};
-                t.shape.rank() == 2 && !matches!(t.ggml_dtype, F32 | F16 | BF16)
-            });
-            (LlamaConfig::from_gguf(&content, &p.display().to_string())?, quantized)
+            (LlamaConfig::from_gguf(&content, &p.display().to_string())?, has_quantized_weights(&content))
         }
         ModelFiles::HfDir(d) => {
             let cfg_path = d.join("config.json");

@@ -148,6 +148,11 @@ impl LlamaModel {
         }
     }
 
+    /// The RoPE tables, `max_position × head_dim/2` each, row-major: (cos, sin).
+    pub fn rope_tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates one head vector in place for position `pos`.
     fn rope(&self, x: &mut [f32], pos: usize) {
         let half = self.config.head_dim / 2;
@@ -182,15 +187,7 @@ impl LlamaModel {
     ) -> Result<Vec<Vec<f32>>, ExecError> {
         let c = &self.config;
         let t = ids.len();
-        if let Some(&p) = positions.iter().find(|&&p| p >= c.max_position) {
-            return Err(ExecError::InvalidStep(format!(
-                "position {p} beyond the model's {} positions",
-                c.max_position
-            )));
-        }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= c.vocab) {
-            return Err(ExecError::InvalidStep(format!("token {bad} beyond the vocabulary of {}", c.vocab)));
-        }
+        c.check_step(ids, positions)?;
         for s in seqs {
             cache.check_table(s.table)?;
         }

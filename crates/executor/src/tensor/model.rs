@@ -102,23 +102,15 @@ impl TensorModel {
                 })
             })
             .collect::<Result<Vec<_>, ExecError>>()?;
-        let half = c.head_dim / 2;
-        let max = c.max_position.max(1);
-        let (mut cos, mut sin) = (Vec::with_capacity(max * half), Vec::with_capacity(max * half));
-        for p in 0..max {
-            for i in 0..half {
-                let a = p as f64 * c.rope_theta.powf(-(2.0 * i as f64) / c.head_dim as f64);
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
+        let (half, max) = (c.head_dim / 2, c.max_position.max(1));
+        let (cos, sin) = m.rope_tables();
         Ok(Self {
             embed: m.embed.to_device(device)?.to_dtype(dtype)?,
             layers,
             norm: vector(&m.norm, device, dtype)?,
             lm_head: weight(&m.lm_head, device, dtype)?,
-            cos: Tensor::from_vec(cos, (max, half), device)?,
-            sin: Tensor::from_vec(sin, (max, half), device)?,
+            cos: Tensor::from_slice(cos, (max, half), device)?,
+            sin: Tensor::from_slice(sin, (max, half), device)?,
             device: device.clone(),
             dtype,
             config: c,
@@ -184,12 +176,7 @@ impl TensorModel {
     ) -> Result<Vec<Vec<f32>>, ExecError> {
         let c = &self.config;
         let t = ids.len();
-        if let Some(&p) = positions.iter().find(|&&p| p >= c.max_position) {
-            return Err(ExecError::InvalidStep(format!("position {p} beyond the model's {}", c.max_position)));
-        }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= c.vocab) {
-            return Err(ExecError::InvalidStep(format!("token {bad} beyond the vocabulary of {}", c.vocab)));
-        }
+        c.check_step(ids, positions)?;
         for s in seqs {
             if let Some(b) = s.table.iter().find(|b| b.index() >= cache.num_blocks) {
                 return Err(ExecError::InvalidStep(format!("block {} beyond the pool of {}", b.0, cache.num_blocks)));
