@@ -17,11 +17,16 @@ pub struct SamplerParams {
     pub top_k: u32,
     pub top_p: f32,
     pub seed: Option<u64>,
+    /// Where this request's first generated token sits in its seeded stream: 0, or, for a
+    /// continuation that resubmits earlier output as prompt (a request requeued after its
+    /// model was evicted), the number of tokens generated before it — so the text goes on as
+    /// if nothing had happened.
+    pub stream_offset: usize,
 }
 
 impl Default for SamplerParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: None }
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: None, stream_offset: 0 }
     }
 }
 

@@ -178,7 +178,15 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.stop();
+        // Dropped on an async worker (the last lease of an evicted model ends inside a
+        // response stream): stop without waiting out the step in flight, which would stall
+        // the runtime; the threads end by themselves after the shutdown message.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.halt();
+            drop(self.thread.take());
+        } else {
+            self.stop();
+        }
     }
 }
 

@@ -41,5 +41,5 @@ pub use report::{Percentiles, RequestRecord, RunSummary};
 pub use sim::{simulate, SimConfig, SimResult};
 pub use sim_shared::{goodput, simulate_shared, SharedContext, Sharing};
 pub use stats::EngineStats;
-pub use text_stream::{StopMatcher, TextEvent, TextStream};
+pub use text_stream::{StopMatcher, TextEvent, TextStream, TokenText};
 pub use workload::{Arrival, LengthDist, WorkloadRequest, WorkloadSpec};

@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tandem_core::contexts::{ContextSpec, ContextView, DeviceMemory, MemoryStats, PressureHook};
+use tandem_core::BatchingKind;
 use tandem_executor::text::TextTokenizer;
 
 use crate::error::EngineError;
@@ -135,6 +136,9 @@ pub struct ModelRegistry {
     requeued: AtomicU64,
     leases: Mutex<LeaseBook>,
     lease_ended: Condvar,
+    /// Batching strategies switched at run time, by model: kept across unloads so a reload
+    /// serves with the strategy the operator chose, not the configured one.
+    batching: Mutex<BTreeMap<String, BatchingKind>>,
 }
 
 impl ModelRegistry {
@@ -161,6 +165,7 @@ impl ModelRegistry {
             requeued: AtomicU64::new(0),
             leases: Mutex::new(LeaseBook::default()),
             lease_ended: Condvar::new(),
+            batching: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -261,6 +266,13 @@ impl ModelRegistry {
         let started = Instant::now();
         match self.loader.load(&spec, plan.bytes, gate) {
             Ok(model) => {
+                // Held until the model is listed, so a concurrent set_batching is not missed.
+                let chosen = self.batching.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(&kind) = chosen.get(name) {
+                    if let Err(e) = model.engine.set_batching(kind) {
+                        tracing::warn!(model = name, %kind, "cannot restore the batching strategy: {e}");
+                    }
+                }
                 tracing::info!(
                     model = name,
                     bytes = plan.bytes,
@@ -269,6 +281,7 @@ impl ModelRegistry {
                     model.describe
                 );
                 self.lock().served.insert(name.to_string(), Arc::new(model));
+                drop(chosen);
                 self.try_lease(name)?.ok_or_else(|| EngineError::Load { model: name.into(), reason: "vanished".into() })
             }
             Err(reason) => {
@@ -293,6 +306,21 @@ impl ModelRegistry {
         let id = book.next;
         book.live.insert(id, name.to_string());
         Ok(Some(ModelLease { model, registry: Some(Arc::clone(self)), id }))
+    }
+
+    /// Switches `name`'s batching strategy: now if it is loaded, and on every later load.
+    /// Returns whether it was loaded (applied now).
+    pub fn set_batching(&self, name: &str, kind: BatchingKind) -> Result<bool, EngineError> {
+        if self.lock().memory.view(name).is_none() {
+            return Err(EngineError::Context(unknown(name)));
+        }
+        // Held across the switch so a load in between cannot miss it.
+        let mut chosen = self.batching.lock().unwrap_or_else(|e| e.into_inner());
+        chosen.insert(name.to_string(), kind);
+        match self.loaded(name) {
+            Some(model) => model.engine.set_batching(kind).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Unloads contexts idle past their keep-alive; returns their names. Call it periodically.

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 
 use tandem_core::{FinishReason, StopCause};
 use tandem_executor::text::{IncrementalDecoder, TextTokenizer};
+use tandem_executor::ExecError;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -63,6 +64,35 @@ impl StopMatcher {
     }
 }
 
+/// A request's tokens as client text: the incremental detokenizer, then the stop strings.
+/// [`TextStream`] and the server's choices both stream through one of these.
+#[derive(Debug, Clone, Default)]
+pub struct TokenText {
+    decoder: IncrementalDecoder,
+    stops: StopMatcher,
+}
+
+impl TokenText {
+    pub fn new(stops: Vec<String>) -> Self {
+        Self { decoder: IncrementalDecoder::new(), stops: StopMatcher::new(stops) }
+    }
+
+    /// Adds token `t`: the text safe to show now, and whether a stop string matched (the text
+    /// then ends just before it, and the request should be finished).
+    pub fn push(&mut self, tokenizer: &TextTokenizer, t: u32) -> Result<(String, bool), ExecError> {
+        let piece = self.decoder.push(tokenizer, t)?;
+        Ok(self.stops.push(&piece))
+    }
+
+    /// Everything still held back, at the end of a request that did not stop on a string.
+    pub fn finish(&mut self, tokenizer: &TextTokenizer) -> String {
+        let tail = self.decoder.flush(tokenizer).unwrap_or_default();
+        let (mut text, _) = self.stops.push(&tail);
+        text.push_str(&self.stops.flush());
+        text
+    }
+}
+
 /// What a [`TextStream`] yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TextEvent {
@@ -82,23 +112,14 @@ pub struct TextStream<'a> {
     handle: RequestHandle,
     engine: &'a Engine,
     tokenizer: &'a TextTokenizer,
-    decoder: IncrementalDecoder,
-    stops: StopMatcher,
+    text: TokenText,
     pending: VecDeque<TextEvent>,
     done: bool,
 }
 
 impl<'a> TextStream<'a> {
     pub fn new(engine: &'a Engine, tokenizer: &'a TextTokenizer, handle: RequestHandle, stop: Vec<String>) -> Self {
-        Self {
-            handle,
-            engine,
-            tokenizer,
-            decoder: IncrementalDecoder::new(),
-            stops: StopMatcher::new(stop),
-            pending: VecDeque::new(),
-            done: false,
-        }
+        Self { handle, engine, tokenizer, text: TokenText::new(stop), pending: VecDeque::new(), done: false }
     }
 
     /// The next text event (blocking), `None` after the last.
@@ -116,9 +137,8 @@ impl<'a> TextStream<'a> {
 
     fn convert(&mut self, ev: Option<RequestEvent>) {
         match ev {
-            Some(RequestEvent::Token(t)) => match self.decoder.push(self.tokenizer, t) {
-                Ok(delta) => {
-                    let (text, stopped) = self.stops.push(&delta);
+            Some(RequestEvent::Token(t)) => match self.text.push(self.tokenizer, t) {
+                Ok((text, stopped)) => {
                     self.pending.push_back(TextEvent::Text { text, token: Some(t) });
                     if stopped {
                         let reason = FinishReason::Stopped(StopCause::StopString);
@@ -129,9 +149,7 @@ impl<'a> TextStream<'a> {
                 Err(e) => self.end(TextEvent::Failed(EngineError::Executor(e.to_string()))),
             },
             Some(RequestEvent::Finished(reason)) => {
-                let tail = self.decoder.flush(self.tokenizer).unwrap_or_default();
-                let (mut text, _) = self.stops.push(&tail);
-                text.push_str(&self.stops.flush());
+                let text = self.text.finish(self.tokenizer);
                 if !text.is_empty() {
                     self.pending.push_back(TextEvent::Text { text, token: None });
                 }

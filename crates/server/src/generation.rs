@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_core::{FinishReason, NewRequest, StopCause, TokenId};
-use tandem_engine::{ModelLease, RequestEvent, RequestHandle, StopMatcher};
-use tandem_executor::text::IncrementalDecoder;
+use tandem_engine::{ModelLease, RequestEvent, RequestHandle, TokenText};
 
 use crate::error::ApiError;
 use crate::openai::GenRequest;
@@ -41,8 +40,7 @@ pub struct Choice {
     prompt_tokens: usize,
     started: Instant,
     first_token: Option<Instant>,
-    decoder: IncrementalDecoder,
-    stops: StopMatcher,
+    text: TokenText,
     pub tokens: usize,
     done: bool,
 }
@@ -68,8 +66,7 @@ impl Choice {
             prompt_tokens: req.prompt.len(),
             started: Instant::now(),
             first_token: None,
-            decoder: IncrementalDecoder::new(),
-            stops: StopMatcher::new(req.stop.clone()),
+            text: TokenText::new(req.stop.clone()),
             tokens: 0,
             done: false,
         })
@@ -89,6 +86,8 @@ impl Choice {
         let mut r = NewRequest::new(id, prompt, req.max_tokens - generated.len(), Duration::ZERO);
         r.params.sampler = req.sampler;
         r.params.sampler.seed = req.sampler.seed.map(|s| s.wrapping_add(index as u64));
+        // A continuation samples on from where the evicted request stopped.
+        r.params.sampler.stream_offset = generated.len();
         r.params.ignore_eos = req.ignore_eos;
         r.priority = req.priority;
         Ok(model.engine.submit(r)?)
@@ -126,11 +125,10 @@ impl Choice {
                     self.tokens += 1;
                     self.generated.push(t);
                     self.first_token.get_or_insert_with(Instant::now);
-                    let piece = match self.decoder.push(&self.model.tokenizer, t) {
+                    let (text, stopped) = match self.text.push(&self.model.tokenizer, t) {
                         Ok(p) => p,
                         Err(e) => return Some(Err(self.fail(e.to_string()))),
                     };
-                    let (text, stopped) = self.stops.push(&piece);
                     if stopped {
                         self.done = true;
                         let reason = FinishReason::Stopped(StopCause::StopString);
@@ -144,9 +142,7 @@ impl Choice {
                 }
                 Some(RequestEvent::Finished(reason)) => {
                     self.done = true;
-                    let tail = self.decoder.flush(&self.model.tokenizer).unwrap_or_default();
-                    let (mut text, _) = self.stops.push(&tail);
-                    text.push_str(&self.stops.flush());
+                    let text = self.text.finish(&self.model.tokenizer);
                     self.log_end(finish_reason(reason));
                     return Some(Ok(Delta { text, finish: Some(finish_reason(reason)) }));
                 }

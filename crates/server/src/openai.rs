@@ -146,7 +146,13 @@ impl Common {
         Ok(GenRequest {
             prompt,
             max_tokens,
-            sampler: SamplerParams { temperature: temperature as f32, top_k, top_p: top_p as f32, seed: self.seed },
+            sampler: SamplerParams {
+                temperature: temperature as f32,
+                top_k,
+                top_p: top_p as f32,
+                seed: self.seed,
+                stream_offset: 0,
+            },
             stop,
             n,
             stream: self.stream.unwrap_or(false),

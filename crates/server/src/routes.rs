@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -97,13 +98,27 @@ pub async fn contexts(State(s): Shared) -> Json<serde_json::Value> {
     }
 }
 
-/// Live statistics (seed 002's list plus the scheduler's counters) of the primary model.
-pub async fn stats(State(s): Shared) -> Result<Json<serde_json::Value>, ApiError> {
-    let m = s.models.primary().ok_or(ApiError::Unavailable)?;
+#[derive(serde::Deserialize)]
+pub struct ModelQuery {
+    model: Option<String>,
+}
+
+/// Live statistics (seed 002's list plus the scheduler's counters) of one model:
+/// `?model=NAME`, by default the only or first loaded one. A configured model that is not
+/// loaded answers `{"model": NAME, "loaded": false}`.
+pub async fn stats(
+    State(s): Shared,
+    q: Result<Query<ModelQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let q = q.map_err(|e| ApiError::invalid("model", e.body_text()))?;
+    let (name, loaded) = s.models.for_control(q.model.as_deref())?;
+    let Some(m) = loaded else { return Ok(Json(json!({"model": name, "loaded": false}))) };
     let st = m.engine.stats();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let sc = &st.scheduler;
     Ok(Json(json!({
+        "model": name,
+        "loaded": true,
         "total_requests": st.total_requests,
         "finished_requests": st.finished_requests,
         "queue_depth": st.queue_depth,
@@ -137,10 +152,13 @@ pub async fn stats(State(s): Shared) -> Result<Json<serde_json::Value>, ApiError
 #[derive(serde::Deserialize)]
 struct BatchingBody {
     strategy: String,
+    model: Option<String>,
 }
 
-/// Switches the batching strategy at run time: `{"strategy": "latency"}` (any name
-/// `tandem_core::BatchingKind` parses).
+/// Switches the batching strategy at run time: `{"strategy": "latency", "model": NAME}` (any
+/// name `tandem_core::BatchingKind` parses; `model` by default the only or first loaded one).
+/// Under `--models` the choice also holds for the model's later loads, and a model that is
+/// not loaded takes it when it loads (`"applied": "on_load"`).
 pub async fn set_batching(
     State(s): Shared,
     b: Result<Bytes, BytesRejection>,
@@ -148,8 +166,20 @@ pub async fn set_batching(
     let req: BatchingBody = parse(&body(b)?)?;
     let kind: tandem_core::BatchingKind =
         req.strategy.parse().map_err(|e: tandem_core::Error| ApiError::invalid("strategy", e.to_string()))?;
-    s.models.primary().ok_or(ApiError::Unavailable)?.engine.set_batching(kind)?;
-    Ok(Json(json!({"batching": kind.to_string()})))
+    let (name, loaded) = s.models.for_control(req.model.as_deref())?;
+    let applied_now = match &s.models {
+        Models::One(_) => loaded.ok_or(ApiError::Unavailable)?.engine.set_batching(kind).map(|()| true)?,
+        Models::Many(r) => {
+            let r = Arc::clone(r);
+            let n = name.clone();
+            tokio::task::spawn_blocking(move || r.set_batching(&n, kind))
+                .await
+                .map_err(|e| ApiError::Internal(format!("batching switch panicked: {e}")))??
+        }
+    };
+    Ok(Json(
+        json!({"model": name, "batching": kind.to_string(), "applied": if applied_now { "now" } else { "on_load" }}),
+    ))
 }
 
 /// Rejects `/v1` requests without the configured Bearer key (constant-time comparison).

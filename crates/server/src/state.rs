@@ -60,12 +60,40 @@ impl Models {
         }
     }
 
-    /// The model stats, metrics and run-time controls refer to: the only one, or the first
-    /// loaded one of a registry.
+    /// The default model's loaded instance (see [`Models::for_control`]).
     pub fn primary(&self) -> Option<Arc<ServedModel>> {
+        self.for_control(None).ok().and_then(|(_, m)| m)
+    }
+
+    /// The model `/v1/stats` and `/v1/batching` act on: the one `name` names (404 when no such
+    /// model is configured), by default the only one or the first loaded one (else the first
+    /// configured one); with its loaded instance, if any. Loads nothing.
+    pub fn for_control(&self, name: Option<&str>) -> Result<(String, Option<Arc<ServedModel>>), ApiError> {
         match self {
-            Models::One(m) => Some(Arc::clone(m)),
-            Models::Many(r) => r.loaded_models().into_iter().next(),
+            Models::One(m) => match name {
+                Some(n) if n != m.name => {
+                    Err(ApiError::NotFound(format!("model `{n}` does not exist; this server serves `{}`", m.name)))
+                }
+                _ => Ok((m.name.clone(), Some(Arc::clone(m)))),
+            },
+            Models::Many(r) => {
+                let names = r.names();
+                let name = match name {
+                    Some(n) if names.iter().any(|c| c == n) => n.to_string(),
+                    Some(n) => {
+                        return Err(ApiError::NotFound(format!(
+                            "model `{n}` does not exist; configured: {}",
+                            names.join(", ")
+                        )))
+                    }
+                    None => match r.loaded_models().into_iter().next() {
+                        Some(m) => m.name.clone(),
+                        None => names.into_iter().next().ok_or(ApiError::Unavailable)?,
+                    },
+                };
+                let loaded = r.loaded(&name);
+                Ok((name, loaded))
+            }
         }
     }
 }

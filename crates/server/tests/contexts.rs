@@ -97,6 +97,19 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
     let (_, body) = http_to(&addr, "GET", "/v1/models", "", "").await;
     assert_eq!(json(&body)["data"].as_array().unwrap().len(), 2, "{body}");
 
+    // Stats and the batching switch name a model; one not loaded yet takes the switch when it
+    // loads, and keeps it across reloads.
+    let (status, body) = http_to(&addr, "GET", "/v1/stats?model=tiny", "", "").await;
+    assert_eq!((status, json(&body)), (200, serde_json::json!({"model": "tiny", "loaded": false})), "{body}");
+    let (status, body) =
+        http_to(&addr, "POST", "/v1/batching", r#"{"strategy": "latency", "model": "tiny"}"#, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["applied"], "on_load", "{body}");
+    assert_eq!(http_to(&addr, "GET", "/v1/stats?model=nope", "", "").await.0, 404);
+    let (status, body) =
+        http_to(&addr, "POST", "/v1/batching", r#"{"strategy": "latency", "model": "nope"}"#, "").await;
+    assert_eq!(status, 404, "{body}");
+
     // tiny loads on its first request and takes all 300 MiB it may: 600 are free, smollm2's
     // reservation included (BestEffort may use spare memory).
     let (status, body) =
@@ -104,6 +117,10 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["model"], "tiny");
     assert_eq!(state_of(&contexts(&addr).await, "tiny"), (true, Some(300.0)));
+    let stats = json(&http_to(&addr, "GET", "/v1/stats?model=tiny", "", "").await.1);
+    assert_eq!((&stats["loaded"], &stats["batching"]), (&serde_json::json!(true), &serde_json::json!("latency")));
+    // smollm2 is not loaded: the default for stats is the first loaded model.
+    assert_eq!(json(&http_to(&addr, "GET", "/v1/stats", "", "").await.1)["model"], "tiny");
 
     // An event recorded while a tiny request runs completes when that request ends.
     let body = r#"{"model": "tiny", "prompt": "count", "max_tokens": 300, "ignore_eos": true, "stream": true}"#;
@@ -169,6 +186,9 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
     assert_eq!((c["memory"]["evictions"].as_u64(), c["memory"]["loads"].as_u64()), (Some(1), Some(3)), "{c}");
     assert_eq!(c["memory"]["allocated_mib"], 600.0);
     assert!(c["memory"]["requeued_requests"].as_u64().unwrap() >= 1, "the stream was not cut by the eviction: {c}");
+    // The reloaded tiny still batches as switched; smollm2 as configured.
+    assert_eq!(json(&http_to(&addr, "GET", "/v1/stats?model=tiny", "", "").await.1)["batching"], "latency");
+    assert_eq!(json(&http_to(&addr, "GET", "/v1/stats?model=smollm2", "", "").await.1)["batching"], "continuous");
 
     // The same in Prometheus format, both engines labelled by model.
     let (status, scrape) = http_to(&addr, "GET", "/metrics", "", "").await;

@@ -203,6 +203,10 @@ async fn stats_and_the_run_time_batching_switch() {
     assert_eq!(code, 400);
     assert_eq!(json(&body)["error"]["param"], "strategy");
     assert_eq!(http("POST", "/v1/batching", r#"{"strategy": "continuous"}"#).await.0, 200);
+    // Naming a model this server does not serve is a 404, for stats and the switch alike.
+    let (code, body) = http("GET", "/v1/stats?model=nope", "").await;
+    assert_eq!((code, json(&body)["error"]["type"].as_str()), (404, Some("not_found_error")), "{body}");
+    assert_eq!(http("POST", "/v1/batching", r#"{"strategy": "continuous", "model": "nope"}"#).await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -34,7 +34,7 @@ pub fn sample(logits: &[f32], p: &SamplerParams, index: usize, fallback_seed: u6
         return argmax(logits);
     }
     let inv_t = 1.0 / p.temperature;
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(p.seed.unwrap_or(fallback_seed), index));
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(p.seed.unwrap_or(fallback_seed), p.stream_offset + index));
     let k = if p.top_k == 0 { logits.len() } else { (p.top_k as usize).min(logits.len()) };
     let filtered = k < logits.len() || p.top_p < 1.0;
     if !filtered {
@@ -90,7 +90,7 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_k: u32, top_p: f32, seed: Option<u64>) -> SamplerParams {
-        SamplerParams { temperature, top_k, top_p, seed }
+        SamplerParams { temperature, top_k, top_p, seed, stream_offset: 0 }
     }
 
     #[test]
@@ -118,6 +118,22 @@ mod tests {
         assert!((ones - 0.75).abs() < 0.04, "P(1) ≈ 0.75, got {ones}");
         let other: Vec<_> = (0..2000).map(|i| sample(&logits, &params(1.0, 0, 1.0, Some(43)), i, 0)).collect();
         assert_ne!(a, other, "another seed, another stream");
+    }
+
+    #[test]
+    fn a_continuation_goes_on_with_the_same_stream() {
+        // Tokens 0..40 in one go = tokens 0..25, then a continuation with offset 25 whose own
+        // indices restart at 0.
+        let logits = [0.3, 0.1, 0.5, 0.2, 0.0];
+        let p = params(1.0, 0, 1.0, Some(9));
+        let whole: Vec<_> = (0..40).map(|i| sample(&logits, &p, i, 0)).collect();
+        let cont = SamplerParams { stream_offset: 25, ..p };
+        let split: Vec<_> =
+            (0..25).map(|i| sample(&logits, &p, i, 0)).chain((0..15).map(|i| sample(&logits, &cont, i, 0))).collect();
+        assert_eq!(whole, split);
+        let restarted: Vec<_> =
+            (0..25).map(|i| sample(&logits, &p, i, 0)).chain((0..15).map(|i| sample(&logits, &p, i, 0))).collect();
+        assert_ne!(whole, restarted, "without the offset the stream would repeat");
     }
 
     #[test]
