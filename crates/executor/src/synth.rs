@@ -227,3 +227,84 @@ mod tests {
         assert!((493_000_000..495_000_000).contains(&q), "{q}");
     }
 }
+
+/// A SentencePiece vocabulary as GGUF stores it (`tokenizer.ggml.model = llama`): pieces, their
+/// scores and llama.cpp token types (1 normal, 2 unknown, 3 control, 4 user defined, 6 byte).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SpmVocab {
+    pub tokens: Vec<String>,
+    pub scores: Vec<f32>,
+    pub token_type: Vec<i32>,
+    pub bos_token_id: u32,
+    pub eos_token_id: u32,
+}
+
+/// Llama 2's chat format.
+const LLAMA2_CHAT: &str = "{% for m in messages %}{% if m.role == 'user' %}{{ bos_token }}[INST] {{ m.content }} [/INST]{% elif m.role == 'assistant' %} {{ m.content }}{{ eos_token }}{% endif %}{% endfor %}";
+
+/// Writes a random-weight Llama model of `shape` as one GGUF file (f32 tensors, llama.cpp's
+/// names and metadata keys) with the SentencePiece `vocab` (its size becomes the shape's
+/// vocabulary) and a Llama 2 chat template: the GGUF side of what `write_hf_model` does, for
+/// testing the GGUF loader with a tokenizer other than the default model's.
+pub fn write_gguf_model(path: &Path, shape: &SynthShape, seed: u64, vocab: &SpmVocab) -> Result<(), ExecError> {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let bad =
+        |e: &dyn std::fmt::Display| ExecError::ModelFile { path: path.display().to_string(), problem: e.to_string() };
+    let shape = SynthShape { vocab: vocab.tokens.len(), model_type: "llama", ..shape.clone() };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 0.02).map_err(|e| bad(&e))?;
+    let mut random = |dims: &[usize]| -> Result<QTensor, ExecError> {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
+        Ok(QTensor::quantize(&Tensor::from_vec(v, dims, &Device::Cpu)?, GgmlDType::F32)?)
+    };
+    let ones = |n: usize| -> Result<QTensor, ExecError> {
+        Ok(QTensor::quantize(&Tensor::ones(n, DType::F32, &Device::Cpu)?, GgmlDType::F32)?)
+    };
+    let (h, kv) = (shape.hidden, shape.kv_heads * shape.head_dim());
+    let mut tensors: Vec<(String, QTensor)> =
+        vec![("token_embd.weight".into(), random(&[shape.vocab, h])?), ("output_norm.weight".into(), ones(h)?)];
+    if !shape.tie_embeddings {
+        tensors.push(("output.weight".into(), random(&[shape.vocab, h])?));
+    }
+    for l in 0..shape.layers {
+        let p = |s: &str| format!("blk.{l}.{s}.weight");
+        tensors.push((p("attn_norm"), ones(h)?));
+        tensors.push((p("ffn_norm"), ones(h)?));
+        tensors.push((p("attn_q"), random(&[h, h])?));
+        tensors.push((p("attn_k"), random(&[kv, h])?));
+        tensors.push((p("attn_v"), random(&[kv, h])?));
+        tensors.push((p("attn_output"), random(&[h, h])?));
+        tensors.push((p("ffn_gate"), random(&[shape.intermediate, h])?));
+        tensors.push((p("ffn_up"), random(&[shape.intermediate, h])?));
+        tensors.push((p("ffn_down"), random(&[h, shape.intermediate])?));
+    }
+    let u32v = |v: usize| Value::U32(v as u32);
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("general.name", Value::String("tandem synthetic SentencePiece llama".into())),
+        ("llama.block_count", u32v(shape.layers)),
+        ("llama.embedding_length", u32v(h)),
+        ("llama.feed_forward_length", u32v(shape.intermediate)),
+        ("llama.attention.head_count", u32v(shape.heads)),
+        ("llama.attention.head_count_kv", u32v(shape.kv_heads)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("llama.rope.freq_base", Value::F32(10_000.0)),
+        ("llama.context_length", u32v(shape.max_position)),
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        ("tokenizer.ggml.tokens", Value::Array(vocab.tokens.iter().map(|t| Value::String(t.clone())).collect())),
+        ("tokenizer.ggml.scores", Value::Array(vocab.scores.iter().map(|&s| Value::F32(s)).collect())),
+        ("tokenizer.ggml.token_type", Value::Array(vocab.token_type.iter().map(|&t| Value::I32(t)).collect())),
+        ("tokenizer.ggml.bos_token_id", Value::U32(vocab.bos_token_id)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(vocab.eos_token_id)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+        ("tokenizer.chat_template", Value::String(LLAMA2_CHAT.into())),
+    ];
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| bad(&e))?);
+    let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tens: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut file, &meta, &tens)?;
+    std::io::Write::flush(&mut file).map_err(|e| bad(&e))?;
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 mod chat;
 mod detok;
+mod spm;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};

@@ -1,6 +1,7 @@
 //! [`TextTokenizer`]: the `tokenizers` crate (no hub access), built from an HF `tokenizer.json`
-//! or from a GGUF file's `tokenizer.ggml.*` metadata (byte-level BPE, as llama.cpp's `gpt2`
-//! tokenizer model), plus the model's chat template and special tokens.
+//! or from a GGUF file's `tokenizer.ggml.*` metadata (byte-level BPE, llama.cpp's `gpt2`
+//! tokenizer model, or SentencePiece BPE, its `llama` model: see [`super::spm`]), plus the
+//! model's chat template, special tokens and whether prompts start with BOS.
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
 
 use super::chat::ChatTemplate;
+use super::spm::{CONTROL, USER_DEFINED};
 use crate::cpu::LlamaConfig;
 use crate::ExecError;
 
@@ -27,6 +29,9 @@ pub struct TextTokenizer {
     pub eos_token_ids: Vec<u32>,
     /// Cached: `tokenizers` builds the whole vocabulary map to count it.
     vocab_size: usize,
+    /// Prepended to encoded text that does not start with it (GGUF `add_bos_token`,
+    /// `tokenizer_config.json`'s `add_bos_token`), as llama.cpp and transformers do.
+    bos_to_add: Option<u32>,
 }
 
 fn tk(e: impl std::fmt::Display) -> ExecError {
@@ -38,19 +43,49 @@ fn strings(v: &gguf_file::Value) -> Result<Vec<String>, ExecError> {
 }
 
 impl TextTokenizer {
-    /// From GGUF metadata (`tokenizer.ggml.model = gpt2`).
+    /// From GGUF metadata (`tokenizer.ggml.model` `gpt2` or `llama`).
     pub fn from_gguf(c: &gguf_file::Content, config: &LlamaConfig) -> Result<Self, ExecError> {
         let meta = |k: &str| c.metadata.get(k);
+        let flag = |k: &str| meta(k).and_then(|v| v.to_bool().ok());
         let model = meta("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-        if model != "gpt2" {
-            return Err(tk(format!("tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)")));
-        }
         let tokens = strings(meta("tokenizer.ggml.tokens").ok_or_else(|| tk("tokenizer.ggml.tokens missing"))?)?;
-        let merges = strings(meta("tokenizer.ggml.merges").ok_or_else(|| tk("tokenizer.ggml.merges missing"))?)?;
         let types: Vec<i32> = match meta("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()) {
             Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
             None => vec![1; tokens.len()],
         };
+        let (tok, add_bos_default) = match model.as_str() {
+            "gpt2" => (Self::gpt2(c, &tokens, &types)?, false),
+            "llama" => {
+                let scores: Vec<f32> = meta("tokenizer.ggml.scores")
+                    .ok_or_else(|| tk("tokenizer.ggml.scores missing"))?
+                    .to_vec()
+                    .map_err(tk)?
+                    .iter()
+                    .map(|x| x.to_f32().map_err(tk))
+                    .collect::<Result<_, _>>()?;
+                let prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                (super::spm::spm_tokenizer(&tokens, &scores, &types, prefix)?, true)
+            }
+            other => {
+                return Err(tk(format!(
+                "tokenizer model `{other}` is not supported (byte-level BPE `gpt2` and SentencePiece BPE `llama` are)"
+            )))
+            }
+        };
+        let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
+        let template =
+            meta("tokenizer.chat_template").and_then(|v| v.to_string().ok()).map(|s| ChatTemplate::new(s.clone()));
+        let mut me = Self::finish(tok, template.transpose()?, name(config.bos_token_id), config)?;
+        if flag("tokenizer.ggml.add_bos_token").unwrap_or(add_bos_default) {
+            me.bos_to_add = config.bos_token_id;
+        }
+        Ok(me)
+    }
+
+    /// Byte-level BPE from `tokenizer.ggml.tokens` and `.merges`.
+    fn gpt2(c: &gguf_file::Content, tokens: &[String], types: &[i32]) -> Result<Tokenizer, ExecError> {
+        let meta = |k: &str| c.metadata.get(k);
+        let merges = strings(meta("tokenizer.ggml.merges").ok_or_else(|| tk("tokenizer.ggml.merges missing"))?)?;
         let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let merges: Vec<(String, String)> =
             merges.iter().filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string()))).collect();
@@ -68,15 +103,12 @@ impl TextTokenizer {
         // Control (3) and user-defined (4) tokens are matched whole in text, like <|im_start|>.
         let specials: Vec<AddedToken> = tokens
             .iter()
-            .zip(&types)
-            .filter(|(_, &t)| t == 3 || t == 4)
+            .zip(types)
+            .filter(|(_, &t)| t == CONTROL || t == USER_DEFINED)
             .map(|(s, _)| AddedToken::from(s.clone(), true))
             .collect();
         tok.add_special_tokens(&specials);
-        let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
-        let template =
-            meta("tokenizer.chat_template").and_then(|v| v.to_string().ok()).map(|s| ChatTemplate::new(s.clone()));
-        Self::finish(tok, template.transpose()?, name(config.bos_token_id), config)
+        Ok(tok)
     }
 
     /// From an HF directory: `tokenizer.json`, and `tokenizer_config.json` for the chat template.
@@ -100,6 +132,9 @@ impl TextTokenizer {
         };
         let bos = text("bos_token").or_else(|| config.bos_token_id.and_then(|i| tok.id_to_token(i)));
         let mut me = Self::finish(tok, template.transpose()?, bos, config)?;
+        if tc.as_ref().and_then(|v| v.get("add_bos_token")).and_then(|v| v.as_bool()) == Some(true) {
+            me.bos_to_add = me.bos_token.as_deref().and_then(|b| me.tok.token_to_id(b));
+        }
         if let Some(eos) = text("eos_token") {
             me.eos_token = Some(eos.clone());
             if let Some(id) = me.tok.token_to_id(&eos) {
@@ -128,12 +163,18 @@ impl TextTokenizer {
         }
         let eos = config.eos_token_ids.first().and_then(|&i| tok.id_to_token(i));
         let vocab_size = tok.get_vocab_size(true);
-        Ok(Self { tok, template, bos_token: bos, eos_token: eos, eos_token_ids: eos_ids, vocab_size })
+        Ok(Self { tok, template, bos_token: bos, eos_token: eos, eos_token_ids: eos_ids, vocab_size, bos_to_add: None })
     }
 
-    /// Token ids of `text`; special tokens written in the text are recognised.
+    /// Token ids of `text`; special tokens written in the text are recognised, and BOS is
+    /// prepended when the model wants it and the text (a rendered chat template, say) does not
+    /// already start with it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ExecError> {
-        Ok(self.tok.encode(text, false).map_err(tk)?.get_ids().to_vec())
+        let ids = self.tok.encode(text, false).map_err(tk)?.get_ids().to_vec();
+        Ok(match self.bos_to_add {
+            Some(bos) if ids.first() != Some(&bos) => std::iter::once(bos).chain(ids).collect(),
+            _ => ids,
+        })
     }
 
     /// Text of `ids`, special tokens omitted.
