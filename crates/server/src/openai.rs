@@ -45,6 +45,31 @@ pub struct Common {
     pub ignore_eos: Option<bool>,
     /// Extension (tandem): larger is more urgent (the Priority queue policy uses it).
     pub priority: Option<i32>,
+    // OpenAI features tandem does not implement: accepted when inactive (null, false, 0, empty,
+    // as clients often send defaults), refused with a 400 naming them otherwise — never
+    // silently ignored.
+    pub logprobs: Option<serde_json::Value>,
+    pub top_logprobs: Option<serde_json::Value>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub logit_bias: Option<serde_json::Value>,
+    pub tools: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+}
+
+/// Whether a JSON value asks for something: not null, false, 0, "", [] or {}.
+fn active(v: &Option<serde_json::Value>) -> bool {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(Value::Bool(true)) => true,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,7 +82,52 @@ pub struct CompletionBody {
 #[derive(Debug, Deserialize)]
 pub struct ChatMessageIn {
     pub role: String,
-    pub content: String,
+    /// A string, or OpenAI's list of content parts (only `text` parts: the models are
+    /// text-only); null for an assistant turn without text.
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+impl ChatMessageIn {
+    /// The message's text: text parts joined by newlines (as vLLM does).
+    pub fn text(&self) -> Result<String, ApiError> {
+        match &self.content {
+            None => Ok(String::new()),
+            Some(MessageContent::Text(t)) => Ok(t.clone()),
+            Some(MessageContent::Parts(parts)) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => texts.push(t.as_str()),
+                        ("text", None) => {
+                            return Err(ApiError::invalid("messages", "a text content part needs `text`"))
+                        }
+                        (other, _) => {
+                            return Err(ApiError::invalid(
+                                "messages",
+                                format!("content parts of type `{other}` are not supported: the model reads text only"),
+                            ))
+                        }
+                    }
+                }
+                Ok(texts.join("\n"))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,8 +161,33 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 impl Common {
+    /// A 400 for an OpenAI feature that is asked for but not implemented.
+    pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        let nonzero = |x: Option<f64>| x.is_some_and(|v| v != 0.0);
+        let text_format = match &self.response_format {
+            None | Some(serde_json::Value::Null) => true,
+            Some(v) => v.get("type").and_then(|t| t.as_str()) == Some("text"),
+        };
+        let asked: [(&'static str, bool); 9] = [
+            ("logprobs", active(&self.logprobs)),
+            ("top_logprobs", active(&self.top_logprobs)),
+            ("presence_penalty", nonzero(self.presence_penalty)),
+            ("frequency_penalty", nonzero(self.frequency_penalty)),
+            ("logit_bias", active(&self.logit_bias)),
+            ("tools", active(&self.tools)),
+            ("response_format", !text_format),
+            ("echo", self.echo == Some(true)),
+            ("suffix", self.suffix.as_ref().is_some_and(|s| !s.is_empty())),
+        ];
+        match asked.iter().find(|(_, on)| *on) {
+            Some((param, _)) => Err(ApiError::invalid(param, format!("`{param}` is not supported by this server"))),
+            None => Ok(()),
+        }
+    }
+
     /// Checks ranges and builds the request for `prompt` (already tokenized).
     pub fn validate(&self, prompt: Vec<u32>, max_model_len: usize) -> Result<GenRequest, ApiError> {
+        self.refuse_unsupported()?;
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt", "the prompt is empty"));
         }
@@ -184,6 +279,16 @@ mod tests {
             (r#"{"n": 0}"#, "n"),
             (r#"{"n": 17}"#, "n"),
             (r#"{"stop": ["a","b","c","d","e"]}"#, "stop"),
+            (r#"{"logprobs": true}"#, "logprobs"),
+            (r#"{"logprobs": 5}"#, "logprobs"),
+            (r#"{"top_logprobs": 2}"#, "top_logprobs"),
+            (r#"{"presence_penalty": 0.5}"#, "presence_penalty"),
+            (r#"{"frequency_penalty": -1}"#, "frequency_penalty"),
+            (r#"{"logit_bias": {"50256": -100}}"#, "logit_bias"),
+            (r#"{"tools": [{"type": "function"}]}"#, "tools"),
+            (r#"{"response_format": {"type": "json_object"}}"#, "response_format"),
+            (r#"{"echo": true}"#, "echo"),
+            (r#"{"suffix": "x"}"#, "suffix"),
         ] {
             match common(json).validate(p.clone(), 100) {
                 Err(ApiError::Invalid { param: Some(got), .. }) => assert_eq!(got, param, "{json}"),
@@ -194,6 +299,10 @@ mod tests {
         assert!(common(r#"{"max_tokens": 97}"#).validate(p.clone(), 100).is_ok());
         assert!(common(r#"{"max_tokens": 98}"#).validate(p.clone(), 100).is_err());
         assert!(common("{}").validate(vec![], 100).is_err());
+        // Clients' defaults for the unsupported features are accepted.
+        let defaults = r#"{"logprobs": false, "top_logprobs": 0, "presence_penalty": 0, "frequency_penalty": 0.0,
+            "logit_bias": {}, "tools": [], "response_format": {"type": "text"}, "echo": false, "suffix": ""}"#;
+        assert!(common(defaults).validate(p.clone(), 100).is_ok());
         assert!(common("{}").validate(vec![0; 100], 100).is_err(), "no room left to generate");
     }
 

@@ -232,6 +232,7 @@ fn encode(m: &ModelLease, text: &str) -> Result<Vec<u32>, ApiError> {
 
 pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: CompletionBody = parse(&body(b)?)?;
+    req.common.refuse_unsupported()?;
     let m = model_for(&s, &req.common).await?;
     let prompt = match req.prompt {
         PromptInput::Text(t) => encode(&m, &t)?,
@@ -249,10 +250,12 @@ pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> 
 
 pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: ChatBody = parse(&body(b)?)?;
+    req.common.refuse_unsupported()?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
-    let messages: Vec<ChatMessage> = req.messages.iter().map(|m| ChatMessage::new(&m.role, &m.content)).collect();
+    let messages: Vec<ChatMessage> =
+        req.messages.iter().map(|m| Ok(ChatMessage::new(&m.role, &m.text()?))).collect::<Result<_, ApiError>>()?;
     let m = model_for(&s, &req.common).await?;
     let text = m.tokenizer.apply_chat_template(&messages).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let g = req.common.validate(encode(&m, &text)?, m.max_model_len)?;

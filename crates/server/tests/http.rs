@@ -92,6 +92,27 @@ async fn chat_answers_and_reports_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn content_parts_are_the_same_message_as_a_string() {
+    let ask = |content: &str| {
+        format!(
+            r#"{{"messages": [{{"role": "system", "content": null}}, {{"role": "user", "content": {content}}}], "max_tokens": 12, "temperature": 0}}"#
+        )
+    };
+    let (code, plain) = http("POST", "/v1/chat/completions", &ask(r#""What is the capital of France?""#)).await;
+    assert_eq!(code, 200, "{plain}");
+    let parts = ask(r#"[{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}]"#);
+    let (code, from_parts) = http("POST", "/v1/chat/completions", &parts).await;
+    assert_eq!(code, 200, "{from_parts}");
+    let answer = |b: &str| json(b)["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert!(!answer(&from_parts).is_empty(), "{from_parts}");
+    // One text part is exactly the string (greedy: the same answer).
+    let one = ask(r#"[{"type": "text", "text": "What is the capital of France?"}]"#);
+    let (_, one_part) = http("POST", "/v1/chat/completions", &one).await;
+    assert_eq!(answer(&one_part), answer(&plain));
+    assert_eq!(json(&one_part)["usage"], json(&plain)["usage"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn completions_with_n_stop_and_length() {
     let (code, body) = http(
         "POST",
@@ -149,6 +170,19 @@ async fn every_error_is_openai_shaped_with_the_right_status() {
         ("POST", "/v1/completions", r#"{"prompt": [999999999]}"#.into(), 400),
         ("POST", "/v1/completions", format!(r#"{{"prompt": "{}"}}"#, "word ".repeat(3000)), 400),
         ("POST", "/v1/chat/completions", r#"{"messages": []}"#.into(), 400),
+        (
+            "POST",
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#.into(),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi"}], "logprobs": true}"#.into(),
+            400,
+        ),
+        ("POST", "/v1/completions", r#"{"prompt": "hi", "frequency_penalty": 1.5}"#.into(), 400),
         ("POST", "/v1/completions", r#"{"prompt": "hi", "model": "gpt-9"}"#.into(), 404),
         ("GET", "/v1/nothing", String::new(), 404),
         ("POST", "/v1/completions", format!(r#"{{"prompt": "{}"}}"#, "x".repeat(2 << 20)), 413),
@@ -243,7 +277,21 @@ async fn metrics_count_a_finished_request_in_prometheus_format() {
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    let (_, after) = http("GET", "/metrics", "").await;
+    // The engine's counters are updated by its loop after the step that delivered the last
+    // token, so they may lag the response by a step: poll briefly.
+    let counted = |m: &str| {
+        sample(m, "tandem:generation_tokens_total{model_name=\"smollm2\"}") >= tokens_before + 6.0
+            && sample(m, "tandem:request_success_total{model_name=\"smollm2\",finished_reason=\"length\"}")
+                > length_before
+    };
+    let mut after = http("GET", "/metrics", "").await.1;
+    for _ in 0..100 {
+        if counted(&after) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        after = http("GET", "/metrics", "").await.1;
+    }
     assert!(sample(&after, "tandem:generation_tokens_total{model_name=\"smollm2\"}") >= tokens_before + 6.0);
     assert!(
         sample(&after, "tandem:request_success_total{model_name=\"smollm2\",finished_reason=\"length\"}")
