@@ -84,6 +84,15 @@ def run(base):
     check("Paris" not in stopped.choices[0].message.content, f"stop string cut: {stopped.choices[0].message.content!r}")
     check(stopped.choices[0].finish_reason == "stop", "stop string finish_reason")
 
+    scored = client.chat.completions.create(
+        model=model, messages=question, max_tokens=20, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = scored.choices[0].logprobs.content
+    check(len(content) == scored.usage.completion_tokens, f"one logprob per token: {len(content)}")
+    check(all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content), "three alternatives, logprob <= 0")
+    check(all(t.token == t.top_logprobs[0].token for t in content), "greedy picks the most likely token")
+    check(scored.choices[0].message.content == answer, "logprobs do not change the answer")
+
     many = client.completions.create(model=model, prompt="Once upon a time", max_tokens=5, n=3, seed=7, temperature=1.0)
     check(sorted(ch.index for ch in many.choices) == [0, 1, 2], f"n=3 choices: {many.choices}")
 

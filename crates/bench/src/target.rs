@@ -224,6 +224,7 @@ impl EngineTarget {
                     }
                 }
                 RequestEvent::Failed(e) => result.error = e.to_string(),
+                RequestEvent::Logprobs(_) => {}
             }
         }
         result.latency = clock.elapsed(Instant::now());

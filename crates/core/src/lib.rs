@@ -38,7 +38,7 @@ pub mod types;
 
 pub use config::SchedulerConfig;
 pub use error::{Error, InvariantViolation};
-pub use output::{ModelOutput, ScheduledSeq, SchedulerOutput, StepTiming, PLACEHOLDER_TOKEN};
+pub use output::{ModelOutput, ScheduledSeq, SchedulerOutput, StepTiming, TokenLogprobs, PLACEHOLDER_TOKEN};
 pub use policy::{BatchingKind, CapacityPolicyKind, Limits, PreemptionCost, PreemptionModeKind, QueuePolicyKind};
 pub use request::{
     AbortCause, FinishReason, NewRequest, RejectReason, RequestDelta, RequestState, SamplerParams, SamplingParams,

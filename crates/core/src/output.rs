@@ -112,17 +112,32 @@ pub struct StepTiming {
     pub stream_busy: Vec<Duration>,
 }
 
+/// Log-probabilities around one sampled token (OpenAI's `logprobs`), from the model's raw
+/// distribution — before temperature and filters, as vLLM reports by default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The sampled token and its log-probability.
+    pub token: TokenId,
+    pub logprob: f32,
+    /// The most likely tokens, most likely first (as many as the request asked for).
+    pub top: Vec<(TokenId, f32)>,
+}
+
 /// What the executor returns for one [`SchedulerOutput`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelOutput {
     /// Aligned with `SchedulerOutput::seqs`: `Some(token)` exactly where `sample` was set.
     pub sampled: Vec<Option<TokenId>>,
     pub timing: StepTiming,
+    /// Aligned with `seqs` like `sampled`, `Some` where a sampling sequence asked for
+    /// log-probabilities (`SamplerParams::logprobs`); empty when none did or the executor
+    /// does not compute them (the simulator).
+    pub logprobs: Vec<Option<TokenLogprobs>>,
 }
 
 impl ModelOutput {
     /// An output with `sampled` and no timing (tests, fake executors).
     pub fn sampled(sampled: Vec<Option<TokenId>>) -> Self {
-        Self { sampled, timing: StepTiming::default() }
+        Self { sampled, ..Self::default() }
     }
 }

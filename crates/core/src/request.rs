@@ -22,11 +22,14 @@ pub struct SamplerParams {
     /// model was evicted), the number of tokens generated before it — so the text goes on as
     /// if nothing had happened.
     pub stream_offset: usize,
+    /// Report each sampled token's log-probability and this many most likely alternatives
+    /// ([`crate::TokenLogprobs`]); `None`: no log-probabilities.
+    pub logprobs: Option<u8>,
 }
 
 impl Default for SamplerParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: None, stream_offset: 0 }
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: None, stream_offset: 0, logprobs: None }
     }
 }
 

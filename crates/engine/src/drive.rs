@@ -52,6 +52,7 @@ pub fn run_workload(engine: &Engine, workload: &[WorkloadRequest]) -> Vec<Reques
                     r.first_token.get_or_insert_with(|| start.elapsed());
                     progressed = true;
                 }
+                Ok(Some(RequestEvent::Logprobs(_))) => {}
                 Ok(Some(RequestEvent::Finished(reason))) => {
                     let r = &mut records[*i];
                     r.finish = Some(start.elapsed());

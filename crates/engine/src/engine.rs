@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use tandem_core::{
     BatchingKind, FinishReason, ModelOutput, NewRequest, RequestDelta, RequestId, Scheduler, SchedulerConfig,
-    SchedulerOutput, StreamConfig,
+    SchedulerOutput, StreamConfig, TokenLogprobs,
 };
 use tandem_executor::{ExecError, Executor};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
@@ -382,12 +382,12 @@ impl StepLoop {
             }
             Control::Abort(id) => {
                 if let Ok(delta) = self.sched.abort(id) {
-                    self.dispatch(&[delta]);
+                    self.dispatch(&[delta], FxHashMap::default());
                 }
             }
             Control::Finish(id, reason) => {
                 if let Ok(delta) = self.sched.finish_request(id, reason) {
-                    self.dispatch(&[delta]);
+                    self.dispatch(&[delta], FxHashMap::default());
                 }
             }
             Control::SetBatching(kind, reply) => {
@@ -424,15 +424,20 @@ impl StepLoop {
 
     fn apply(&mut self, out: Arc<SchedulerOutput>, result: DeviceResult) {
         let now = self.now();
+        let mut logprobs = FxHashMap::default();
         let (deltas, device, busy) = match result {
             Ok(model) => match self.sched.update(&out, &model, now) {
-                Ok(d) => (d, model.timing.device, model.timing.stream_busy),
+                Ok(d) => {
+                    let ids = out.seqs.iter().map(|s| s.id);
+                    logprobs = ids.zip(model.logprobs).filter_map(|(id, lp)| Some((id, lp?))).collect();
+                    (d, model.timing.device, model.timing.stream_busy)
+                }
                 Err(e) => (self.fail(&out, now, e.to_string()), Duration::ZERO, Vec::new()),
             },
             Err(e) => (self.fail(&out, now, e.to_string()), Duration::ZERO, Vec::new()),
         };
         let tokens = deltas.iter().filter(|d| d.token.is_some()).count() as u64;
-        let finished = self.dispatch(&deltas);
+        let finished = self.dispatch(&deltas, logprobs);
         let sched_stats = self.sched.stats();
         let mut st = lock(&self.shared.stats);
         if !out.seqs.is_empty() {
@@ -458,14 +463,18 @@ impl StepLoop {
         Vec::new()
     }
 
-    /// Streams deltas to their handles; returns how many requests ended.
-    fn dispatch(&mut self, deltas: &[RequestDelta]) -> u64 {
+    /// Streams deltas (and the log-probabilities of their tokens, where asked for) to their
+    /// handles; returns how many requests ended.
+    fn dispatch(&mut self, deltas: &[RequestDelta], mut logprobs: FxHashMap<RequestId, TokenLogprobs>) -> u64 {
         let now = self.now();
         let mut ended = 0;
         for d in deltas {
             let Some(t) = self.requests.get_mut(&d.id) else { continue };
             let mut gone = false;
             if let Some(tok) = d.token {
+                if let Some(lp) = logprobs.remove(&d.id).filter(|lp| lp.token == tok) {
+                    gone |= t.events.send(RequestEvent::Logprobs(lp)).is_err();
+                }
                 gone |= t.events.send(RequestEvent::Token(tok)).is_err();
                 lock(&self.shared.stats).snapshot.requests.on_token(&mut t.timeline, now);
             }
@@ -478,7 +487,7 @@ impl StepLoop {
             } else if gone {
                 // The handle was dropped: abort now rather than wait for its message.
                 if let Ok(delta) = self.sched.abort(d.id) {
-                    ended += self.dispatch(&[delta]);
+                    ended += self.dispatch(&[delta], FxHashMap::default());
                 }
             }
         }
@@ -509,7 +518,7 @@ impl StepLoop {
         let ids: Vec<RequestId> = self.requests.keys().copied().collect();
         for id in ids {
             if let Ok(delta) = self.sched.finish_request(id, FinishReason::Aborted(tandem_core::AbortCause::Client)) {
-                self.dispatch(&[delta]);
+                self.dispatch(&[delta], FxHashMap::default());
             }
         }
         let (dead_tx, _) = mpsc::channel();

@@ -3,7 +3,7 @@
 
 use std::sync::mpsc::Sender;
 
-use tandem_core::{FinishReason, RequestId, TokenId};
+use tandem_core::{FinishReason, RequestId, TokenId, TokenLogprobs};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::engine::Control;
@@ -14,6 +14,8 @@ use crate::error::EngineError;
 pub enum RequestEvent {
     /// A generated token.
     Token(TokenId),
+    /// The log-probabilities of the next `Token` (only for requests that asked for them).
+    Logprobs(TokenLogprobs),
     /// The request ended (always the last event unless `Failed`).
     Finished(FinishReason),
     /// The request could not be run (refused by the scheduler, or the executor failed).
@@ -22,7 +24,7 @@ pub enum RequestEvent {
 
 impl RequestEvent {
     pub fn is_last(&self) -> bool {
-        !matches!(self, RequestEvent::Token(_))
+        !matches!(self, RequestEvent::Token(_) | RequestEvent::Logprobs(_))
     }
 }
 

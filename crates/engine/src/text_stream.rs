@@ -124,14 +124,10 @@ impl<'a> TextStream<'a> {
 
     /// The next text event (blocking), `None` after the last.
     pub fn blocking_next(&mut self) -> Option<TextEvent> {
-        if let Some(e) = self.pending.pop_front() {
-            return Some(e);
+        while self.pending.is_empty() && !self.done {
+            let ev = self.handle.blocking_next();
+            self.convert(ev);
         }
-        if self.done {
-            return None;
-        }
-        let ev = self.handle.blocking_next();
-        self.convert(ev);
         self.pending.pop_front()
     }
 
@@ -156,6 +152,8 @@ impl<'a> TextStream<'a> {
                 self.end(TextEvent::Finished(reason));
             }
             Some(RequestEvent::Failed(e)) => self.end(TextEvent::Failed(e)),
+            // Text streams do not carry log-probabilities.
+            Some(RequestEvent::Logprobs(_)) => {}
             None => self.end(TextEvent::Finished(FinishReason::Aborted(tandem_core::AbortCause::Client))),
         }
     }

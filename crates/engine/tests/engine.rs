@@ -82,7 +82,11 @@ impl Executor for ContentExecutor {
             }
             sampled.push(tok);
         }
-        Ok(ModelOutput { sampled, timing: StepTiming { device: self.delay, stream_busy: vec![] } })
+        Ok(ModelOutput {
+            sampled,
+            timing: StepTiming { device: self.delay, stream_busy: vec![] },
+            ..ModelOutput::default()
+        })
     }
 
     fn supports_async(&self) -> bool {

@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
-use tandem_core::{RequestId, SchedulerOutput, TokenId};
+use tandem_core::{ModelOutput, RequestId, SchedulerOutput, TokenId};
 
-use crate::cpu::{sample, SeqSlice};
+use crate::cpu::{sample, token_logprobs, SeqSlice};
 use crate::ExecError;
 
 /// A step packed for a forward.
@@ -44,23 +44,29 @@ pub(crate) fn pack<'a>(out: &'a SchedulerOutput, last: &HashMap<RequestId, Token
 
 /// Samples one token per sampling sequence of `out` from `logits` (one row each, in order),
 /// remembering it in `last` for the next step's placeholders. `nonce` seeds unseeded requests.
+/// The output carries the log-probabilities of the sequences that asked for them, and no timing.
 pub(crate) fn sample_all(
     out: &SchedulerOutput,
     logits: &[Vec<f32>],
     last: &mut HashMap<RequestId, TokenId>,
     nonce: u64,
-) -> Result<Vec<Option<TokenId>>, ExecError> {
+) -> Result<ModelOutput, ExecError> {
     let mut rows = logits.iter();
-    out.seqs
-        .iter()
-        .map(|s| {
-            if !s.sample {
-                return Ok(None);
-            }
-            let row = rows.next().ok_or_else(|| ExecError::Device("missing logits row".into()))?;
-            let tok = sample(row, &s.sampler, s.num_generated, nonce ^ s.id.0.wrapping_mul(0x2545_f491_4f6c_dd1d));
-            last.insert(s.id, tok);
-            Ok(Some(tok))
-        })
-        .collect()
+    let mut logprobs = Vec::new();
+    let mut sampled = Vec::with_capacity(out.seqs.len());
+    for (i, s) in out.seqs.iter().enumerate() {
+        if !s.sample {
+            sampled.push(None);
+            continue;
+        }
+        let row = rows.next().ok_or_else(|| ExecError::Device("missing logits row".into()))?;
+        let tok = sample(row, &s.sampler, s.num_generated, nonce ^ s.id.0.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        last.insert(s.id, tok);
+        sampled.push(Some(tok));
+        if let Some(k) = s.sampler.logprobs {
+            logprobs.resize(out.seqs.len(), None);
+            logprobs[i] = Some(token_logprobs(row, tok, k as usize));
+        }
+    }
+    Ok(ModelOutput { sampled, logprobs, ..ModelOutput::default() })
 }

@@ -41,6 +41,8 @@ pub struct Choice {
     started: Instant,
     first_token: Option<Instant>,
     text: TokenText,
+    /// Log-probabilities of tokens not yet reported in a delta.
+    logprobs: Vec<TokenLogprob>,
     pub tokens: usize,
     done: bool,
 }
@@ -50,6 +52,26 @@ pub struct Choice {
 pub struct Delta {
     pub text: String,
     pub finish: Option<&'static str>,
+    /// The log-probabilities of the tokens behind `text`, when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// A whole choice.
+pub struct Collected {
+    pub index: usize,
+    pub text: String,
+    pub finish: &'static str,
+    pub tokens: usize,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// One token's log-probability report, with the token as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The most likely alternatives, most likely first.
+    pub top: Vec<(String, f32)>,
 }
 
 impl Choice {
@@ -67,6 +89,7 @@ impl Choice {
             started: Instant::now(),
             first_token: None,
             text: TokenText::new(req.stop.clone()),
+            logprobs: Vec::new(),
             tokens: 0,
             done: false,
         })
@@ -121,6 +144,14 @@ impl Choice {
                 continue;
             }
             match event {
+                Some(RequestEvent::Logprobs(lp)) => {
+                    let tok = &self.model.tokenizer;
+                    self.logprobs.push(TokenLogprob {
+                        token: tok.token_text(lp.token),
+                        logprob: lp.logprob,
+                        top: lp.top.iter().map(|&(id, l)| (tok.token_text(id), l)).collect(),
+                    });
+                }
                 Some(RequestEvent::Token(t)) => {
                     self.tokens += 1;
                     self.generated.push(t);
@@ -134,17 +165,17 @@ impl Choice {
                         let reason = FinishReason::Stopped(StopCause::StopString);
                         self.model.engine.finish_request(self.handle.id(), reason);
                         self.log_end(finish_reason(reason));
-                        return Some(Ok(Delta { text, finish: Some(finish_reason(reason)) }));
+                        return Some(Ok(self.delta(text, Some(finish_reason(reason)))));
                     }
                     if !text.is_empty() {
-                        return Some(Ok(Delta { text, finish: None }));
+                        return Some(Ok(self.delta(text, None)));
                     }
                 }
                 Some(RequestEvent::Finished(reason)) => {
                     self.done = true;
                     let text = self.text.finish(&self.model.tokenizer);
                     self.log_end(finish_reason(reason));
-                    return Some(Ok(Delta { text, finish: Some(finish_reason(reason)) }));
+                    return Some(Ok(self.delta(text, Some(finish_reason(reason)))));
                 }
                 Some(RequestEvent::Failed(e)) => {
                     self.done = true;
@@ -153,6 +184,10 @@ impl Choice {
                 None => return Some(Err(self.fail("the engine stopped".into()))),
             }
         }
+    }
+
+    fn delta(&mut self, text: String, finish: Option<&'static str>) -> Delta {
+        Delta { text, finish, logprobs: std::mem::take(&mut self.logprobs) }
     }
 
     /// One structured log line per finished request, with its timings.
@@ -175,13 +210,14 @@ impl Choice {
     }
 
     /// Runs to the end: the whole text and the finish reason.
-    pub async fn collect(mut self, state: &AppState) -> Result<(usize, String, &'static str, usize), ApiError> {
-        let mut text = String::new();
+    pub async fn collect(mut self, state: &AppState) -> Result<Collected, ApiError> {
+        let (mut text, mut logprobs) = (String::new(), Vec::new());
         while let Some(d) = self.next(state).await {
             let d = d?;
             text.push_str(&d.text);
-            if let Some(f) = d.finish {
-                return Ok((self.index, text, f, self.tokens));
+            logprobs.extend(d.logprobs);
+            if let Some(finish) = d.finish {
+                return Ok(Collected { index: self.index, text, finish, tokens: self.tokens, logprobs });
             }
         }
         Err(ApiError::Internal("the stream ended without a finish".into()))

@@ -45,11 +45,13 @@ pub struct Common {
     pub ignore_eos: Option<bool>,
     /// Extension (tandem): larger is more urgent (the Priority queue policy uses it).
     pub priority: Option<i32>,
+    /// Chat: `true` to report log-probabilities (with `top_logprobs` alternatives, 0–20);
+    /// completions: the number of alternatives (0–20).
+    pub logprobs: Option<serde_json::Value>,
+    pub top_logprobs: Option<i64>,
     // OpenAI features tandem does not implement: accepted when inactive (null, false, 0, empty,
     // as clients often send defaults), refused with a 400 naming them otherwise — never
     // silently ignored.
-    pub logprobs: Option<serde_json::Value>,
-    pub top_logprobs: Option<serde_json::Value>,
     pub presence_penalty: Option<f64>,
     pub frequency_penalty: Option<f64>,
     pub logit_bias: Option<serde_json::Value>,
@@ -149,7 +151,12 @@ pub struct GenRequest {
     pub include_usage: bool,
     pub ignore_eos: bool,
     pub priority: i32,
+    /// Log-probabilities of each token with this many alternatives (`None`: not asked).
+    pub logprobs: Option<u8>,
 }
+
+/// Most alternatives `top_logprobs` / `logprobs` may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: i64 = 20;
 
 /// Most choices per request.
 pub const MAX_N: usize = 16;
@@ -168,9 +175,7 @@ impl Common {
             None | Some(serde_json::Value::Null) => true,
             Some(v) => v.get("type").and_then(|t| t.as_str()) == Some("text"),
         };
-        let asked: [(&'static str, bool); 9] = [
-            ("logprobs", active(&self.logprobs)),
-            ("top_logprobs", active(&self.top_logprobs)),
+        let asked: [(&'static str, bool); 7] = [
             ("presence_penalty", nonzero(self.presence_penalty)),
             ("frequency_penalty", nonzero(self.frequency_penalty)),
             ("logit_bias", active(&self.logit_bias)),
@@ -232,6 +237,7 @@ impl Common {
             Some(n) if n >= 1 && n as usize <= MAX_N => n as usize,
             Some(n) => return Err(ApiError::invalid("n", format!("n must be between 1 and {MAX_N}, got {n}"))),
         };
+        let logprobs = self.logprobs()?;
         let stop = match &self.stop {
             None => Vec::new(),
             Some(StopInput::One(s)) => vec![s.clone()],
@@ -247,6 +253,7 @@ impl Common {
                 top_p: top_p as f32,
                 seed: self.seed,
                 stream_offset: 0,
+                logprobs,
             },
             stop,
             n,
@@ -254,7 +261,33 @@ impl Common {
             include_usage: self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
             ignore_eos: self.ignore_eos.unwrap_or(false),
             priority: self.priority.unwrap_or(0),
+            logprobs,
         })
+    }
+
+    /// `logprobs` / `top_logprobs` as the number of alternatives to report, if asked.
+    fn logprobs(&self) -> Result<Option<u8>, ApiError> {
+        use serde_json::Value;
+        let range = |param: &'static str, k: i64| {
+            if (0..=MAX_TOP_LOGPROBS).contains(&k) {
+                Ok(k as u8)
+            } else {
+                Err(ApiError::invalid(param, format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {k}")))
+            }
+        };
+        let top = self.top_logprobs.map(|k| range("top_logprobs", k)).transpose()?;
+        match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => match top {
+                Some(k) if k > 0 => Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true")),
+                _ => Ok(None),
+            },
+            Some(Value::Bool(true)) => Ok(Some(top.unwrap_or(0))),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(k) => range("logprobs", k).map(Some),
+                None => Err(ApiError::invalid("logprobs", "logprobs must be a boolean or an integer")),
+            },
+            Some(_) => Err(ApiError::invalid("logprobs", "logprobs must be a boolean or an integer")),
+        }
     }
 }
 
@@ -279,9 +312,10 @@ mod tests {
             (r#"{"n": 0}"#, "n"),
             (r#"{"n": 17}"#, "n"),
             (r#"{"stop": ["a","b","c","d","e"]}"#, "stop"),
-            (r#"{"logprobs": true}"#, "logprobs"),
-            (r#"{"logprobs": 5}"#, "logprobs"),
+            (r#"{"logprobs": 21}"#, "logprobs"),
+            (r#"{"logprobs": "yes"}"#, "logprobs"),
             (r#"{"top_logprobs": 2}"#, "top_logprobs"),
+            (r#"{"logprobs": true, "top_logprobs": 99}"#, "top_logprobs"),
             (r#"{"presence_penalty": 0.5}"#, "presence_penalty"),
             (r#"{"frequency_penalty": -1}"#, "frequency_penalty"),
             (r#"{"logit_bias": {"50256": -100}}"#, "logit_bias"),
@@ -302,7 +336,13 @@ mod tests {
         // Clients' defaults for the unsupported features are accepted.
         let defaults = r#"{"logprobs": false, "top_logprobs": 0, "presence_penalty": 0, "frequency_penalty": 0.0,
             "logit_bias": {}, "tools": [], "response_format": {"type": "text"}, "echo": false, "suffix": ""}"#;
-        assert!(common(defaults).validate(p.clone(), 100).is_ok());
+        assert_eq!(common(defaults).validate(p.clone(), 100).unwrap().logprobs, None);
+        assert_eq!(
+            common(r#"{"logprobs": true, "top_logprobs": 3}"#).validate(p.clone(), 100).unwrap().logprobs,
+            Some(3)
+        );
+        assert_eq!(common(r#"{"logprobs": true}"#).validate(p.clone(), 100).unwrap().sampler.logprobs, Some(0));
+        assert_eq!(common(r#"{"logprobs": 2}"#).validate(p.clone(), 100).unwrap().logprobs, Some(2));
         assert!(common("{}").validate(vec![0; 100], 100).is_err(), "no room left to generate");
     }
 

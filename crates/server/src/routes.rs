@@ -18,7 +18,7 @@ use serde_json::json;
 use tandem_executor::text::ChatMessage;
 
 use crate::error::ApiError;
-use crate::generation::Choice;
+use crate::generation::{Choice, TokenLogprob};
 use crate::openai::{parse, ChatBody, Common, CompletionBody, GenRequest, PromptInput};
 use crate::state::{AppState, Models};
 use tandem_engine::ModelLease;
@@ -273,12 +273,13 @@ async fn respond(s: Arc<AppState>, m: Arc<ModelLease>, g: GenRequest, chat: bool
     let mut out = Vec::new();
     let mut completion_tokens = 0;
     for r in results {
-        let (index, text, finish, tokens) = r?;
-        completion_tokens += tokens;
+        let c = r?;
+        completion_tokens += c.tokens;
+        let logprobs = g.logprobs.map(|_| logprobs_json(&c.logprobs, chat, 0));
         out.push(if chat {
-            json!({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
+            json!({"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs, "finish_reason": c.finish})
         } else {
-            json!({"index": index, "text": text, "logprobs": null, "finish_reason": finish})
+            json!({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish})
         });
     }
     let prompt_tokens = g.prompt.len();
@@ -291,6 +292,41 @@ async fn respond(s: Arc<AppState>, m: Arc<ModelLease>, g: GenRequest, chat: bool
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
     }))
     .into_response())
+}
+
+/// Log-probabilities in OpenAI's shape: chat's `{"content": [{token, logprob, bytes,
+/// top_logprobs}]}`, or completions' `{tokens, token_logprobs, top_logprobs, text_offset}`
+/// (offsets count from `offset`, the bytes of text before these tokens).
+fn logprobs_json(lps: &[TokenLogprob], chat: bool, offset: usize) -> serde_json::Value {
+    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    if chat {
+        let content: Vec<_> = lps
+            .iter()
+            .map(|lp| {
+                let mut e = entry(&lp.token, lp.logprob);
+                e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, *l)).collect();
+                e
+            })
+            .collect();
+        return json!({"content": content});
+    }
+    let mut at = offset;
+    let text_offset: Vec<usize> = lps
+        .iter()
+        .map(|lp| {
+            let here = at;
+            at += lp.token.len();
+            here
+        })
+        .collect();
+    let top: Vec<serde_json::Map<String, serde_json::Value>> =
+        lps.iter().map(|lp| lp.top.iter().map(|(t, l)| (t.clone(), json!(l))).collect()).collect();
+    json!({
+        "tokens": lps.iter().map(|lp| lp.token.as_str()).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|lp| lp.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": text_offset,
+    })
 }
 
 /// SSE: one chunk per text delta of any choice, the usage chunk if asked, then `[DONE]`.
@@ -308,28 +344,32 @@ fn stream_response(
     let object = if chat { "chat.completion.chunk" } else { "text_completion" };
     let per_choice = choices.into_iter().map(|c| {
         let (s, generated) = (s.clone(), generated.clone());
-        stream::unfold((c, s, generated, true), |(mut c, s, generated, first)| async move {
+        // (choice, state, counter, first chunk, text length so far for completions' text_offset)
+        stream::unfold((c, s, generated, true, 0usize), |(mut c, s, generated, first, offset)| async move {
             let before = c.tokens;
             let d = c.next(&s).await?;
             generated.fetch_add(c.tokens - before, Ordering::Relaxed);
-            let item = d.map(|d| (c.index, d, first));
-            Some((item, (c, s, generated, false)))
+            let next_offset = offset + d.as_ref().map_or(0, |d| d.text.len());
+            let item = d.map(|d| (c.index, d, first, offset));
+            Some((item, (c, s, generated, false, next_offset)))
         })
         .boxed()
     });
+    let want_logprobs = g.logprobs.is_some();
     let (id2, model2) = (id.clone(), model.clone());
     let chunks = stream::select_all(per_choice).map(move |item| {
         let data = match item {
-            Ok((index, d, first)) => {
+            Ok((index, d, first, offset)) => {
+                let logprobs = want_logprobs.then(|| logprobs_json(&d.logprobs, chat, offset));
                 let choice = if chat {
                     let delta = if first {
                         json!({"role": "assistant", "content": d.text})
                     } else {
                         json!({"content": d.text})
                     };
-                    json!({"index": index, "delta": delta, "finish_reason": d.finish})
+                    json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish})
                 } else {
-                    json!({"index": index, "text": d.text, "logprobs": null, "finish_reason": d.finish})
+                    json!({"index": index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish})
                 };
                 json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
             }

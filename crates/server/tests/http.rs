@@ -113,6 +113,61 @@ async fn content_parts_are_the_same_message_as_a_string() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn chat_logprobs_cover_every_token_with_the_asked_alternatives() {
+    let body = r#"{"messages": [{"role": "user", "content": "What is the capital of France? Answer briefly."}], "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 2}"#;
+    let (code, body) = http("POST", "/v1/chat/completions", body).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len() as u64, v["usage"]["completion_tokens"].as_u64().unwrap(), "{v}");
+    let mut text = String::new();
+    for e in content {
+        let (token, logprob) = (e["token"].as_str().unwrap(), e["logprob"].as_f64().unwrap());
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2, "{e}");
+        // Greedy: the sampled token is the most likely one, then a less likely alternative.
+        assert_eq!((top[0]["token"].as_str().unwrap(), top[0]["logprob"].as_f64().unwrap()), (token, logprob));
+        assert!(logprob <= 0.0 && top[1]["logprob"].as_f64().unwrap() <= logprob, "{e}");
+        assert_eq!(e["bytes"].as_array().unwrap().len(), token.len());
+        text.push_str(token);
+    }
+    // The reply ends with the end-of-turn token, shown in the report but not in the text.
+    let reply = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.starts_with(reply), "{text:?} vs {reply:?}");
+    // Not asked: null.
+    let (_, plain) =
+        http("POST", "/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#)
+            .await;
+    assert!(json(&plain)["choices"][0]["logprobs"].is_null(), "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_completion_logprobs_line_up_with_the_text() {
+    let body = r#"{"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "ignore_eos": true, "logprobs": 1, "stream": true}"#;
+    let (code, raw) = http("POST", "/v1/completions", body).await;
+    assert_eq!(code, 200, "{raw}");
+    let (mut text, mut tokens, mut offsets) = (String::new(), String::new(), Vec::new());
+    let mut count = 0;
+    for data in raw.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        let c = &v["choices"][0];
+        let lp = &c["logprobs"];
+        for (i, t) in lp["tokens"].as_array().unwrap().iter().enumerate() {
+            let t = t.as_str().unwrap();
+            offsets.push((lp["text_offset"][i].as_u64().unwrap() as usize, tokens.len()));
+            tokens.push_str(t);
+            assert_eq!(lp["top_logprobs"][i].as_object().unwrap().len(), 1);
+            assert!(lp["token_logprobs"][i].as_f64().unwrap() <= 0.0);
+            count += 1;
+        }
+        text.push_str(c["text"].as_str().unwrap());
+    }
+    assert_eq!(count, 6);
+    assert_eq!(tokens, text, "the tokens spell the text");
+    assert!(offsets.iter().all(|(got, want)| got == want), "{offsets:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn completions_with_n_stop_and_length() {
     let (code, body) = http(
         "POST",
@@ -179,7 +234,7 @@ async fn every_error_is_openai_shaped_with_the_right_status() {
         (
             "POST",
             "/v1/chat/completions",
-            r#"{"messages": [{"role": "user", "content": "hi"}], "logprobs": true}"#.into(),
+            r#"{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 50}"#.into(),
             400,
         ),
         ("POST", "/v1/completions", r#"{"prompt": "hi", "frequency_penalty": 1.5}"#.into(), 400),

@@ -64,8 +64,14 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
     let ids = tok.encode(&text).map_err(|e| e.to_string())?;
     let mut req = NewRequest::new(0, ids.clone(), a.max_tokens, Duration::ZERO);
     req.params.ignore_eos = a.ignore_eos;
-    req.params.sampler =
-        SamplerParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, stream_offset: 0 };
+    req.params.sampler = SamplerParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stream_offset: 0,
+        logprobs: None,
+    };
     let started = Instant::now();
     let handle = running.engine.submit(req).map_err(|e| e.to_string())?;
     let mut stream = TextStream::new(&running.engine, tok, handle, a.stop.clone());

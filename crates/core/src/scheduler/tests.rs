@@ -636,6 +636,7 @@ mod batching {
         let slow = ModelOutput {
             sampled: out.seqs.iter().map(|q| q.sample.then_some(7)).collect(),
             timing: StepTiming { device: t(20), stream_busy: vec![] },
+            ..ModelOutput::default()
         };
         s.update(&out, &slow, t(0)).unwrap();
         // 20 ms > 10 ms target: 8 * 3/4 = 6 sequences, 64 * 3/4 = 48 tokens.

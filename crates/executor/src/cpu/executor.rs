@@ -63,9 +63,10 @@ impl Executor for CpuExecutor {
         self.cache.swap_in(&out.swap_in)?;
         let p = crate::step_io::pack(out, &self.last_sampled);
         let logits = self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)?;
-        let sampled = crate::step_io::sample_all(out, &logits, &mut self.last_sampled, self.nonce)?;
+        let mut output = crate::step_io::sample_all(out, &logits, &mut self.last_sampled, self.nonce)?;
         let device = started.elapsed();
-        Ok(ModelOutput { sampled, timing: StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) } })
+        output.timing = StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) };
+        Ok(output)
     }
 
     fn supports_async(&self) -> bool {

@@ -25,4 +25,4 @@ pub use kv_cache::PagedKvCache;
 pub use linear::{Linear, WeightFormat};
 pub use load::{load_model, load_model_as, model_bytes, LoadedModel, ModelFiles};
 pub use model::{LlamaModel, SeqSlice};
-pub use sampling::sample;
+pub use sampling::{sample, token_logprobs};

@@ -7,7 +7,7 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tandem_core::{SamplerParams, TokenId};
+use tandem_core::{SamplerParams, TokenId, TokenLogprobs};
 
 /// Index of the largest logit (the first on ties).
 pub fn argmax(logits: &[f32]) -> TokenId {
@@ -25,6 +25,24 @@ fn mix(seed: u64, index: usize) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// The log-probability of `token` and of the `top` most likely tokens under the softmax of
+/// `logits` (raw: no temperature), most likely first, ties by id.
+pub fn token_logprobs(logits: &[f32], token: TokenId, top: usize) -> TokenLogprobs {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    // log Σ exp(x) = max + log Σ exp(x - max), summed in f64 for long vocabularies.
+    let lse = max + logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let at = |i: usize| logits.get(i).map_or(f32::NEG_INFINITY, |&x| x - lse);
+    let k = top.min(logits.len());
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    if k > 0 && k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, by_logit);
+    }
+    idx.truncate(k);
+    idx.sort_by(by_logit);
+    TokenLogprobs { token, logprob: at(token as usize), top: idx.into_iter().map(|i| (i, at(i as usize))).collect() }
 }
 
 /// Samples the `index`-th generated token of a request. `fallback_seed` is used when the
@@ -90,7 +108,7 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_k: u32, top_p: f32, seed: Option<u64>) -> SamplerParams {
-        SamplerParams { temperature, top_k, top_p, seed, stream_offset: 0 }
+        SamplerParams { temperature, top_k, top_p, seed, stream_offset: 0, logprobs: None }
     }
 
     #[test]
@@ -118,6 +136,20 @@ mod tests {
         assert!((ones - 0.75).abs() < 0.04, "P(1) ≈ 0.75, got {ones}");
         let other: Vec<_> = (0..2000).map(|i| sample(&logits, &params(1.0, 0, 1.0, Some(43)), i, 0)).collect();
         assert_ne!(a, other, "another seed, another stream");
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_top_tokens_first() {
+        // logits ln 1, ln 2, ln 3, ln 2: probabilities 1/8, 2/8, 3/8, 2/8.
+        let logits = [0.0, 2f32.ln(), 3f32.ln(), 2f32.ln()];
+        let lp = token_logprobs(&logits, 1, 3);
+        assert_eq!(lp.token, 1);
+        assert!((lp.logprob - 0.25f32.ln()).abs() < 1e-6);
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![2, 1, 3], "3/8 first, then the 2/8 pair by id");
+        assert!((lp.top[0].1 - 0.375f32.ln()).abs() < 1e-6);
+        assert!(token_logprobs(&logits, 0, 0).top.is_empty());
+        assert_eq!(token_logprobs(&logits, 0, 10).top.len(), 4, "at most the vocabulary");
     }
 
     #[test]

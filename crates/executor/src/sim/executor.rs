@@ -104,7 +104,11 @@ impl Executor for SimExecutor {
         if self.clock == ClockMode::RealTime && !cost.device.is_zero() {
             std::thread::sleep(cost.device);
         }
-        Ok(ModelOutput { sampled, timing: StepTiming { device: cost.device, stream_busy: cost.stream_busy } })
+        Ok(ModelOutput {
+            sampled,
+            timing: StepTiming { device: cost.device, stream_busy: cost.stream_busy },
+            ..ModelOutput::default()
+        })
     }
 
     fn supports_async(&self) -> bool {

@@ -182,6 +182,12 @@ impl TextTokenizer {
         self.tok.decode(ids, true).map_err(tk)
     }
 
+    /// The text of one token on its own, special tokens included (for log-probability
+    /// reports, as vLLM shows them); a token that is part of a UTF-8 character shows as U+FFFD.
+    pub fn token_text(&self, id: u32) -> String {
+        self.tok.decode(&[id], false).unwrap_or_default()
+    }
+
     /// Writes the tokenizer as an HF `tokenizer.json`.
     pub fn save_json(&self, path: &Path) -> Result<(), ExecError> {
         self.tok.save(path, false).map_err(tk)
