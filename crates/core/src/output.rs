@@ -41,6 +41,12 @@ pub struct ScheduledSeq {
     /// [`PLACEHOLDER_TOKEN`]). If there is none (the request was aborted or its previous step
     /// failed meanwhile), feed any token: the scheduler discards that result.
     pub feeds_last_sample: bool,
+    /// Range into [`SchedulerOutput::token_ids`]: the tokens before `start_pos` (prompt and
+    /// generated), sent with a prefill chunk that starts past 0 (a prefix-cache hit, a later
+    /// chunk, a recompute) when the sampler has penalties, which need every token the request
+    /// has seen while the executor only sees what is fed (vLLM sends new requests' prompts the
+    /// same way). Empty otherwise; never counted as fed.
+    pub context: Range<usize>,
 }
 
 /// Stands in `token_ids` for a token still being sampled on the device.

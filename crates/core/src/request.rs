@@ -25,11 +25,33 @@ pub struct SamplerParams {
     /// Report each sampled token's log-probability and this many most likely alternatives
     /// ([`crate::TokenLogprobs`]); `None`: no log-probabilities.
     pub logprobs: Option<u8>,
+    /// vLLM's repetition penalty over prompt and generated tokens (1 = off).
+    pub repetition_penalty: f32,
+    /// OpenAI's presence and frequency penalties over generated tokens (0 = off).
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+}
+
+impl SamplerParams {
+    /// Whether sampling needs the request's earlier tokens (a penalty is on).
+    pub fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
 }
 
 impl Default for SamplerParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: 0, top_p: 1.0, seed: None, stream_offset: 0, logprobs: None }
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: None,
+            stream_offset: 0,
+            logprobs: None,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
     }
 }
 

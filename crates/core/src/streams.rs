@@ -187,6 +187,7 @@ mod tests {
             sampler: SamplerParams::default(),
             num_generated: 0,
             feeds_last_sample: false,
+            context: 0..0,
         }
     }
 

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use tandem_core::{FinishReason, NewRequest, PreemptionModeKind, SchedulerConfig, TokenId};
+use tandem_core::{FinishReason, NewRequest, PreemptionModeKind, SamplerParams, SchedulerConfig, TokenId};
 use tandem_engine::{Engine, EngineConfig, RequestEvent};
 use tandem_executor::cpu::{load_model, load_model_as, CpuExecutor, LlamaModel, WeightFormat};
 use tandem_executor::store::default_model;
@@ -50,7 +50,7 @@ fn run(
     max_tokens: usize,
 ) -> (Vec<Vec<TokenId>>, u64) {
     let exec = CpuExecutor::new(model(format), cfg.block_size, cfg.num_gpu_blocks, cfg.num_host_blocks);
-    run_on(Box::new(exec), cfg, prompts, max_tokens)
+    run_on(Box::new(exec), cfg, prompts, max_tokens, SamplerParams::default())
 }
 
 /// Greedy outputs of `prompts` run together through an engine on `exec`.
@@ -59,6 +59,7 @@ fn run_on(
     cfg: SchedulerConfig,
     prompts: &[Vec<TokenId>],
     max_tokens: usize,
+    sampler: SamplerParams,
 ) -> (Vec<Vec<TokenId>>, u64) {
     let engine =
         Engine::start(EngineConfig { scheduler: cfg, max_queued: 64, async_scheduling: true, gate: None }, exec)
@@ -69,6 +70,7 @@ fn run_on(
         .map(|(i, p)| {
             let mut r = NewRequest::new(i as u64, p.clone(), max_tokens, Duration::ZERO);
             r.params.ignore_eos = true;
+            r.params.sampler = sampler;
             engine.submit(r).unwrap()
         })
         .collect();
@@ -162,7 +164,34 @@ fn the_tensor_executor_gives_the_cpu_executors_tokens_with_swap_preemption() {
     let tm =
         TensorModel::from_cpu(&model(WeightFormat::F32), &candle_core::Device::Cpu, candle_core::DType::F32).unwrap();
     let exec = TensorExecutor::new(tm, cfg.block_size, cfg.num_gpu_blocks).unwrap();
-    let (together, n) = run_on(Box::new(exec), cfg, &ps, MAX_TOKENS);
+    let (together, n) = run_on(Box::new(exec), cfg, &ps, MAX_TOKENS, SamplerParams::default());
     assert!(n > 0, "the tight pool must preempt");
     assert_eq!(together, alone);
+}
+
+#[test]
+fn penalties_see_the_same_history_batched_chunked_and_preempted() {
+    // Penalties depend on what each request has seen and generated, which the executor keeps
+    // per request across steps: batched, with chunked prefill, swapped or recomputed, the
+    // penalized greedy tokens must equal each prompt's run alone — and differ from unpenalized
+    // ones. The chat prompts share a prefix, so in the tight pool the prefix cache skips it:
+    // the executor learns those tokens from the scheduler's `context` (this test found that).
+    let ps: Vec<Vec<TokenId>> = prompts().into_iter().take(4).collect();
+    let penalized = SamplerParams { repetition_penalty: 1.3, frequency_penalty: 0.5, ..SamplerParams::default() };
+    let run_pen = |cfg: SchedulerConfig, ps: &[Vec<TokenId>]| {
+        let exec = CpuExecutor::new(model(WeightFormat::F32), cfg.block_size, cfg.num_gpu_blocks, cfg.num_host_blocks);
+        run_on(Box::new(exec), cfg, ps, 16, penalized)
+    };
+    let alone: Vec<Vec<TokenId>> = ps.iter().map(|p| run_pen(base(), std::slice::from_ref(p)).0.remove(0)).collect();
+    let plain: Vec<Vec<TokenId>> =
+        ps.iter().map(|p| run(WeightFormat::F32, base(), std::slice::from_ref(p), 16).0.remove(0)).collect();
+    assert_ne!(alone, plain, "the penalties change the text");
+    let (batched, _) = run_pen(base(), &ps);
+    assert_eq!(batched, alone, "penalized tokens batched and chunked");
+    let tight = SchedulerConfig { block_size: 4, num_gpu_blocks: 24, num_host_blocks: 60, ..base() };
+    for mode in [PreemptionModeKind::Swap, PreemptionModeKind::Recompute] {
+        let (together, n) = run_pen(SchedulerConfig { preemption: mode, ..tight.clone() }, &ps);
+        assert!(n > 0, "the tight pool must preempt");
+        assert_eq!(together, alone, "penalized tokens batched, chunked and preempted by {mode:?}");
+    }
 }

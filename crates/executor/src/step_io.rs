@@ -3,9 +3,9 @@
 //! placeholders (`feeds_last_sample`) filled from the previous step's samples; and the logits
 //! turned back into sampled tokens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use tandem_core::{ModelOutput, RequestId, SchedulerOutput, TokenId};
+use tandem_core::{ModelOutput, RequestId, SamplerParams, ScheduledSeq, SchedulerOutput, TokenId};
 
 use crate::cpu::{sample, token_logprobs, SeqSlice};
 use crate::ExecError;
@@ -42,31 +42,140 @@ pub(crate) fn pack<'a>(out: &'a SchedulerOutput, last: &HashMap<RequestId, Token
     p
 }
 
-/// Samples one token per sampling sequence of `out` from `logits` (one row each, in order),
-/// remembering it in `last` for the next step's placeholders. `nonce` seeds unseeded requests.
-/// The output carries the log-probabilities of the sequences that asked for them, and no timing.
-pub(crate) fn sample_all(
-    out: &SchedulerOutput,
-    logits: &[Vec<f32>],
-    last: &mut HashMap<RequestId, TokenId>,
+/// What a real executor remembers between steps for sampling: each live request's latest
+/// sampled token (the next step's placeholder reads it), and, for requests with penalties, the
+/// tokens fed so far by position (completed by the scheduler's `context` where positions were
+/// never fed here: prefix-cache hits).
+#[derive(Debug)]
+pub(crate) struct SamplingState {
+    pub last: HashMap<RequestId, TokenId>,
+    /// Token at each position, as fed (prompt, then the generated tokens as they are fed back).
+    /// Built from what is fed rather than what is sampled, so a sample the scheduler drops
+    /// (its request preempted while the step was in flight) never counts, and a recompute
+    /// rewrites the same tokens.
+    fed: HashMap<RequestId, Vec<TokenId>>,
+    /// Seed for requests without one (random per executor).
     nonce: u64,
-) -> Result<ModelOutput, ExecError> {
-    let mut rows = logits.iter();
-    let mut logprobs = Vec::new();
-    let mut sampled = Vec::with_capacity(out.seqs.len());
-    for (i, s) in out.seqs.iter().enumerate() {
-        if !s.sample {
-            sampled.push(None);
-            continue;
-        }
-        let row = rows.next().ok_or_else(|| ExecError::Device("missing logits row".into()))?;
-        let tok = sample(row, &s.sampler, s.num_generated, nonce ^ s.id.0.wrapping_mul(0x2545_f491_4f6c_dd1d));
-        last.insert(s.id, tok);
-        sampled.push(Some(tok));
-        if let Some(k) = s.sampler.logprobs {
-            logprobs.resize(out.seqs.len(), None);
-            logprobs[i] = Some(token_logprobs(row, tok, k as usize));
+}
+
+/// The tokens the repetition, presence and frequency penalties look at.
+#[derive(Debug, Default)]
+struct PenaltyHistory {
+    /// Prompt and generated tokens (repetition penalty).
+    seen: HashSet<TokenId>,
+    /// Generated tokens and how often (presence and frequency penalties).
+    generated: HashMap<TokenId, u32>,
+}
+
+impl SamplingState {
+    pub fn new() -> Self {
+        let nonce =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Self { last: HashMap::new(), fed: HashMap::new(), nonce }
+    }
+
+    /// Drops the state of requests that ended.
+    pub fn forget(&mut self, finished: &[RequestId]) {
+        for id in finished {
+            self.last.remove(id);
+            self.fed.remove(id);
         }
     }
-    Ok(ModelOutput { sampled, logprobs, ..ModelOutput::default() })
+
+    /// The history of `s` after this step's feed (its sampling position is the end):
+    /// `context` holds the tokens before `start_pos` when the scheduler sent them.
+    fn history(&mut self, s: &ScheduledSeq, context: &[TokenId], ids: &[TokenId]) -> PenaltyHistory {
+        let fed = self.fed.entry(s.id).or_default();
+        let end = s.start_pos + ids.len();
+        if fed.len() < end {
+            fed.resize(end, 0);
+        }
+        if context.len() == s.start_pos {
+            fed[..s.start_pos].copy_from_slice(context);
+        }
+        fed[s.start_pos..end].copy_from_slice(ids);
+        let prompt_len = end.saturating_sub(s.num_generated);
+        let mut h = PenaltyHistory { seen: fed[..end].iter().copied().collect(), generated: HashMap::new() };
+        for &t in &fed[prompt_len..end] {
+            *h.generated.entry(t).or_insert(0) += 1;
+        }
+        h
+    }
+
+    /// Samples one token per sampling sequence of `out` from `logits` (one row each, in
+    /// order); `ids` are the step's fed tokens as packed (placeholders resolved). The output
+    /// carries the log-probabilities of the sequences that asked for them (of the raw logits),
+    /// and no timing.
+    pub fn sample_all(
+        &mut self,
+        out: &SchedulerOutput,
+        ids: &[TokenId],
+        logits: &[Vec<f32>],
+    ) -> Result<ModelOutput, ExecError> {
+        let mut rows = logits.iter();
+        let mut logprobs = Vec::new();
+        let mut sampled = Vec::with_capacity(out.seqs.len());
+        let mut row_start = 0;
+        for (i, s) in out.seqs.iter().enumerate() {
+            let fed = ids.get(row_start..row_start + s.num_tokens()).unwrap_or_default();
+            row_start += s.num_tokens();
+            let context = out.token_ids.get(s.context.clone()).unwrap_or_default();
+            let history = s.sampler.has_penalties().then(|| self.history(s, context, fed));
+            if !s.sample {
+                sampled.push(None);
+                continue;
+            }
+            let row = rows.next().ok_or_else(|| ExecError::Device("missing logits row".into()))?;
+            let seed = self.nonce ^ s.id.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            let tok = match &history {
+                Some(h) => sample(&penalize(row, &s.sampler, h), &s.sampler, s.num_generated, seed),
+                None => sample(row, &s.sampler, s.num_generated, seed),
+            };
+            self.last.insert(s.id, tok);
+            sampled.push(Some(tok));
+            if let Some(k) = s.sampler.logprobs {
+                logprobs.resize(out.seqs.len(), None);
+                logprobs[i] = Some(token_logprobs(row, tok, k as usize));
+            }
+        }
+        Ok(ModelOutput { sampled, logprobs, ..ModelOutput::default() })
+    }
+}
+
+/// `logits` with the penalties applied: vLLM's (and HF's) repetition penalty divides a positive
+/// logit of a seen token by it and multiplies a negative one; OpenAI's presence and frequency
+/// penalties subtract `presence + frequency × count` from each generated token's logit.
+fn penalize(logits: &[f32], p: &SamplerParams, h: &PenaltyHistory) -> Vec<f32> {
+    let mut out = logits.to_vec();
+    if p.repetition_penalty != 1.0 {
+        for &t in &h.seen {
+            if let Some(x) = out.get_mut(t as usize) {
+                *x = if *x > 0.0 { *x / p.repetition_penalty } else { *x * p.repetition_penalty };
+            }
+        }
+    }
+    for (&t, &n) in &h.generated {
+        if let Some(x) = out.get_mut(t as usize) {
+            *x -= p.presence_penalty + p.frequency_penalty * n as f32;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn penalties_follow_vllms_arithmetic() {
+        // Token 0 seen in the prompt only, token 1 generated twice, token 2 never.
+        let h = PenaltyHistory { seen: [0, 1].into_iter().collect(), generated: [(1, 2)].into_iter().collect() };
+        let p = SamplerParams { repetition_penalty: 2.0, ..SamplerParams::default() };
+        // Seen: 4 / 2 = 2 and -4 * 2 = -8; unseen unchanged.
+        assert_eq!(penalize(&[4.0, -4.0, 4.0], &p, &h), vec![2.0, -8.0, 4.0]);
+        let p = SamplerParams { presence_penalty: 0.5, frequency_penalty: 1.0, ..SamplerParams::default() };
+        // Token 1: 3 - (0.5 + 1.0 × 2) = 0.5; the prompt's token 0 is not "generated".
+        assert_eq!(penalize(&[3.0, 3.0, 3.0], &p, &h), vec![3.0, 0.5, 3.0]);
+        assert!(!SamplerParams::default().has_penalties());
+    }
 }

@@ -49,11 +49,14 @@ pub struct Common {
     /// completions: the number of alternatives (0–20).
     pub logprobs: Option<serde_json::Value>,
     pub top_logprobs: Option<i64>,
+    /// OpenAI's penalties over generated tokens, -2 to 2.
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    /// Extension (vLLM): repetition penalty over prompt and generated tokens, > 0 (1 = off).
+    pub repetition_penalty: Option<f64>,
     // OpenAI features tandem does not implement: accepted when inactive (null, false, 0, empty,
     // as clients often send defaults), refused with a 400 naming them otherwise — never
     // silently ignored.
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
     pub logit_bias: Option<serde_json::Value>,
     pub tools: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
@@ -170,14 +173,11 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 impl Common {
     /// A 400 for an OpenAI feature that is asked for but not implemented.
     pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        let nonzero = |x: Option<f64>| x.is_some_and(|v| v != 0.0);
         let text_format = match &self.response_format {
             None | Some(serde_json::Value::Null) => true,
             Some(v) => v.get("type").and_then(|t| t.as_str()) == Some("text"),
         };
-        let asked: [(&'static str, bool); 7] = [
-            ("presence_penalty", nonzero(self.presence_penalty)),
-            ("frequency_penalty", nonzero(self.frequency_penalty)),
+        let asked: [(&'static str, bool); 5] = [
             ("logit_bias", active(&self.logit_bias)),
             ("tools", active(&self.tools)),
             ("response_format", !text_format),
@@ -238,6 +238,20 @@ impl Common {
             Some(n) => return Err(ApiError::invalid("n", format!("n must be between 1 and {MAX_N}, got {n}"))),
         };
         let logprobs = self.logprobs()?;
+        let penalty = |param: &'static str, v: Option<f64>| match v {
+            None => Ok(0.0),
+            Some(x) if x.is_finite() && (-2.0..=2.0).contains(&x) => Ok(x as f32),
+            Some(_) => Err(ApiError::invalid(param, format!("{param} must be between -2 and 2"))),
+        };
+        let (presence_penalty, frequency_penalty) = (
+            penalty("presence_penalty", self.presence_penalty)?,
+            penalty("frequency_penalty", self.frequency_penalty)?,
+        );
+        let repetition_penalty = match self.repetition_penalty {
+            None => 1.0,
+            Some(x) if x.is_finite() && x > 0.0 => x as f32,
+            Some(_) => return Err(ApiError::invalid("repetition_penalty", "repetition_penalty must be above 0")),
+        };
         let stop = match &self.stop {
             None => Vec::new(),
             Some(StopInput::One(s)) => vec![s.clone()],
@@ -254,6 +268,9 @@ impl Common {
                 seed: self.seed,
                 stream_offset: 0,
                 logprobs,
+                repetition_penalty,
+                presence_penalty,
+                frequency_penalty,
             },
             stop,
             n,
@@ -316,8 +333,9 @@ mod tests {
             (r#"{"logprobs": "yes"}"#, "logprobs"),
             (r#"{"top_logprobs": 2}"#, "top_logprobs"),
             (r#"{"logprobs": true, "top_logprobs": 99}"#, "top_logprobs"),
-            (r#"{"presence_penalty": 0.5}"#, "presence_penalty"),
-            (r#"{"frequency_penalty": -1}"#, "frequency_penalty"),
+            (r#"{"presence_penalty": 2.5}"#, "presence_penalty"),
+            (r#"{"frequency_penalty": -3}"#, "frequency_penalty"),
+            (r#"{"repetition_penalty": 0}"#, "repetition_penalty"),
             (r#"{"logit_bias": {"50256": -100}}"#, "logit_bias"),
             (r#"{"tools": [{"type": "function"}]}"#, "tools"),
             (r#"{"response_format": {"type": "json_object"}}"#, "response_format"),

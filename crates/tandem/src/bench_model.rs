@@ -57,6 +57,7 @@ fn step(n: usize, per_seq: usize, start: usize, fed: usize, sample: bool) -> Sch
             sampler: SamplerParams::default(),
             num_generated: 0,
             feeds_last_sample: false,
+            context: 0..0,
         });
     }
     out.num_batched_tokens = n * fed;

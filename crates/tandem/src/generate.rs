@@ -34,6 +34,10 @@ pub struct GenerateArgs {
     top_p: f32,
     #[arg(long)]
     seed: Option<u64>,
+    /// Divides seen tokens' positive logits (multiplies negative ones); 1 is off (llama.cpp's
+    /// --repeat-penalty).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
     /// Stop when this text appears (repeatable); it is not printed.
     #[arg(long)]
     stop: Vec<String>,
@@ -44,8 +48,9 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<(), String> {
     let sane = a.temperature.is_finite() && a.temperature >= 0.0 && a.top_p > 0.0 && a.top_p <= 1.0;
-    if !sane || a.max_tokens == 0 {
-        return Err("need temperature >= 0, 0 < top_p <= 1 and max_tokens >= 1".into());
+    let penalty_ok = a.repetition_penalty.is_finite() && a.repetition_penalty > 0.0;
+    if !sane || !penalty_ok || a.max_tokens == 0 {
+        return Err("need temperature >= 0, 0 < top_p <= 1, repetition_penalty > 0 and max_tokens >= 1".into());
     }
     let load = Instant::now();
     let running = start(&a.model)?;
@@ -69,8 +74,8 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
         top_k: a.top_k,
         top_p: a.top_p,
         seed: a.seed,
-        stream_offset: 0,
-        logprobs: None,
+        repetition_penalty: a.repetition_penalty,
+        ..SamplerParams::default()
     };
     let started = Instant::now();
     let handle = running.engine.submit(req).map_err(|e| e.to_string())?;

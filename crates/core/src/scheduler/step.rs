@@ -388,6 +388,11 @@ impl Scheduler {
             } else {
                 out.token_ids.extend_from_slice(&seq.tokens[start..start + n]);
             }
+            let c0 = out.token_ids.len();
+            if !placeholder && start > 0 && seq.params.sampler.has_penalties() {
+                out.token_ids.extend_from_slice(&seq.tokens[..start]);
+            }
+            let context = c0..out.token_ids.len();
             let b0 = out.block_ids.len();
             out.block_ids.extend_from_slice(seq.kv.blocks());
             out.seqs.push(ScheduledSeq {
@@ -399,6 +404,7 @@ impl Scheduler {
                 sampler: seq.params.sampler,
                 num_generated: known - seq.prompt_len,
                 feeds_last_sample: placeholder,
+                context,
             });
             entries.push((slot, seq.epoch, seq.kv_generation));
         }

@@ -463,6 +463,24 @@ fn prefix_cache_reuses_computed_blocks() {
 }
 
 #[test]
+fn a_penalized_request_gets_the_tokens_the_prefix_cache_skipped() {
+    let cfg = SchedulerConfig { enable_prefix_caching: true, max_num_batched_tokens: 16, ..small(16) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 10, 1, 0)).unwrap();
+    step(&mut s, 0, 7); // blocks 0 and 1 (tokens 101..=108) cached
+    let mut penalized = req(2, 10, 1, 1);
+    penalized.params.sampler.repetition_penalty = 1.2;
+    s.add_request(penalized).unwrap();
+    s.add_request(req(3, 10, 1, 1)).unwrap();
+    let (out, _) = step(&mut s, 1, 7);
+    // Both skip 8 tokens; only the penalized one carries them (101..=108) as context.
+    let context = |i: usize| out.token_ids[out.seqs[i].context.clone()].to_vec();
+    assert_eq!((out.seqs[0].start_pos, context(0)), (8, (101..=108).collect::<Vec<u32>>()));
+    assert_eq!((out.seqs[1].start_pos, context(1)), (8, vec![]));
+    assert_eq!(out.num_batched_tokens, 4, "context is not fed: 2 + 2 tokens");
+}
+
+#[test]
 fn update_rejects_wrong_step_or_misaligned_output() {
     let mut s = Scheduler::new(small(16)).unwrap();
     s.add_request(req(1, 2, 3, 0)).unwrap();

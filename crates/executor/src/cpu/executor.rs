@@ -4,13 +4,13 @@
 //! from running micro-batches apart, so each micro-batch is reported busy for its share (by fed
 //! tokens) of the fused step's time.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
-use tandem_core::{ModelOutput, RequestId, SchedulerOutput, StepTiming, TokenId};
+use tandem_core::{ModelOutput, SchedulerOutput, StepTiming};
 
 use super::kv_cache::PagedKvCache;
 use super::model::LlamaModel;
+use crate::step_io::SamplingState;
 use crate::{ExecError, Executor, KvSpec};
 
 /// The CPU executor.
@@ -18,10 +18,7 @@ use crate::{ExecError, Executor, KvSpec};
 pub struct CpuExecutor {
     model: LlamaModel,
     cache: PagedKvCache,
-    /// The token sampled for each live request in its latest step (placeholders read it).
-    last_sampled: HashMap<RequestId, TokenId>,
-    /// Seed for requests without one (random per executor).
-    nonce: u64,
+    sampling: SamplingState,
 }
 
 impl CpuExecutor {
@@ -29,9 +26,7 @@ impl CpuExecutor {
     pub fn new(model: LlamaModel, block_size: usize, num_blocks: usize, num_host_blocks: usize) -> Self {
         let c = &model.config;
         let cache = PagedKvCache::new(c.layers, c.kv_dim(), block_size, num_blocks, num_host_blocks);
-        let nonce =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        Self { model, cache, last_sampled: HashMap::new(), nonce }
+        Self { model, cache, sampling: SamplingState::new() }
     }
 
     /// Device blocks that fit in `bytes` of KV memory for this model.
@@ -56,14 +51,12 @@ impl Executor for CpuExecutor {
 
     fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelOutput, ExecError> {
         let started = Instant::now();
-        for id in &out.finished {
-            self.last_sampled.remove(id);
-        }
+        self.sampling.forget(&out.finished);
         self.cache.swap_out(&out.swap_out)?;
         self.cache.swap_in(&out.swap_in)?;
-        let p = crate::step_io::pack(out, &self.last_sampled);
+        let p = crate::step_io::pack(out, &self.sampling.last);
         let logits = self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)?;
-        let mut output = crate::step_io::sample_all(out, &logits, &mut self.last_sampled, self.nonce)?;
+        let mut output = self.sampling.sample_all(out, &p.ids, &logits)?;
         let device = started.elapsed();
         output.timing = StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) };
         Ok(output)

@@ -108,7 +108,7 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_k: u32, top_p: f32, seed: Option<u64>) -> SamplerParams {
-        SamplerParams { temperature, top_k, top_p, seed, stream_offset: 0, logprobs: None }
+        SamplerParams { temperature, top_k, top_p, seed, ..SamplerParams::default() }
     }
 
     #[test]

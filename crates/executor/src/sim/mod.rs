@@ -28,5 +28,6 @@ pub(crate) fn test_seq(id: u64, fed: usize, start: usize, sample: bool) -> tande
         sampler: tandem_core::SamplerParams::default(),
         num_generated: 0,
         feeds_last_sample: false,
+        context: 0..0,
     }
 }

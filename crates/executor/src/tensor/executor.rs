@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use tandem_core::{HostBlockId, ModelOutput, RequestId, SchedulerOutput, StepTiming, TokenId};
+use tandem_core::{HostBlockId, ModelOutput, SchedulerOutput, StepTiming};
 
 use super::model::{TensorKvCache, TensorModel};
+use crate::step_io::SamplingState;
 use crate::{ExecError, Executor, KvSpec};
 
 /// One block's K and V rows for every layer, on the host.
@@ -19,16 +20,13 @@ pub struct TensorExecutor {
     model: TensorModel,
     cache: TensorKvCache,
     host: HashMap<HostBlockId, HostBlock>,
-    last_sampled: HashMap<RequestId, TokenId>,
-    nonce: u64,
+    sampling: SamplingState,
 }
 
 impl TensorExecutor {
     pub fn new(model: TensorModel, block_size: usize, num_blocks: usize) -> Result<Self, ExecError> {
         let cache = TensorKvCache::new(&model, block_size, num_blocks)?;
-        let nonce =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        Ok(Self { model, cache, host: HashMap::new(), last_sampled: HashMap::new(), nonce })
+        Ok(Self { model, cache, host: HashMap::new(), sampling: SamplingState::new() })
     }
 
     /// Device bytes of one block (all layers, K and V) at `dtype_bytes` per element.
@@ -95,18 +93,16 @@ impl Executor for TensorExecutor {
 
     fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelOutput, ExecError> {
         let started = Instant::now();
-        for id in &out.finished {
-            self.last_sampled.remove(id);
-        }
+        self.sampling.forget(&out.finished);
         self.swap_out(&out.swap_out)?;
         self.swap_in(&out.swap_in)?;
-        let p = crate::step_io::pack(out, &self.last_sampled);
+        let p = crate::step_io::pack(out, &self.sampling.last);
         let logits = if p.ids.is_empty() {
             Vec::new()
         } else {
             self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)?
         };
-        let mut output = crate::step_io::sample_all(out, &logits, &mut self.last_sampled, self.nonce)?;
+        let mut output = self.sampling.sample_all(out, &p.ids, &logits)?;
         let device = started.elapsed();
         output.timing = StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) };
         Ok(output)
