@@ -75,7 +75,9 @@ pub struct TokenLogprob {
 }
 
 impl Choice {
-    /// Submits choice `index` of `req` (seeded choices get seeds `seed + index`).
+    /// Submits choice `index` of the response for `req` (prompt `index / n`, its choice
+    /// `index % n`; seeded choices get seeds `seed + index % n`, so every prompt of a batch
+    /// samples as if sent alone).
     pub fn start(state: &AppState, model: &Arc<ModelLease>, req: &GenRequest, index: usize) -> Result<Self, ApiError> {
         let handle = Self::submit(state, model, req, index, &[])?;
         Ok(Self {
@@ -108,7 +110,7 @@ impl Choice {
         prompt.extend_from_slice(generated);
         let mut r = NewRequest::new(id, prompt, req.max_tokens - generated.len(), Duration::ZERO);
         r.params.sampler = req.sampler;
-        r.params.sampler.seed = req.sampler.seed.map(|s| s.wrapping_add(index as u64));
+        r.params.sampler.seed = req.sampler.seed.map(|s| s.wrapping_add((index % req.n.max(1)) as u64));
         // A continuation samples on from where the evicted request stopped.
         r.params.sampler.stream_offset = generated.len();
         r.params.ignore_eos = req.ignore_eos;

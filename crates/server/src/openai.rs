@@ -19,6 +19,7 @@ pub enum PromptInput {
     Text(String),
     Texts(Vec<String>),
     Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,8 +162,12 @@ pub struct GenRequest {
 /// Most alternatives `top_logprobs` / `logprobs` may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: i64 = 20;
 
-/// Most choices per request.
+/// Most choices per prompt.
 pub const MAX_N: usize = 16;
+
+/// Most prompts in one completions request, and most choices (prompts × n) in all.
+pub const MAX_PROMPTS: usize = 64;
+pub const MAX_CHOICES: usize = 256;
 
 /// Parses a JSON body, turning serde's message into a 400.
 pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {

@@ -19,7 +19,7 @@ use tandem_executor::text::ChatMessage;
 
 use crate::error::ApiError;
 use crate::generation::{Choice, TokenLogprob};
-use crate::openai::{parse, ChatBody, Common, CompletionBody, GenRequest, PromptInput};
+use crate::openai::{parse, ChatBody, Common, CompletionBody, GenRequest, PromptInput, MAX_CHOICES, MAX_PROMPTS};
 use crate::state::{AppState, Models};
 use tandem_engine::ModelLease;
 
@@ -234,18 +234,26 @@ pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> 
     let req: CompletionBody = parse(&body(b)?)?;
     req.common.refuse_unsupported()?;
     let m = model_for(&s, &req.common).await?;
-    let prompt = match req.prompt {
-        PromptInput::Text(t) => encode(&m, &t)?,
-        PromptInput::Texts(v) if v.len() == 1 => encode(&m, &v[0])?,
-        PromptInput::Texts(_) => return Err(ApiError::invalid("prompt", "send one prompt per request")),
-        PromptInput::Tokens(ids) => ids,
+    // One prompt, or a batch (strings or token lists) as OpenAI and vLLM accept: choice i of
+    // the response is prompt i / n, its choice i % n.
+    let prompts: Vec<Vec<u32>> = match req.prompt {
+        PromptInput::Text(t) => vec![encode(&m, &t)?],
+        PromptInput::Texts(v) => v.iter().map(|t| encode(&m, t)).collect::<Result<_, _>>()?,
+        PromptInput::Tokens(ids) => vec![ids],
+        PromptInput::TokenLists(lists) => lists,
     };
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid("prompt", format!("send 1 to {MAX_PROMPTS} prompts, not {}", prompts.len())));
+    }
     let vocab = m.tokenizer.vocab_size();
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+    if let Some(&bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary")));
     }
-    let g = req.common.validate(prompt, m.max_model_len)?;
-    respond(s, m, g, false).await
+    let gens = prompts.into_iter().map(|p| req.common.validate(p, m.max_model_len)).collect::<Result<Vec<_>, _>>()?;
+    if gens.len() * gens[0].n > MAX_CHOICES {
+        return Err(ApiError::invalid("n", format!("prompts × n must be at most {MAX_CHOICES}")));
+    }
+    respond(s, m, gens, false).await
 }
 
 pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
@@ -259,15 +267,28 @@ pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<
     let m = model_for(&s, &req.common).await?;
     let text = m.tokenizer.apply_chat_template(&messages).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let g = req.common.validate(encode(&m, &text)?, m.max_model_len)?;
-    respond(s, m, g, true).await
+    respond(s, m, vec![g], true).await
 }
 
-async fn respond(s: Arc<AppState>, m: Arc<ModelLease>, g: GenRequest, chat: bool) -> Result<Response, ApiError> {
+/// Runs every choice of `gens` (one request per prompt, all with the same options).
+async fn respond(
+    s: Arc<AppState>,
+    m: Arc<ModelLease>,
+    gens: Vec<GenRequest>,
+    chat: bool,
+) -> Result<Response, ApiError> {
     let model = m.name.clone();
-    let choices = (0..g.n).map(|i| Choice::start(&s, &m, &g, i)).collect::<Result<Vec<_>, _>>()?;
+    let mut choices = Vec::new();
+    for (p, g) in gens.iter().enumerate() {
+        for j in 0..g.n {
+            choices.push(Choice::start(&s, &m, g, p * g.n + j)?);
+        }
+    }
+    let prompt_tokens: usize = gens.iter().map(|g| g.prompt.len()).sum();
+    let Some(g) = gens.into_iter().next() else { return Err(ApiError::invalid("prompt", "no prompt")) };
     let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, s.next_id.load(Ordering::Relaxed));
     if g.stream {
-        return Ok(stream_response(s, g, choices, chat, id, model).into_response());
+        return Ok(stream_response(s, g, prompt_tokens, choices, chat, id, model).into_response());
     }
     let results = futures_util::future::join_all(choices.into_iter().map(|c| c.collect(&s))).await;
     let mut out = Vec::new();
@@ -282,7 +303,6 @@ async fn respond(s: Arc<AppState>, m: Arc<ModelLease>, g: GenRequest, chat: bool
             json!({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish})
         });
     }
-    let prompt_tokens = g.prompt.len();
     Ok(Json(json!({
         "id": id,
         "object": if chat { "chat.completion" } else { "text_completion" },
@@ -334,6 +354,7 @@ fn logprobs_json(lps: &[TokenLogprob], chat: bool, offset: usize) -> serde_json:
 fn stream_response(
     s: Arc<AppState>,
     g: GenRequest,
+    prompt_tokens: usize,
     choices: Vec<Choice>,
     chat: bool,
     id: String,
@@ -377,7 +398,6 @@ fn stream_response(
         };
         Ok(Event::default().data(data.to_string()))
     });
-    let prompt_tokens = g.prompt.len();
     let tail = stream::once(async move {
         let done = Ok::<_, Infallible>(Event::default().data("[DONE]"));
         if !g.include_usage {

@@ -190,6 +190,38 @@ async fn penalties_change_a_greedy_completion() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_batch_of_prompts_answers_each_as_if_sent_alone() {
+    let one = |prompt: &str| {
+        format!(r#"{{"prompt": {prompt}, "max_tokens": 4, "temperature": 0, "ignore_eos": true, "n": 2}}"#)
+    };
+    let texts = |body: &str| -> Vec<(u64, String)> {
+        json(body)["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["index"].as_u64().unwrap(), c["text"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let (_, a) = http("POST", "/v1/completions", &one(r#""The capital of France is""#)).await;
+    let (_, b) = http("POST", "/v1/completions", &one(r#""Once upon a time""#)).await;
+    let (code, both) =
+        http("POST", "/v1/completions", &one(r#"["The capital of France is", "Once upon a time"]"#)).await;
+    assert_eq!(code, 200, "{both}");
+    // Choice i is prompt i / 2, its choice i % 2; greedy: each the text of that prompt alone.
+    let (a, b) = (texts(&a), texts(&b));
+    let want: Vec<(u64, String)> =
+        vec![(0, a[0].1.clone()), (1, a[1].1.clone()), (2, b[0].1.clone()), (3, b[1].1.clone())];
+    assert_eq!(texts(&both), want);
+    let usage = |body: &str| json(body)["usage"]["prompt_tokens"].as_u64().unwrap();
+    let (_, a_again) = http("POST", "/v1/completions", &one(r#""The capital of France is""#)).await;
+    let (_, b_again) = http("POST", "/v1/completions", &one(r#""Once upon a time""#)).await;
+    assert_eq!(usage(&both), usage(&a_again) + usage(&b_again));
+    // Token lists too.
+    let (code, lists) = http("POST", "/v1/completions", &one("[[504, 3575], [1, 2, 3]]")).await;
+    assert_eq!((code, texts(&lists).len()), (200, 4), "{lists}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn completions_with_n_stop_and_length() {
     let (code, body) = http(
         "POST",
@@ -244,6 +276,8 @@ async fn every_error_is_openai_shaped_with_the_right_status() {
         ("POST", "/v1/completions", r#"{"prompt": "hi", "max_tokens": 99999999}"#.into(), 400),
         ("POST", "/v1/completions", r#"{"prompt": "hi", "temperature": 9}"#.into(), 400),
         ("POST", "/v1/completions", r#"{"prompt": ""}"#.into(), 400),
+        ("POST", "/v1/completions", r#"{"prompt": []}"#.into(), 400),
+        ("POST", "/v1/completions", r#"{"prompt": ["a", ""]}"#.into(), 400),
         ("POST", "/v1/completions", r#"{"prompt": [999999999]}"#.into(), 400),
         ("POST", "/v1/completions", format!(r#"{{"prompt": "{}"}}"#, "word ".repeat(3000)), 400),
         ("POST", "/v1/chat/completions", r#"{"messages": []}"#.into(), 400),
