@@ -82,9 +82,9 @@ impl SamplingState {
         }
     }
 
-    /// The history of `s` after this step's feed (its sampling position is the end):
-    /// `context` holds the tokens before `start_pos` when the scheduler sent them.
-    fn history(&mut self, s: &ScheduledSeq, context: &[TokenId], ids: &[TokenId]) -> PenaltyHistory {
+    /// Records this step's feed of `s` (`ids` from `start_pos`, and `context`, the tokens
+    /// before it, when the scheduler sent them); returns the tokens up to its end.
+    fn record(&mut self, s: &ScheduledSeq, context: &[TokenId], ids: &[TokenId]) -> &[TokenId] {
         let fed = self.fed.entry(s.id).or_default();
         let end = s.start_pos + ids.len();
         if fed.len() < end {
@@ -94,12 +94,7 @@ impl SamplingState {
             fed[..s.start_pos].copy_from_slice(context);
         }
         fed[s.start_pos..end].copy_from_slice(ids);
-        let prompt_len = end.saturating_sub(s.num_generated);
-        let mut h = PenaltyHistory { seen: fed[..end].iter().copied().collect(), generated: HashMap::new() };
-        for &t in &fed[prompt_len..end] {
-            *h.generated.entry(t).or_insert(0) += 1;
-        }
-        h
+        &fed[..end]
     }
 
     /// Samples one token per sampling sequence of `out` from `logits` (one row each, in
@@ -119,8 +114,14 @@ impl SamplingState {
         for (i, s) in out.seqs.iter().enumerate() {
             let fed = ids.get(row_start..row_start + s.num_tokens()).unwrap_or_default();
             row_start += s.num_tokens();
-            let context = out.token_ids.get(s.context.clone()).unwrap_or_default();
-            let history = s.sampler.has_penalties().then(|| self.history(s, context, fed));
+            // Every feed is recorded; the history is built only where a token is sampled.
+            let history = if s.sampler.has_penalties() {
+                let context = out.token_ids.get(s.context.clone()).unwrap_or_default();
+                let tokens = self.record(s, context, fed);
+                s.sample.then(|| PenaltyHistory::of(tokens, s.num_generated))
+            } else {
+                None
+            };
             if !s.sample {
                 sampled.push(None);
                 continue;
@@ -139,6 +140,18 @@ impl SamplingState {
             }
         }
         Ok(ModelOutput { sampled, logprobs, ..ModelOutput::default() })
+    }
+}
+
+impl PenaltyHistory {
+    /// From a request's tokens up to its sampling position, the last `generated` of them its
+    /// output.
+    fn of(tokens: &[TokenId], generated: usize) -> Self {
+        let mut h = Self { seen: tokens.iter().copied().collect(), generated: HashMap::new() };
+        for &t in &tokens[tokens.len().saturating_sub(generated)..] {
+            *h.generated.entry(t).or_insert(0) += 1;
+        }
+        h
     }
 }
 

@@ -22,12 +22,7 @@ impl Models {
     /// A lease on the model a request names (`None`: the first one), loading it if needed.
     pub async fn acquire(&self, name: Option<&str>) -> Result<ModelLease, ApiError> {
         match self {
-            Models::One(m) => match name {
-                Some(n) if n != m.name => {
-                    Err(ApiError::NotFound(format!("model `{n}` does not exist; this server serves `{}`", m.name)))
-                }
-                _ => Ok(ModelLease::unmanaged(Arc::clone(m))),
-            },
+            Models::One(m) => served_as(m, name).map(|()| ModelLease::unmanaged(Arc::clone(m))),
             Models::Many(r) => {
                 let name = match name {
                     Some(n) => n.to_string(),
@@ -70,12 +65,7 @@ impl Models {
     /// configured one); with its loaded instance, if any. Loads nothing.
     pub fn for_control(&self, name: Option<&str>) -> Result<(String, Option<Arc<ServedModel>>), ApiError> {
         match self {
-            Models::One(m) => match name {
-                Some(n) if n != m.name => {
-                    Err(ApiError::NotFound(format!("model `{n}` does not exist; this server serves `{}`", m.name)))
-                }
-                _ => Ok((m.name.clone(), Some(Arc::clone(m)))),
-            },
+            Models::One(m) => served_as(m, name).map(|()| (m.name.clone(), Some(Arc::clone(m)))),
             Models::Many(r) => {
                 let names = r.names();
                 let name = match name {
@@ -95,6 +85,16 @@ impl Models {
                 Ok((name, loaded))
             }
         }
+    }
+}
+
+/// A 404 unless `name` is absent or the one model's name.
+fn served_as(m: &ServedModel, name: Option<&str>) -> Result<(), ApiError> {
+    match name {
+        Some(n) if n != m.name => {
+            Err(ApiError::NotFound(format!("model `{n}` does not exist; this server serves `{}`", m.name)))
+        }
+        _ => Ok(()),
     }
 }
 

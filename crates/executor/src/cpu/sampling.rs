@@ -27,14 +27,9 @@ fn mix(seed: u64, index: usize) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The log-probability of `token` and of the `top` most likely tokens under the softmax of
-/// `logits` (raw: no temperature), most likely first, ties by id.
-pub fn token_logprobs(logits: &[f32], token: TokenId, top: usize) -> TokenLogprobs {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    // log Σ exp(x) = max + log Σ exp(x - max), summed in f64 for long vocabularies.
-    let lse = max + logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
-    let at = |i: usize| logits.get(i).map_or(f32::NEG_INFINITY, |&x| x - lse);
-    let k = top.min(logits.len());
+/// The ids of the `k` largest logits (at most all of them), largest first, ties by id.
+fn most_likely(logits: &[f32], k: usize) -> Vec<u32> {
+    let k = k.min(logits.len());
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
     if k > 0 && k < idx.len() {
@@ -42,7 +37,18 @@ pub fn token_logprobs(logits: &[f32], token: TokenId, top: usize) -> TokenLogpro
     }
     idx.truncate(k);
     idx.sort_by(by_logit);
-    TokenLogprobs { token, logprob: at(token as usize), top: idx.into_iter().map(|i| (i, at(i as usize))).collect() }
+    idx
+}
+
+/// The log-probability of `token` and of the `top` most likely tokens under the softmax of
+/// `logits` (raw: no temperature), most likely first, ties by id.
+pub fn token_logprobs(logits: &[f32], token: TokenId, top: usize) -> TokenLogprobs {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    // log Σ exp(x) = max + log Σ exp(x - max), summed in f64 for long vocabularies.
+    let lse = max + logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let at = |i: usize| logits.get(i).map_or(f32::NEG_INFINITY, |&x| x - lse);
+    let top = most_likely(logits, top).into_iter().map(|i| (i, at(i as usize))).collect();
+    TokenLogprobs { token, logprob: at(token as usize), top }
 }
 
 /// Samples the `index`-th generated token of a request. `fallback_seed` is used when the
@@ -69,13 +75,7 @@ pub fn sample(logits: &[f32], p: &SamplerParams, index: usize, fallback_seed: u6
         }
         return argmax(logits);
     }
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k - 1, by_logit);
-        idx.truncate(k);
-    }
-    idx.sort_by(by_logit);
+    let mut idx = most_likely(logits, k);
     let max = logits[idx[0] as usize];
     let mut probs: Vec<f32> = idx.iter().map(|&i| ((logits[i as usize] - max) * inv_t).exp()).collect();
     let total: f32 = probs.iter().sum();

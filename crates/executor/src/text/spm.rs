@@ -92,14 +92,18 @@ pub(super) fn spm_tokenizer(
     tok.with_decoder(Some(decoder));
     // Unknown, control and user-defined pieces are matched whole in text (llama.cpp's special
     // partition); the text between them is normalised, so each stretch gets its `▁` prefix.
-    let specials: Vec<AddedToken> = tokens
+    tok.add_special_tokens(&special_tokens(tokens, types, &[UNKNOWN, CONTROL, USER_DEFINED]));
+    Ok(tok)
+}
+
+/// The pieces of the given GGUF token types, as special tokens matched whole in text.
+pub(super) fn special_tokens(tokens: &[String], types: &[i32], kinds: &[i32]) -> Vec<AddedToken> {
+    tokens
         .iter()
         .zip(types)
-        .filter(|(_, &t)| t == UNKNOWN || t == CONTROL || t == USER_DEFINED)
+        .filter(|(_, t)| kinds.contains(t))
         .map(|(s, _)| AddedToken::from(s.clone(), true))
-        .collect();
-    tok.add_special_tokens(&specials);
-    Ok(tok)
+        .collect()
 }
 
 #[cfg(test)]

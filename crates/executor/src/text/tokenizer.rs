@@ -11,10 +11,10 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+use tokenizers::{PreTokenizerWrapper, Tokenizer};
 
 use super::chat::ChatTemplate;
-use super::spm::{CONTROL, USER_DEFINED};
+use super::spm::{special_tokens, CONTROL, USER_DEFINED};
 use crate::cpu::LlamaConfig;
 use crate::ExecError;
 
@@ -101,13 +101,7 @@ impl TextTokenizer {
         tok.with_pre_tokenizer(Some(pre_tokenizer));
         tok.with_decoder(Some(ByteLevelDecoder::default()));
         // Control (3) and user-defined (4) tokens are matched whole in text, like <|im_start|>.
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(types)
-            .filter(|(_, &t)| t == CONTROL || t == USER_DEFINED)
-            .map(|(s, _)| AddedToken::from(s.clone(), true))
-            .collect();
-        tok.add_special_tokens(&specials);
+        tok.add_special_tokens(&special_tokens(tokens, types, &[CONTROL, USER_DEFINED]));
         Ok(tok)
     }
 
