@@ -1,5 +1,5 @@
-//! [`BenchError`]: everything a benchmark can fail on before or after its requests (a request's
-//! own failure is data in its result, not an error).
+//! [`BenchError`]: everything a benchmark or simulation can fail on before or after its
+//! requests (a request's own failure is data in its record, not an error).
 
 /// The bench crate's error.
 #[derive(Debug, thiserror::Error)]
@@ -14,4 +14,13 @@ pub enum BenchError {
     Output { path: String, problem: String },
     #[error("server: {0}")]
     Server(String),
+    /// The scheduler refused a configuration or a step's answer.
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] tandem_core::Error),
+    /// The simulated device failed a step.
+    #[error("simulated device: {0}")]
+    Device(#[from] tandem_executor::ExecError),
+    /// A simulation stopped making progress.
+    #[error("simulation: {0}")]
+    Simulation(String),
 }

@@ -16,21 +16,46 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use tandem_engine::report::percentile;
 
 use crate::BenchError;
 
-/// One request's outcome, times in seconds.
+/// The `p`-th percentile of sorted values by linear interpolation (numpy's default).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        1 => sorted[0],
+        n => {
+            let rank = (p / 100.0).clamp(0.0, 1.0) * (n - 1) as f64;
+            let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+        }
+    }
+}
+
+/// `new` against `base` as a signed percentage where positive is better (`—` without a base).
+pub fn percent_change(new: f64, base: f64, higher_is_better: bool) -> String {
+    if base == 0.0 {
+        return "—".into();
+    }
+    let change = (new - base) / base * 100.0;
+    let better = if higher_is_better { change } else { -change };
+    format!("{better:+.1}%")
+}
+
+/// One request's outcome, times in seconds: what every benchmark and simulation records, in
+/// real time (HTTP or in-process) or on a simulator's virtual clock.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RequestResult {
+pub struct RequestRecord {
     /// Index in the dataset.
     pub seq: usize,
     pub success: bool,
     pub prompt_len: usize,
     pub output_tokens: usize,
-    /// Seconds from the benchmark's start to the send.
+    /// Seconds from the run's start to the send (a simulation: the arrival).
     pub sent_at: f64,
+    /// Send → first token.
     pub ttft: Option<f64>,
+    /// Gaps between consecutive streamed chunks.
     pub itl: Vec<f64>,
     /// E2EL.
     pub latency: f64,
@@ -39,7 +64,7 @@ pub struct RequestResult {
     pub error: String,
 }
 
-impl RequestResult {
+impl RequestRecord {
     pub fn tpot(&self) -> Option<f64> {
         match (self.ttft, self.output_tokens) {
             (Some(t), n) if n > 1 => Some((self.latency - t) / (n - 1) as f64),
@@ -166,7 +191,7 @@ impl Slo {
         self.ttft_ms.is_some() || self.tpot_ms.is_some() || self.e2el_ms.is_some()
     }
 
-    fn met_by(&self, r: &RequestResult) -> bool {
+    fn met_by(&self, r: &RequestRecord) -> bool {
         let ok = |limit: Option<f64>, v: f64| limit.is_none_or(|l| v * 1e3 <= l);
         ok(self.ttft_ms, r.ttft.unwrap_or(f64::INFINITY))
             && ok(self.tpot_ms, r.tpot().unwrap_or(0.0))
@@ -195,8 +220,8 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(results: &[RequestResult], percentiles: &[f64], slo: &Slo) -> Self {
-        let ok: Vec<&RequestResult> = results.iter().filter(|r| r.success).collect();
+    pub fn of(results: &[RequestRecord], percentiles: &[f64], slo: &Slo) -> Self {
+        let ok: Vec<&RequestRecord> = results.iter().filter(|r| r.success).collect();
         let start = results.iter().map(|r| r.sent_at).fold(f64::INFINITY, f64::min);
         let end = ok.iter().map(|r| r.sent_at + r.latency).fold(f64::NEG_INFINITY, f64::max);
         let duration = if ok.is_empty() { 0.0 } else { (end - start).max(0.0) };
@@ -253,8 +278,8 @@ mod tests {
         assert_eq!(c.chunks, 3);
     }
 
-    fn result(sent_at: f64, ttft: f64, latency: f64, out: usize, itl: Vec<f64>) -> RequestResult {
-        RequestResult {
+    fn result(sent_at: f64, ttft: f64, latency: f64, out: usize, itl: Vec<f64>) -> RequestRecord {
+        RequestRecord {
             success: true,
             prompt_len: 10,
             output_tokens: out,
@@ -262,8 +287,34 @@ mod tests {
             ttft: Some(ttft),
             itl,
             latency,
-            ..RequestResult::default()
+            ..RequestRecord::default()
         }
+    }
+
+    #[test]
+    fn percentiles_interpolate_linearly() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        // rank = 0.5 · 3 = 1.5 → 2 + 0.5 · (3 − 2) = 2.5
+        assert_eq!(percentile(&v, 50.0), 2.5);
+        // rank = 0.95 · 3 = 2.85 → 3 + 0.85 · 1 = 3.85
+        assert!((percentile(&v, 95.0) - 3.85).abs() < 1e-12);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    }
+
+    #[test]
+    fn request_metrics_follow_vllm_definitions() {
+        // Sent at 100 ms, first token 50 ms later, done 250 ms after the send with 5 tokens.
+        let r = result(0.1, 0.05, 0.25, 5, vec![]);
+        assert!(close(r.ttft.unwrap(), 0.05));
+        assert!(close(r.latency, 0.25));
+        // (250 − 50) / (5 − 1) = 50 ms
+        assert!(close(r.tpot().unwrap(), 0.05));
+        let one = RequestRecord { output_tokens: 1, ..r.clone() };
+        assert_eq!(one.tpot(), None, "TPOT needs two tokens");
+        // Positive is better: 12 req/s against 10 is +20%; 80 ms against 100 ms too.
+        assert_eq!(percent_change(12.0, 10.0, true), "+20.0%");
+        assert_eq!(percent_change(80.0, 100.0, false), "+20.0%");
+        assert_eq!(percent_change(1.0, 0.0, true), "—");
     }
 
     #[test]
@@ -283,7 +334,7 @@ mod tests {
         // C: failed.
         let a = result(0.0, 0.1, 1.0, 10, vec![0.1; 9]);
         let b = result(0.5, 0.3, 1.5, 4, vec![0.4; 3]);
-        let c = RequestResult { success: false, sent_at: 0.2, error: "boom".into(), ..RequestResult::default() };
+        let c = RequestRecord { success: false, sent_at: 0.2, error: "boom".into(), ..RequestRecord::default() };
         let slo = Slo { ttft_ms: Some(200.0), ..Slo::default() };
         let s = Summary::of(&[a, b, c], &[50.0, 99.0], &slo);
         assert_eq!((s.completed, s.failed, s.total_input_tokens, s.total_output_tokens), (2, 1, 20, 14));
@@ -315,7 +366,7 @@ mod tests {
         // A one-token request has TPOT 0 for goodput; a request without TTFT misses a TTFT SLO.
         let one = result(0.0, 0.05, 0.05, 1, vec![]);
         assert!(Slo { tpot_ms: Some(1.0), ..Slo::default() }.met_by(&one));
-        let none = RequestResult { success: true, ..RequestResult::default() };
+        let none = RequestRecord { success: true, ..RequestRecord::default() };
         assert!(!Slo { ttft_ms: Some(1e9), ..Slo::default() }.met_by(&none));
     }
 }

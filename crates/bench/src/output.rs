@@ -5,12 +5,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
-use tandem_engine::report::percent_change;
-
-use crate::metrics::Stats;
+use crate::metrics::{percent_change, Stats};
 use crate::runner::{config_names, RunResult};
 use crate::BenchError;
+use serde::Serialize;
 
 fn out_err(path: &Path, e: impl std::fmt::Display) -> BenchError {
     BenchError::Output { path: path.display().to_string(), problem: e.to_string() }
@@ -126,6 +124,12 @@ pub fn report(run: &RunResult) -> String {
     if let Some(u) = sys.gpu_util_mean {
         let _ = writeln!(s, "GPU utilisation (%):{:>30.1}", u);
     }
+    if let Some(h) = sys.prefix_cache_hit_rate() {
+        let _ = writeln!(s, "Prefix cache hit rate (%):{:>24.1}", h * 100.0);
+    }
+    if let Some(p) = sys.preemptions {
+        let _ = writeln!(s, "Preemptions:{:>38}", p);
+    }
     if !sys.stream_utilisation.is_empty() {
         let u: Vec<String> = sys.stream_utilisation.iter().map(|u| format!("{:.0}", u * 100.0)).collect();
         let _ = writeln!(s, "Stream utilisation (%):{:>27}", u.join("/"));
@@ -133,16 +137,23 @@ pub fn report(run: &RunResult) -> String {
     s
 }
 
-/// A configuration's runs averaged (compare mode repeats A B A B).
+/// A configuration's runs averaged (compare mode repeats A B A B); `None` where no run of it
+/// measured the figure.
 #[derive(Debug, Clone, Default)]
 struct Averaged {
     name: String,
     runs: usize,
     throughput: f64,
     output_throughput: f64,
-    e2e: [f64; 3],
-    ttft: [f64; 3],
-    tpot: [f64; 3],
+    goodput: Option<f64>,
+    /// mean, p50, p95, p99 (ms)
+    ttft: [Option<f64>; 4],
+    tpot: [Option<f64>; 4],
+    e2e: [Option<f64>; 4],
+    preemptions: Option<f64>,
+    batch: Option<f64>,
+    peak_kv: Option<f64>,
+    hit_rate: Option<f64>,
     rss_mib: Option<f64>,
     cpu: Option<f64>,
     gpu: Option<f64>,
@@ -156,17 +167,22 @@ fn average(runs: &[&RunResult]) -> Averaged {
         let v: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
-    let trio = |f: &dyn Fn(&RunResult) -> &Stats| {
-        [mean(&|r| f(r).mean), mean(&|r| f(r).p(95.0).unwrap_or(0.0)), mean(&|r| f(r).p(99.0).unwrap_or(0.0))]
+    let four = |f: &dyn Fn(&RunResult) -> &Stats| {
+        [opt(&|r| Some(f(r).mean)), opt(&|r| Some(f(r).median)), opt(&|r| f(r).p(95.0)), opt(&|r| f(r).p(99.0))]
     };
     Averaged {
         name: runs.first().map_or_else(String::new, |r| r.name.clone()),
         runs: runs.len(),
         throughput: mean(&|r| r.summary.request_throughput),
         output_throughput: mean(&|r| r.summary.output_throughput),
-        e2e: trio(&|r| &r.summary.e2el_ms),
-        ttft: trio(&|r| &r.summary.ttft_ms),
-        tpot: trio(&|r| &r.summary.tpot_ms),
+        goodput: opt(&|r| r.summary.request_goodput),
+        ttft: four(&|r| &r.summary.ttft_ms),
+        tpot: four(&|r| &r.summary.tpot_ms),
+        e2e: four(&|r| &r.summary.e2el_ms),
+        preemptions: opt(&|r| r.system.preemptions.map(|p| p as f64)),
+        batch: opt(&|r| r.system.mean_batch_size),
+        peak_kv: opt(&|r| r.system.peak_kv_usage.map(|u| u * 100.0)),
+        hit_rate: opt(&|r| r.system.prefix_cache_hit_rate().map(|h| h * 100.0)),
         rss_mib: opt(&|r| r.system.peak_rss_bytes.map(|b| b as f64 / (1 << 20) as f64)),
         cpu: opt(&|r| r.system.cpu_cores),
         gpu: opt(&|r| r.system.gpu_util_mean),
@@ -174,35 +190,56 @@ fn average(runs: &[&RunResult]) -> Averaged {
     }
 }
 
-/// Seed 001's comparison: each configuration (averaged over its repeats) side by side, then the
-/// change of each against the first (positive = better).
+/// One row of the comparison: label, value, whether higher is better (`None`: not compared),
+/// decimals.
+type Metric = (&'static str, Box<dyn Fn(&Averaged) -> Option<f64>>, Option<bool>, usize);
+
+fn metrics() -> Vec<Metric> {
+    let lat = |label, pick: fn(&Averaged) -> [Option<f64>; 4], i: usize, prec| -> Metric {
+        (label, Box::new(move |a: &Averaged| pick(a)[i]), Some(false), prec)
+    };
+    vec![
+        ("runs", Box::new(|a| Some(a.runs as f64)), None, 0),
+        ("throughput (req/s)", Box::new(|a| Some(a.throughput)), Some(true), 2),
+        ("output tokens/s", Box::new(|a| Some(a.output_throughput)), Some(true), 1),
+        ("goodput (req/s)", Box::new(|a| a.goodput), Some(true), 2),
+        lat("TTFT avg (ms)", |a| a.ttft, 0, 1),
+        lat("TTFT p50 (ms)", |a| a.ttft, 1, 1),
+        lat("TTFT p95 (ms)", |a| a.ttft, 2, 1),
+        lat("TTFT p99 (ms)", |a| a.ttft, 3, 1),
+        lat("TPOT avg (ms)", |a| a.tpot, 0, 2),
+        lat("TPOT p50 (ms)", |a| a.tpot, 1, 2),
+        lat("TPOT p95 (ms)", |a| a.tpot, 2, 2),
+        lat("TPOT p99 (ms)", |a| a.tpot, 3, 2),
+        lat("E2E avg (ms)", |a| a.e2e, 0, 1),
+        lat("E2E p50 (ms)", |a| a.e2e, 1, 1),
+        lat("E2E p95 (ms)", |a| a.e2e, 2, 1),
+        lat("E2E p99 (ms)", |a| a.e2e, 3, 1),
+        ("preemptions", Box::new(|a| a.preemptions), Some(false), 0),
+        ("mean batch size", Box::new(|a| a.batch), Some(true), 1),
+        ("peak KV usage (%)", Box::new(|a| a.peak_kv), None, 1),
+        ("prefix cache hits (%)", Box::new(|a| a.hit_rate), None, 1),
+        ("peak memory (MiB)", Box::new(|a| a.rss_mib), Some(false), 0),
+        ("CPU (cores)", Box::new(|a| a.cpu), Some(false), 2),
+        ("GPU utilisation (%)", Box::new(|a| a.gpu), Some(true), 1),
+    ]
+}
+
+/// Seed 001's comparison, for benchmarks and simulations alike: each configuration (averaged
+/// over its repeats) side by side, then the change of each against the first (positive =
+/// better: higher throughput, lower latency). A row no configuration measured is left out.
 pub fn comparison_table(runs: &[RunResult]) -> String {
     let names = config_names(runs);
     let avg: Vec<Averaged> =
         names.iter().map(|n| average(&runs.iter().filter(|r| r.name == *n).collect::<Vec<_>>())).collect();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(8).max(12);
+    let rows: Vec<Metric> = metrics().into_iter().filter(|m| avg.iter().any(|a| m.1(a).is_some())).collect();
     let mut s = String::new();
     let _ = write!(s, "{:<26}", "metric");
     for a in &avg {
         let _ = write!(s, " {:>width$}", a.name);
     }
     s.push('\n');
-    type Metric = (&'static str, Box<dyn Fn(&Averaged) -> Option<f64>>, bool, usize);
-    let rows: Vec<Metric> = vec![
-        ("runs", Box::new(|a| Some(a.runs as f64)), true, 0),
-        ("throughput (req/s)", Box::new(|a| Some(a.throughput)), true, 2),
-        ("output tokens/s", Box::new(|a| Some(a.output_throughput)), true, 1),
-        ("latency avg (ms)", Box::new(|a| Some(a.e2e[0])), false, 1),
-        ("latency P95 (ms)", Box::new(|a| Some(a.e2e[1])), false, 1),
-        ("latency P99 (ms)", Box::new(|a| Some(a.e2e[2])), false, 1),
-        ("TTFT avg (ms)", Box::new(|a| Some(a.ttft[0])), false, 1),
-        ("TTFT P99 (ms)", Box::new(|a| Some(a.ttft[2])), false, 1),
-        ("TPOT avg (ms)", Box::new(|a| Some(a.tpot[0])), false, 2),
-        ("TPOT P99 (ms)", Box::new(|a| Some(a.tpot[2])), false, 2),
-        ("peak memory (MiB)", Box::new(|a| a.rss_mib), false, 0),
-        ("CPU (cores)", Box::new(|a| a.cpu), false, 2),
-        ("GPU utilisation (%)", Box::new(|a| a.gpu), true, 1),
-    ];
     for (label, f, _, prec) in &rows {
         let _ = write!(s, "{label:<26}");
         for a in &avg {
@@ -225,7 +262,8 @@ pub fn comparison_table(runs: &[RunResult]) -> String {
     s.push('\n');
     if avg.len() > 1 {
         let _ = writeln!(s, "\nchange vs {} (positive = better)", avg[0].name);
-        for (label, f, higher, _) in rows.iter().skip(1) {
+        for (label, f, higher, _) in &rows {
+            let Some(higher) = higher else { continue };
             let _ = write!(s, "{label:<26}");
             for (i, a) in avg.iter().enumerate() {
                 let cell = match (f(a), f(&avg[0])) {
@@ -244,12 +282,12 @@ pub fn comparison_table(runs: &[RunResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{RequestResult, Slo, Summary};
+    use crate::metrics::{RequestRecord, Slo, Summary};
     use crate::system::SystemStats;
 
     fn run(name: &str, run_num: usize, latency: f64) -> RunResult {
-        let results: Vec<RequestResult> = (0..4)
-            .map(|i| RequestResult {
+        let results: Vec<RequestRecord> = (0..4)
+            .map(|i| RequestRecord {
                 seq: i,
                 success: true,
                 prompt_len: 8,
@@ -258,7 +296,7 @@ mod tests {
                 ttft: Some(latency / 5.0),
                 itl: vec![latency / 5.0; 4],
                 latency,
-                ..RequestResult::default()
+                ..RequestRecord::default()
             })
             .collect();
         let summary = Summary::of(&results, &[50.0, 95.0, 99.0], &Slo::default());
@@ -281,6 +319,22 @@ mod tests {
         // Latency avg: fixed (2000 + 4000)/2 = 3000 ms; continuous 1500 ms → 50% better.
         assert!(t.contains("3000.0") && t.contains("1500.0"), "{t}");
         assert!(t.contains("+50.0%"), "{t}");
+        // Nothing measured CPU or GPU here: no such rows.
+        assert!(!t.contains("GPU utilisation") && !t.contains("CPU (cores)"), "{t}");
+    }
+
+    #[test]
+    fn the_comparison_reports_improvements_with_the_right_sign() {
+        // Throughput 12 req/s against 10 (4 requests over 1/3 s and 0.4 s): +20.0%.
+        let mut base = run("simple", 1, 0.4);
+        let mut faster = run("parallel", 1, 1.0 / 3.0);
+        base.system.preemptions = Some(2);
+        faster.system.preemptions = Some(1);
+        let t = comparison_table(&[base, faster]);
+        assert!(t.contains("+20.0%"), "{t}");
+        // Preemptions 1 against 2: fewer is better, +50.0%.
+        let line = t.lines().rfind(|l| l.starts_with("preemptions")).unwrap();
+        assert!(line.contains("+50.0%"), "{t}");
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn latency_cdfs(path: &Path, runs: &[RunResult]) -> Result<(), BenchError> {
     let root = SVGBackend::new(path, (900, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let panels = root.split_evenly((2, 1));
-    type Pick = fn(&crate::metrics::RequestResult) -> Option<f64>;
+    type Pick = fn(&crate::metrics::RequestRecord) -> Option<f64>;
     let picks: [(&str, Pick); 2] = [("TTFT (ms)", |r| r.ttft), ("E2E latency (ms)", |r| Some(r.latency))];
     for (panel, (label, pick)) in panels.iter().zip(picks) {
         let series: Vec<(String, Vec<(f64, f64)>)> = runs

@@ -9,10 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
-use crate::dataset::BenchRequest;
-use crate::metrics::{RequestResult, Slo, Summary};
-use crate::system::{sample, Probe, SystemStats};
+use crate::metrics::{RequestRecord, Slo, Summary};
+use crate::system::{read, sample, Probe, SystemStats};
 use crate::target::Target;
+use crate::workload::Workload;
 
 /// What one run sends.
 #[derive(Debug, Clone)]
@@ -21,11 +21,8 @@ pub struct RunSpec {
     pub name: String,
     /// 1-based repetition.
     pub run_num: usize,
-    /// Requests/s (`None` = all at once), for reports.
-    pub request_rate: Option<f64>,
-    pub requests: Vec<BenchRequest>,
-    /// Send times, seconds from the start, one per request.
-    pub times: Vec<f64>,
+    /// The requests and their send times (its `rate` is reported).
+    pub workload: Workload,
     pub max_concurrency: Option<usize>,
     /// A request still running after this is recorded as failed (and its connection dropped,
     /// which aborts it on a tandem server).
@@ -41,7 +38,7 @@ pub struct RunResult {
     pub request_rate: Option<f64>,
     pub max_concurrency: Option<usize>,
     #[serde(skip)]
-    pub results: Vec<RequestResult>,
+    pub results: Vec<RequestRecord>,
     pub summary: Summary,
     pub system: SystemStats,
 }
@@ -59,21 +56,24 @@ pub fn config_names<'a>(runs: impl IntoIterator<Item = &'a RunResult>) -> Vec<&'
 
 /// Runs `spec` against `target`.
 pub async fn run(target: Arc<Target>, probe: Probe, spec: &RunSpec, percentiles: &[f64], slo: &Slo) -> RunResult {
-    let bar = if spec.progress { ProgressBar::new(spec.requests.len() as u64) } else { ProgressBar::hidden() };
+    let bar = if spec.progress { ProgressBar::new(spec.workload.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("{} #{}", spec.name, spec.run_num));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sampler = tokio::spawn(sample(probe, stop_rx));
+    // Read before the first send, so the run's counters (prefix-cache lookups) are its own.
+    let first = read(&probe).await;
+    let sampler = tokio::spawn(sample(probe, first, stop_rx));
     let slots = spec.max_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1))));
     let start = Instant::now();
     let tasks: Vec<_> = spec
+        .workload
         .requests
         .iter()
         .cloned()
-        .zip(spec.times.iter().copied())
+        .zip(spec.workload.times.iter().copied())
         .enumerate()
         .map(|(seq, (req, at))| {
             let (target, slots, bar) = (target.clone(), slots.clone(), bar.clone());
@@ -87,13 +87,13 @@ pub async fn run(target: Arc<Target>, probe: Probe, spec: &RunSpec, percentiles:
                 let sent_at = start.elapsed().as_secs_f64();
                 let r = match tokio::time::timeout(timeout, target.send(seq, &req, sent_at)).await {
                     Ok(r) => r,
-                    Err(_) => RequestResult {
+                    Err(_) => RequestRecord {
                         seq,
                         prompt_len: req.prompt_len,
                         sent_at,
                         latency: timeout.as_secs_f64(),
                         error: format!("timed out after {:?}", timeout),
-                        ..RequestResult::default()
+                        ..RequestRecord::default()
                     },
                 };
                 bar.inc(1);
@@ -103,10 +103,10 @@ pub async fn run(target: Arc<Target>, probe: Probe, spec: &RunSpec, percentiles:
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
     for (seq, t) in tasks.into_iter().enumerate() {
-        results.push(t.await.unwrap_or_else(|e| RequestResult {
+        results.push(t.await.unwrap_or_else(|e| RequestRecord {
             seq,
             error: format!("the request task failed: {e}"),
-            ..RequestResult::default()
+            ..RequestRecord::default()
         }));
     }
     bar.finish_and_clear();
@@ -116,7 +116,7 @@ pub async fn run(target: Arc<Target>, probe: Probe, spec: &RunSpec, percentiles:
     RunResult {
         name: spec.name.clone(),
         run_num: spec.run_num,
-        request_rate: spec.request_rate,
+        request_rate: spec.workload.rate,
         max_concurrency: spec.max_concurrency,
         results,
         summary,

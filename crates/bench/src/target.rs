@@ -15,7 +15,7 @@ use tandem_engine::{Engine, EngineError, RequestEvent};
 use tandem_executor::text::TextTokenizer;
 
 use crate::dataset::{BenchRequest, Prompt};
-use crate::metrics::{ChunkClock, RequestResult};
+use crate::metrics::{ChunkClock, RequestRecord};
 use crate::BenchError;
 
 /// An OpenAI-compatible server.
@@ -80,8 +80,8 @@ impl HttpTarget {
         resp.text().await.ok()
     }
 
-    async fn send(&self, seq: usize, req: &BenchRequest, sent_at: f64) -> RequestResult {
-        let mut result = RequestResult { seq, prompt_len: req.prompt_len, sent_at, ..RequestResult::default() };
+    async fn send(&self, seq: usize, req: &BenchRequest, sent_at: f64) -> RequestRecord {
+        let mut result = RequestRecord { seq, prompt_len: req.prompt_len, sent_at, ..RequestRecord::default() };
         let prompt = match &req.prompt {
             Prompt::Tokens(t) => serde_json::json!(t),
             Prompt::Text(s) => serde_json::json!(s),
@@ -176,8 +176,8 @@ impl EngineTarget {
         Self { engine, tokenizer, next_id: AtomicU64::new(1) }
     }
 
-    async fn send(&self, seq: usize, req: &BenchRequest, sent_at: f64) -> RequestResult {
-        let mut result = RequestResult { seq, prompt_len: req.prompt_len, sent_at, ..RequestResult::default() };
+    async fn send(&self, seq: usize, req: &BenchRequest, sent_at: f64) -> RequestRecord {
+        let mut result = RequestRecord { seq, prompt_len: req.prompt_len, sent_at, ..RequestRecord::default() };
         let prompt = match &req.prompt {
             Prompt::Tokens(t) => t.clone(),
             Prompt::Text(s) => match self.tokenizer.as_ref().map(|t| t.encode(s)) {
@@ -242,7 +242,7 @@ pub enum Target {
 
 impl Target {
     /// Sends request `seq` and times it; `sent_at` is seconds since the benchmark's start.
-    pub async fn send(&self, seq: usize, req: &BenchRequest, sent_at: f64) -> RequestResult {
+    pub async fn send(&self, seq: usize, req: &BenchRequest, sent_at: f64) -> RequestRecord {
         match self {
             Target::Http(h) => h.send(seq, req, sent_at).await,
             Target::Engine(e) => e.send(seq, req, sent_at).await,

@@ -9,6 +9,13 @@ pub enum Error {
     /// A [`crate::SchedulerConfig`] field is out of range or inconsistent with another.
     #[error("invalid scheduler config: `{field}` {problem}")]
     InvalidConfig { field: &'static str, problem: String },
+    /// A named configuration (`NAME:key=value,...`) did not apply.
+    #[error("configuration `{name}`: {source}")]
+    NamedConfig {
+        name: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// The prompt had no tokens.
     #[error("request {0}: the prompt is empty")]
     EmptyPrompt(RequestId),
@@ -39,7 +46,7 @@ impl Error {
     /// A stable short name, for metric labels and HTTP error codes.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::InvalidConfig { .. } => "invalid_config",
+            Error::InvalidConfig { .. } | Error::NamedConfig { .. } => "invalid_config",
             Error::EmptyPrompt(_) => "empty_prompt",
             Error::ZeroMaxTokens(_) => "zero_max_tokens",
             Error::DuplicateRequest(_) => "duplicate_request",

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod config;
+pub mod config_text;
 pub mod contexts;
 pub mod error;
 pub mod kv;
@@ -37,6 +38,7 @@ pub mod streams;
 pub mod types;
 
 pub use config::SchedulerConfig;
+pub use config_text::named_config;
 pub use error::{Error, InvariantViolation};
 pub use output::{ModelOutput, ScheduledSeq, SchedulerOutput, StepTiming, TokenLogprobs, PLACEHOLDER_TOKEN};
 pub use policy::{BatchingKind, CapacityPolicyKind, Limits, PreemptionCost, PreemptionModeKind, QueuePolicyKind};

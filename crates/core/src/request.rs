@@ -144,13 +144,14 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
-    /// The OpenAI `finish_reason` string this maps to.
+    /// The OpenAI `finish_reason` string this maps to — the one mapping, used by the server and
+    /// the CLI. Aborted and rejected requests both end with vLLM's `abort` (OpenAI has no
+    /// reason for a request the server ended).
     pub fn as_openai(&self) -> &'static str {
         match self {
             FinishReason::Stopped(_) => "stop",
             FinishReason::Length => "length",
-            FinishReason::Aborted(_) => "abort",
-            FinishReason::Rejected(_) => "rejected",
+            FinishReason::Aborted(_) | FinishReason::Rejected(_) => "abort",
         }
     }
 }

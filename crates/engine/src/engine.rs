@@ -1,32 +1,24 @@
-//! [`Engine`]: the step loop thread and its device worker.
-//!
-//! The loop: take new requests and aborts from the control channel; `schedule`; hand the output
-//! to the device worker; when the oldest step in flight comes back, `update` and stream the
-//! deltas to the request handles. With an executor that fills placeholders (async scheduling),
-//! up to two steps are in flight: while the device runs step N, the loop applies step N−1's
-//! results and schedules step N+1 — the CPU time spent so is reported as hidden. An executor
-//! failure fails the step's requests and the loop goes on.
+//! [`Engine`]: the handle callers hold — submit requests, abort them, switch batching and
+//! streams, read live statistics — over the step loop thread (`step_loop.rs`) and its device
+//! worker (`device.rs`), reached through the control channel (`control.rs`).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
-use tandem_core::{
-    BatchingKind, FinishReason, ModelOutput, NewRequest, RequestDelta, RequestId, Scheduler, SchedulerConfig,
-    SchedulerOutput, StreamConfig, TokenLogprobs,
-};
-use tandem_executor::{ExecError, Executor};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tandem_core::{BatchingKind, FinishReason, NewRequest, RequestId, Scheduler, SchedulerConfig, StreamConfig};
+use tandem_executor::Executor;
+use tokio::sync::mpsc::unbounded_channel;
 
+use crate::control::Control;
+use crate::device::DeviceWorker;
 use crate::error::EngineError;
 use crate::gate::GateHandle;
-use crate::handle::{RequestEvent, RequestHandle};
-use crate::metrics::Timeline;
+use crate::handle::RequestHandle;
 use crate::stats::{EngineStats, StatsAccumulator};
+use crate::step_loop::StepLoop;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -48,19 +40,15 @@ impl Default for EngineConfig {
     }
 }
 
-/// Messages to the step loop.
-pub(crate) enum Control {
-    Add(NewRequest, UnboundedSender<RequestEvent>),
-    Abort(RequestId),
-    Finish(RequestId, FinishReason),
-    SetBatching(BatchingKind, mpsc::Sender<Result<(), EngineError>>),
-    SetStreams(StreamConfig, mpsc::Sender<Result<(), EngineError>>),
-    Shutdown,
+/// What the engine and its step loop share.
+pub(crate) struct Shared {
+    pub stats: Mutex<StatsAccumulator>,
+    /// Requests accepted and not yet scheduled (the bounded queue's fill).
+    pub queued: AtomicUsize,
 }
 
-struct Shared {
-    stats: Mutex<StatsAccumulator>,
-    queued: AtomicUsize,
+pub(crate) fn lock(m: &Mutex<StatsAccumulator>) -> MutexGuard<'_, StatsAccumulator> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A running engine. Dropping it aborts everything in flight and joins its threads.
@@ -92,11 +80,12 @@ impl Engine {
         let (control, rx) = mpsc::channel();
         let depth = if config.async_scheduling && executor.supports_async() { 2 } else { 1 };
         let epoch = Instant::now();
-        let mut step_loop = StepLoop::new(scheduler, executor, config.gate.clone(), rx, shared.clone(), depth, epoch);
+        let device = DeviceWorker::spawn(executor, &scheduler.streams(), config.gate.clone())?;
+        let mut step_loop = StepLoop::new(scheduler, device, rx, shared.clone(), depth, epoch);
         let thread = std::thread::Builder::new()
             .name("tandem-engine".into())
             .spawn(move || step_loop.run())
-            .map_err(|e| EngineError::Executor(format!("cannot start the engine thread: {e}")))?;
+            .map_err(|e| EngineError::Thread { name: "tandem-engine", reason: e.to_string() })?;
         Ok(Self { control, shared, max_queued: config.max_queued, epoch, thread: Some(thread) })
     }
 
@@ -186,345 +175,6 @@ impl Drop for Engine {
             drop(self.thread.take());
         } else {
             self.stop();
-        }
-    }
-}
-
-fn lock(m: &Mutex<StatsAccumulator>) -> MutexGuard<'_, StatsAccumulator> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Per-request bookkeeping on the loop thread.
-struct Tracked {
-    events: UnboundedSender<RequestEvent>,
-    timeline: Timeline,
-}
-
-/// A step handed to the device worker (or answered at once when empty).
-struct InFlight {
-    out: Arc<SchedulerOutput>,
-    on_device: bool,
-}
-
-type DeviceResult = Result<ModelOutput, ExecError>;
-
-/// Work for the device thread.
-enum Job {
-    Step(Arc<SchedulerOutput>),
-    Streams(StreamConfig),
-}
-
-struct StepLoop {
-    sched: Scheduler,
-    control: Receiver<Control>,
-    shared: Arc<Shared>,
-    depth: usize,
-    epoch: Instant,
-    jobs: Sender<Job>,
-    results: Receiver<DeviceResult>,
-    device: Option<JoinHandle<()>>,
-    inflight: VecDeque<InFlight>,
-    requests: FxHashMap<RequestId, Tracked>,
-    shutting_down: bool,
-}
-
-impl StepLoop {
-    fn new(
-        sched: Scheduler,
-        mut executor: Box<dyn Executor>,
-        gate: Option<GateHandle>,
-        control: Receiver<Control>,
-        shared: Arc<Shared>,
-        depth: usize,
-        epoch: Instant,
-    ) -> Self {
-        executor.set_streams(&sched.streams());
-        let (jobs, job_rx) = mpsc::channel::<Job>();
-        let (result_tx, results) = mpsc::channel::<DeviceResult>();
-        let device = std::thread::Builder::new()
-            .name("tandem-device".into())
-            .spawn(move || {
-                for job in job_rx {
-                    match job {
-                        Job::Step(out) => {
-                            let result = match &gate {
-                                Some(g) => g.run(|| executor.execute(&out)),
-                                None => executor.execute(&out),
-                            };
-                            if result_tx.send(result).is_err() {
-                                break;
-                            }
-                        }
-                        Job::Streams(s) => executor.set_streams(&s),
-                    }
-                }
-                if let Some(g) = gate {
-                    g.leave();
-                }
-            })
-            .ok();
-        {
-            let mut st = lock(&shared.stats);
-            st.snapshot.batching = sched.batching().to_string();
-        }
-        Self {
-            sched,
-            control,
-            shared,
-            depth,
-            epoch,
-            jobs,
-            results,
-            device,
-            inflight: VecDeque::new(),
-            requests: FxHashMap::default(),
-            shutting_down: false,
-        }
-    }
-
-    fn now(&self) -> Duration {
-        self.epoch.elapsed()
-    }
-
-    fn device_busy(&self) -> bool {
-        self.inflight.iter().any(|f| f.on_device)
-    }
-
-    fn run(&mut self) {
-        loop {
-            self.intake();
-            if self.shutting_down {
-                break;
-            }
-            let cpu_start = Instant::now();
-            let busy_before = self.device_busy();
-            while self.inflight.len() < self.depth {
-                let out = Arc::new(self.sched.schedule(self.now()));
-                self.note_started(&out);
-                let empty = out.is_empty();
-                if !empty && self.jobs.send(Job::Step(out.clone())).is_err() {
-                    break;
-                }
-                self.inflight.push_back(InFlight { out, on_device: !empty });
-                if empty {
-                    break;
-                }
-            }
-            self.account_cpu(cpu_start.elapsed(), busy_before);
-            let Some(front) = self.inflight.pop_front() else { continue };
-            let result = if front.on_device {
-                match self.results.recv() {
-                    Ok(r) => r,
-                    Err(_) => break, // the device thread is gone
-                }
-            } else {
-                Ok(ModelOutput::default())
-            };
-            let cpu_start = Instant::now();
-            let busy = self.device_busy();
-            self.apply(front.out, result);
-            // Empty steps (nothing to run) that are next in line need no device: apply them
-            // now, or one left queued would keep the loop from ever sleeping while requests
-            // wait for a batch to fill.
-            while self.inflight.front().is_some_and(|f| !f.on_device) {
-                if let Some(f) = self.inflight.pop_front() {
-                    self.apply(f.out, Ok(ModelOutput::default()));
-                }
-            }
-            self.account_cpu(cpu_start.elapsed(), busy);
-            if self.inflight.is_empty() && !self.has_runnable_work() {
-                self.wait_for_work();
-            }
-        }
-        self.abort_everything();
-    }
-
-    fn has_runnable_work(&self) -> bool {
-        self.sched.num_running() > 0
-    }
-
-    /// Blocks until a control message arrives (or briefly, if requests wait on a timer such as
-    /// size-or-timeout batching or a deadline).
-    fn wait_for_work(&mut self) {
-        let msg = if self.sched.is_idle() {
-            self.control.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            self.control.recv_timeout(Duration::from_millis(1))
-        };
-        match msg {
-            Ok(m) => self.handle(m),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => self.shutting_down = true,
-        }
-    }
-
-    fn intake(&mut self) {
-        while let Ok(m) = self.control.try_recv() {
-            self.handle(m);
-        }
-    }
-
-    fn handle(&mut self, msg: Control) {
-        match msg {
-            Control::Add(req, events) => {
-                let id = req.id;
-                let timeline = Timeline { arrival: req.arrival, prompt_len: req.prompt.len(), ..Timeline::default() };
-                match self.sched.add_request(req) {
-                    Ok(()) => {
-                        self.requests.insert(id, Tracked { events, timeline });
-                        lock(&self.shared.stats).snapshot.total_requests += 1;
-                    }
-                    Err(e) => {
-                        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                        let _ = events.send(RequestEvent::Failed(e.into()));
-                    }
-                }
-            }
-            Control::Abort(id) => {
-                if let Ok(delta) = self.sched.abort(id) {
-                    self.dispatch(&[delta], FxHashMap::default());
-                }
-            }
-            Control::Finish(id, reason) => {
-                if let Ok(delta) = self.sched.finish_request(id, reason) {
-                    self.dispatch(&[delta], FxHashMap::default());
-                }
-            }
-            Control::SetBatching(kind, reply) => {
-                let r = self.sched.set_batching(kind).map_err(EngineError::from);
-                if r.is_ok() {
-                    lock(&self.shared.stats).snapshot.batching = kind.to_string();
-                }
-                let _ = reply.send(r);
-            }
-            Control::SetStreams(streams, reply) => {
-                let r = self.sched.set_streams(streams).map_err(EngineError::from);
-                if r.is_ok() {
-                    let _ = self.jobs.send(Job::Streams(streams));
-                }
-                let _ = reply.send(r);
-            }
-            Control::Shutdown => self.shutting_down = true,
-        }
-    }
-
-    /// Records when requests are first scheduled (they leave the queue).
-    fn note_started(&mut self, out: &SchedulerOutput) {
-        let now = self.now();
-        for s in &out.seqs {
-            if let Some(t) = self.requests.get_mut(&s.id) {
-                if t.timeline.started.is_none() {
-                    t.timeline.started = Some(now);
-                    self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-                    lock(&self.shared.stats).record_wait(now.saturating_sub(t.timeline.arrival));
-                }
-            }
-        }
-    }
-
-    fn apply(&mut self, out: Arc<SchedulerOutput>, result: DeviceResult) {
-        let now = self.now();
-        let mut logprobs = FxHashMap::default();
-        let (deltas, device, busy) = match result {
-            Ok(model) => match self.sched.update(&out, &model, now) {
-                Ok(d) => {
-                    let ids = out.seqs.iter().map(|s| s.id);
-                    logprobs = ids.zip(model.logprobs).filter_map(|(id, lp)| Some((id, lp?))).collect();
-                    (d, model.timing.device, model.timing.stream_busy)
-                }
-                Err(e) => (self.fail(&out, now, e.to_string()), Duration::ZERO, Vec::new()),
-            },
-            Err(e) => (self.fail(&out, now, e.to_string()), Duration::ZERO, Vec::new()),
-        };
-        let tokens = deltas.iter().filter(|d| d.token.is_some()).count() as u64;
-        let finished = self.dispatch(&deltas, logprobs);
-        let sched_stats = self.sched.stats();
-        let mut st = lock(&self.shared.stats);
-        if !out.seqs.is_empty() {
-            st.record_step(now, out.seqs.len(), device, &busy, finished, tokens);
-            st.snapshot.requests.on_step(out.seqs.len(), out.num_batched_tokens);
-        }
-        st.snapshot.peak_kv_usage = st.snapshot.peak_kv_usage.max(sched_stats.kv_usage());
-        st.snapshot.current_batch_size = out.seqs.len();
-        st.snapshot.queue_depth = self.shared.queued.load(Ordering::SeqCst);
-        st.snapshot.running = sched_stats.running;
-        st.snapshot.scheduler = sched_stats;
-    }
-
-    /// Fails a step the executor could not run; the loop goes on.
-    fn fail(&mut self, out: &SchedulerOutput, now: Duration, why: String) -> Vec<RequestDelta> {
-        let deltas = self.sched.fail_step(out, now).unwrap_or_default();
-        for d in &deltas {
-            if let Some(t) = self.requests.remove(&d.id) {
-                let _ = t.events.send(RequestEvent::Failed(EngineError::Executor(why.clone())));
-                self.end_request(t, now, None);
-            }
-        }
-        Vec::new()
-    }
-
-    /// Streams deltas (and the log-probabilities of their tokens, where asked for) to their
-    /// handles; returns how many requests ended.
-    fn dispatch(&mut self, deltas: &[RequestDelta], mut logprobs: FxHashMap<RequestId, TokenLogprobs>) -> u64 {
-        let now = self.now();
-        let mut ended = 0;
-        for d in deltas {
-            let Some(t) = self.requests.get_mut(&d.id) else { continue };
-            let mut gone = false;
-            if let Some(tok) = d.token {
-                if let Some(lp) = logprobs.remove(&d.id).filter(|lp| lp.token == tok) {
-                    gone |= t.events.send(RequestEvent::Logprobs(lp)).is_err();
-                }
-                gone |= t.events.send(RequestEvent::Token(tok)).is_err();
-                lock(&self.shared.stats).snapshot.requests.on_token(&mut t.timeline, now);
-            }
-            if let Some(reason) = d.finish {
-                let _ = t.events.send(RequestEvent::Finished(reason));
-                if let Some(t) = self.requests.remove(&d.id) {
-                    self.end_request(t, now, Some(reason));
-                }
-                ended += 1;
-            } else if gone {
-                // The handle was dropped: abort now rather than wait for its message.
-                if let Ok(delta) = self.sched.abort(d.id) {
-                    ended += self.dispatch(&[delta], FxHashMap::default());
-                }
-            }
-        }
-        ended
-    }
-
-    fn end_request(&mut self, t: Tracked, now: Duration, reason: Option<FinishReason>) {
-        let tl = &t.timeline;
-        if tl.started.is_none() {
-            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-        }
-        let processing = tl.started.map(|s| now.saturating_sub(s));
-        let mut st = lock(&self.shared.stats);
-        st.record_end(now.saturating_sub(tl.arrival), processing);
-        st.snapshot.requests.on_end(tl, now, reason);
-    }
-
-    fn account_cpu(&self, spent: Duration, device_busy: bool) {
-        let mut st = lock(&self.shared.stats);
-        st.snapshot.cpu_time += spent;
-        if device_busy {
-            st.snapshot.cpu_hidden += spent;
-        }
-    }
-
-    /// Ends every live request (shutdown) and stops the device worker.
-    fn abort_everything(&mut self) {
-        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
-        for id in ids {
-            if let Ok(delta) = self.sched.finish_request(id, FinishReason::Aborted(tandem_core::AbortCause::Client)) {
-                self.dispatch(&[delta], FxHashMap::default());
-            }
-        }
-        let (dead_tx, _) = mpsc::channel();
-        self.jobs = dead_tx; // closes the worker's queue
-        if let Some(d) = self.device.take() {
-            let _ = d.join();
         }
     }
 }

@@ -16,7 +16,10 @@ pub enum EngineError {
     NotRunning,
     /// The executor failed the step this request was in.
     #[error("the executor failed: {0}")]
-    Executor(String),
+    Executor(#[from] tandem_executor::ExecError),
+    /// An engine thread could not be started.
+    #[error("cannot start the {name} thread: {reason}")]
+    Thread { name: &'static str, reason: String },
     /// A caller-side wait for the next event ran out.
     #[error("no event within the timeout")]
     Timeout,
@@ -36,6 +39,7 @@ impl EngineError {
             EngineError::Scheduler(e) => e.kind(),
             EngineError::NotRunning => "not_running",
             EngineError::Executor(_) => "executor_error",
+            EngineError::Thread { .. } => "engine_start_failed",
             EngineError::Timeout => "timeout",
             EngineError::Context(tandem_core::contexts::ContextError::Unknown(_)) => "model_not_found",
             EngineError::Context(_) => "model_unavailable",

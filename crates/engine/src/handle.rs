@@ -6,7 +6,7 @@ use std::sync::mpsc::Sender;
 use tandem_core::{FinishReason, RequestId, TokenId, TokenLogprobs};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::engine::Control;
+use crate::control::Control;
 use crate::error::EngineError;
 
 /// One event of a request's life.

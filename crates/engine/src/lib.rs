@@ -5,41 +5,37 @@
 //!   (scheduling, applying results, streaming) overlaps the device work of step N. Requests go
 //!   in through a bounded queue and come back as a [`RequestHandle`] — a stream of deltas whose
 //!   drop aborts the request.
-//! - [`simulate`]: the same scheduler driven by a virtual clock and the simulated device, for
-//!   studying policies at scale (`tandem simulate`).
 //! - [`ModelRegistry`]: several models on one device, each an engine in its own context, loaded
 //!   on demand, evicted by QoS tier, their steps interleaved by compute share ([`FairDevice`]).
-//! - [`workload`] generates request mixes; [`report`] turns timelines into vLLM-style metrics
-//!   and seed 001's comparison table.
+//!
+//! Workloads, simulations on a virtual clock and reports live in `tandem_bench`: this crate
+//! keeps only the engine.
 //!
 //! This is the only crate with threads and channels.
 
-mod drive;
+pub mod build;
+mod control;
+mod device;
 mod engine;
 mod error;
 mod gate;
+mod generation;
 mod handle;
 pub mod metrics;
 mod process;
 pub mod registry;
-pub mod report;
-pub mod sim;
-pub mod sim_shared;
 mod stats;
-mod text_stream;
-pub mod workload;
+mod step_loop;
+mod text;
 
-pub use drive::run_workload;
+pub use build::{BuildError, DeviceKind, DeviceLoader, ModelSource, Running, Sizing, BLOCK_SIZE};
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;
 pub use gate::{FairDevice, GateHandle};
+pub use generation::{Generation, GenerationEvent};
 pub use handle::{RequestEvent, RequestHandle};
 pub use metrics::{Histogram, RequestMetrics};
 pub use process::ProcessUsage;
 pub use registry::{ContextEvent, ContextStatus, ModelLease, ModelLoader, ModelRegistry, ServedModel};
-pub use report::{Percentiles, RequestRecord, RunSummary};
-pub use sim::{simulate, SimConfig, SimResult};
-pub use sim_shared::{goodput, simulate_shared, SharedContext, Sharing};
 pub use stats::EngineStats;
-pub use text_stream::{StopMatcher, TextEvent, TextStream, TokenText};
-pub use workload::{Arrival, LengthDist, WorkloadRequest, WorkloadSpec};
+pub use text::{StopMatcher, TokenText};

@@ -51,7 +51,7 @@ impl ServedModel {
 /// Loads one context's model with `bytes` of memory (weights + KV cache), its engine stepping
 /// through `gate`.
 pub trait ModelLoader: Send + Sync {
-    fn load(&self, spec: &ContextSpec, bytes: u64, gate: GateHandle) -> Result<ServedModel, String>;
+    fn load(&self, spec: &ContextSpec, bytes: u64, gate: GateHandle) -> Result<ServedModel, crate::BuildError>;
 }
 
 /// A model in use by one request; dropping it tells the pool the request ended.
@@ -85,6 +85,19 @@ impl ModelLease {
 
     pub fn model(&self) -> &Arc<ServedModel> {
         &self.model
+    }
+
+    /// Whether a registry manages the model (so it can be evicted and reloaded).
+    pub fn is_managed(&self) -> bool {
+        self.registry.is_some()
+    }
+
+    /// A new lease on the same model, for a request its eviction cut: the registry reloads it
+    /// (blocking) and counts the requeue. `None` for an unmanaged model.
+    pub fn reacquire(&self) -> Result<Option<ModelLease>, EngineError> {
+        let Some(r) = &self.registry else { return Ok(None) };
+        r.note_requeue();
+        r.acquire(&self.model.name).map(Some)
     }
 }
 
@@ -284,10 +297,10 @@ impl ModelRegistry {
                 drop(chosen);
                 self.try_lease(name)?.ok_or_else(|| EngineError::Load { model: name.into(), reason: "vanished".into() })
             }
-            Err(reason) => {
+            Err(e) => {
                 let _ = self.lock().memory.unload(name);
                 self.device.remove(name);
-                Err(EngineError::Load { model: name.into(), reason })
+                Err(EngineError::Load { model: name.into(), reason: e.to_string() })
             }
         }
     }

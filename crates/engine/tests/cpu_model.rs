@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tandem_core::{FinishReason, NewRequest, PreemptionModeKind, SamplerParams, SchedulerConfig, TokenId};
 use tandem_engine::{Engine, EngineConfig, RequestEvent};
-use tandem_executor::cpu::{load_model, load_model_as, CpuExecutor, LlamaModel, WeightFormat};
+use tandem_executor::cpu::CpuExecutor;
+use tandem_executor::model::{load_model, load_model_as, LlamaModel, WeightFormat};
 use tandem_executor::store::default_model;
 use tandem_executor::text::{ChatMessage, TextTokenizer};
 

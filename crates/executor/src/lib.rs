@@ -1,10 +1,14 @@
 //! Executors: what runs a [`SchedulerOutput`] on a device and answers with a [`ModelOutput`].
 //!
 //! The [`Executor`] trait is the other half of the core's contract (vLLM's `ModelRunner`). This
-//! crate holds the simulated device ([`sim`]); the CPU (candle) and CUDA executors land here too.
-//! Every executor runs the same scheduler: a simulated result is a real scheduling result.
+//! crate holds every executor: the simulated device ([`sim`]), the CPU executor ([`cpu`]: our
+//! forward and kernels) and the tensor executor ([`tensor`]: candle tensors on any device, CUDA
+//! behind the `cuda` feature), over the device-neutral Llama model ([`model`]) and its
+//! tokenizer ([`text`]). Every executor runs the same scheduler: a simulated result is a real
+//! scheduling result.
 
 pub mod cpu;
+pub mod model;
 pub mod sim;
 mod step_io;
 pub mod store;
@@ -62,6 +66,9 @@ pub enum ExecError {
     /// The chat template could not be parsed or rendered.
     #[error("chat template: {0}")]
     Template(String),
+    /// A weights format name that is not one of `auto`, `f32`, `q8`.
+    #[error("unknown weight format `{0}` (expected auto, f32 or q8)")]
+    UnknownWeightFormat(String),
 }
 
 impl From<candle_core::Error> for ExecError {

@@ -1,14 +1,39 @@
 //! A step's input and output as the real executors (CPU and tensor) need them: the scheduler
 //! output packed into token ids, positions, per-sequence slices and the rows that sample, with
 //! placeholders (`feeds_last_sample`) filled from the previous step's samples; and the logits
-//! turned back into sampled tokens.
+//! turned back into sampled tokens; and [`execute_packed`], the one step skeleton both run
+//! (forget finished requests, swap out, swap in, pack, forward, sample, time).
 
 use std::collections::{HashMap, HashSet};
 
 use tandem_core::{ModelOutput, RequestId, SamplerParams, ScheduledSeq, SchedulerOutput, TokenId};
 
-use crate::cpu::{sample, token_logprobs, SeqSlice};
+use crate::model::{sample, token_logprobs, SeqSlice};
 use crate::ExecError;
+
+/// A real executor's part of a step; [`execute_packed`] does the rest.
+pub(crate) trait PackedForward {
+    fn sampling(&mut self) -> &mut SamplingState;
+    /// The step's swap-outs, then its swap-ins.
+    fn swap(&mut self, out: &SchedulerOutput) -> Result<(), ExecError>;
+    /// One logits vector per sample row of `p` (`p` has at least one token).
+    fn forward(&mut self, p: &Packed<'_>) -> Result<Vec<Vec<f32>>, ExecError>;
+}
+
+/// Runs one step on a real executor: the contract's order (swap-out, swap-in, then the model),
+/// placeholders filled from the last samples, every sampling request answered, the step timed.
+/// The micro-batches run as one fused forward, so each is reported busy for its token share.
+pub(crate) fn execute_packed(e: &mut impl PackedForward, out: &SchedulerOutput) -> Result<ModelOutput, ExecError> {
+    let started = std::time::Instant::now();
+    e.sampling().forget(&out.finished);
+    e.swap(out)?;
+    let p = pack(out, &e.sampling().last);
+    let logits = if p.ids.is_empty() { Vec::new() } else { e.forward(&p)? };
+    let mut output = e.sampling().sample_all(out, &p.ids, &logits)?;
+    let device = started.elapsed();
+    output.timing = tandem_core::StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) };
+    Ok(output)
+}
 
 /// A step packed for a forward.
 #[derive(Debug)]

@@ -206,7 +206,7 @@ mod tests {
     fn without_a_tokenizer_the_directory_still_serves_text() {
         let dir = std::env::temp_dir().join(format!("tandem-synth-bytes-{}", std::process::id()));
         write_hf_model(&dir, &SynthShape::tiny(), 1, None).unwrap();
-        let loaded = crate::cpu::load_model(&dir).unwrap();
+        let loaded = crate::model::load_model(&dir).unwrap();
         let t = &loaded.tokenizer;
         // One token per byte: "héllo" is 6 bytes; special markers are one token each.
         let ids = t.encode("héllo").unwrap();

@@ -9,7 +9,8 @@ use std::io::BufReader;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use tandem_core::BlockId;
-use tandem_executor::cpu::{load_model, PagedKvCache, RopeStyle, SeqSlice};
+use tandem_executor::cpu::PagedKvCache;
+use tandem_executor::model::{load_model, RopeStyle, SeqSlice};
 use tandem_executor::store::default_model;
 
 /// llama.cpp's permutation for Q/K undone: rows (head, pair i, lane 2) → (head, lane, i).
@@ -89,7 +90,7 @@ fn an_hf_directory_gives_the_same_logits_as_the_gguf() {
     let text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let ids = hf.tokenizer.encode(text).unwrap();
     assert_eq!(ids, gguf.tokenizer.encode(text).unwrap(), "tokenizer.json round trip");
-    let run = |m: &tandem_executor::cpu::LlamaModel| {
+    let run = |m: &tandem_executor::model::LlamaModel| {
         let mut cache = PagedKvCache::new(c.layers, c.kv_dim(), 16, 8, 0);
         let table: Vec<BlockId> = (0..8).map(BlockId).collect();
         let pos: Vec<usize> = (0..ids.len()).collect();

@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use tandem_core::BlockId;
-use tandem_executor::cpu::{load_model, load_model_as, model_bytes, LoadedModel, PagedKvCache, WeightFormat};
+use tandem_executor::cpu::PagedKvCache;
+use tandem_executor::model::{load_model, load_model_as, model_bytes, LoadedModel, WeightFormat};
 use tandem_executor::store::default_model;
 use tandem_executor::text::{ChatMessage, IncrementalDecoder};
 use tandem_executor::ExecError;
@@ -31,7 +32,7 @@ fn logits_of(loaded: &LoadedModel, ids: &[u32]) -> Vec<f32> {
     let mut cache = PagedKvCache::new(c.layers, c.kv_dim(), 16, 64, 0);
     let table: Vec<BlockId> = (0..64).map(BlockId).collect();
     let positions: Vec<usize> = (0..ids.len()).collect();
-    let seq = tandem_executor::cpu::SeqSlice { start_row: 0, len: ids.len(), start_pos: 0, table: &table };
+    let seq = tandem_executor::model::SeqSlice { start_row: 0, len: ids.len(), start_pos: 0, table: &table };
     m.forward(ids, &positions, &[seq], &[ids.len() - 1], &mut cache).unwrap().remove(0)
 }
 

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use tandem_core::BlockId;
-use tandem_executor::cpu::{load_model_as, LoadedModel, PagedKvCache, SeqSlice, WeightFormat};
+use tandem_executor::cpu::PagedKvCache;
+use tandem_executor::model::{load_model_as, LoadedModel, SeqSlice, WeightFormat};
 use tandem_executor::synth::{write_gguf_model, SpmVocab, SynthShape};
 use tandem_executor::text::ChatMessage;
 

@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
 use tandem_core::BlockId;
-use tandem_executor::cpu::{load_model, LoadedModel, PagedKvCache, SeqSlice};
+use tandem_executor::cpu::PagedKvCache;
+use tandem_executor::model::{load_model, LoadedModel, SeqSlice};
 use tandem_executor::store::default_model;
 use tandem_executor::tensor::{TensorKvCache, TensorModel, TensorSeq};
 

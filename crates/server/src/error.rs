@@ -79,7 +79,8 @@ impl From<EngineError> for ApiError {
             EngineError::QueueFull { queued, retry_after } => ApiError::Busy { queued, retry_after },
             EngineError::Scheduler(s) => ApiError::Invalid { message: s.to_string(), param: None },
             EngineError::NotRunning => ApiError::Unavailable,
-            EngineError::Executor(m) => ApiError::Internal(m),
+            EngineError::Executor(e) => ApiError::Internal(e.to_string()),
+            e @ EngineError::Thread { .. } => ApiError::Internal(e.to_string()),
             EngineError::Timeout => ApiError::Internal("timed out".into()),
             EngineError::Context(tandem_core::contexts::ContextError::Unknown(m)) => {
                 ApiError::NotFound(format!("model `{m}` does not exist"))

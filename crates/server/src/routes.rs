@@ -1,5 +1,6 @@
-//! The HTTP routes: `/health`, `/ready`, `/v1/models`, `/v1/contexts`, `/v1/completions`,
-//! `/v1/chat/completions` (JSON or SSE streaming ending with `data: [DONE]`).
+//! The HTTP handlers of every route `crate::router` serves: `/health`, `/ready`, `/metrics`,
+//! `/v1/models`, `/v1/contexts`, `/v1/completions` and `/v1/chat/completions` (JSON, or SSE
+//! streaming ending with `data: [DONE]`), `/v1/stats` and `/v1/batching`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -286,11 +287,11 @@ async fn respond(
     }
     let prompt_tokens: usize = gens.iter().map(|g| g.prompt.len()).sum();
     let Some(g) = gens.into_iter().next() else { return Err(ApiError::invalid("prompt", "no prompt")) };
-    let id = format!("{}-{}", if chat { "chatcmpl" } else { "cmpl" }, s.next_id.load(Ordering::Relaxed));
+    let id = s.response_id(if chat { "chatcmpl" } else { "cmpl" });
     if g.stream {
         return Ok(stream_response(s, g, prompt_tokens, choices, chat, id, model).into_response());
     }
-    let results = futures_util::future::join_all(choices.into_iter().map(|c| c.collect(&s))).await;
+    let results = futures_util::future::join_all(choices.into_iter().map(|c| c.collect())).await;
     let mut out = Vec::new();
     let mut completion_tokens = 0;
     for r in results {
@@ -368,7 +369,7 @@ fn stream_response(
         // (choice, state, counter, first chunk, text length so far for completions' text_offset)
         stream::unfold((c, s, generated, true, 0usize), |(mut c, s, generated, first, offset)| async move {
             let before = c.tokens;
-            let d = c.next(&s).await?;
+            let d = c.next().await?;
             generated.fetch_add(c.tokens - before, Ordering::Relaxed);
             let next_offset = offset + d.as_ref().map_or(0, |d| d.text.len());
             let item = d.map(|d| (c.index, d, first, offset));

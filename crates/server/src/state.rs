@@ -2,7 +2,7 @@
 //! [`ModelRegistry`] of several contexts routed by the request's `model`), request ids, the API
 //! key.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tandem_engine::{Engine, ModelLease, ModelRegistry, ServedModel};
@@ -101,7 +101,12 @@ fn served_as(m: &ServedModel, name: Option<&str>) -> Result<(), ApiError> {
 /// The server's shared state.
 pub struct AppState {
     pub models: Models,
-    pub next_id: AtomicU64,
+    /// Engine request ids, one per choice.
+    next_id: AtomicU64,
+    /// Response ids: this server's start time, then a count (unique across concurrent
+    /// requests and restarts).
+    boot: u64,
+    responses: AtomicU64,
     /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
 }
@@ -129,6 +134,57 @@ impl AppState {
 
     /// Any set of models.
     pub fn serving(models: Models, api_key: Option<String>) -> Arc<Self> {
-        Arc::new(Self { models, next_id: AtomicU64::new(1), api_key })
+        let boot =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        Arc::new(Self { models, next_id: AtomicU64::new(1), boot, responses: AtomicU64::new(1), api_key })
+    }
+
+    /// A fresh engine request id.
+    pub fn next_request_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A fresh response id, `PREFIX-…` (`cmpl`, `chatcmpl`), never given twice.
+    pub fn response_id(&self, prefix: &str) -> String {
+        format!("{prefix}-{:x}{:08x}", self.boot, self.responses.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_ids_are_unique_under_concurrency() {
+        let registry = tandem_engine::ModelRegistry::new(
+            1 << 20,
+            Vec::new(),
+            Box::new(NoModels),
+            Box::new(tandem_core::contexts::TierRule),
+        )
+        .unwrap();
+        let s = AppState::serving(Models::Many(registry), None);
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let workers: Vec<_> =
+                (0..8).map(|_| scope.spawn(|| (0..500).map(|_| s.response_id("cmpl")).collect::<Vec<_>>())).collect();
+            workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        });
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        // 8 threads × 500 ids, all different.
+        assert_eq!(unique.len(), 4000);
+        assert!(ids.iter().all(|i| i.starts_with("cmpl-")));
+    }
+
+    struct NoModels;
+
+    impl tandem_engine::ModelLoader for NoModels {
+        fn load(
+            &self,
+            spec: &tandem_core::contexts::ContextSpec,
+            _: u64,
+            _: tandem_engine::GateHandle,
+        ) -> Result<ServedModel, tandem_engine::BuildError> {
+            Err(tandem_engine::BuildError::NoSource(spec.name.clone()))
+        }
     }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tandem_core::contexts::{ContextSpec, QosTier, TierRule};
 use tandem_core::SchedulerConfig;
-use tandem_engine::{Engine, EngineConfig, GateHandle, ModelLoader, ModelRegistry, ServedModel};
-use tandem_executor::cpu::{load_model_as, model_bytes, CpuExecutor, WeightFormat};
+use tandem_engine::{DeviceKind, DeviceLoader, ModelRegistry, ModelSource, Sizing};
+use tandem_executor::model::{load_model_as, model_bytes, WeightFormat};
 use tandem_executor::store::default_model;
 use tandem_executor::synth::{write_hf_model, SynthShape};
 use tandem_server::{AppState, Models};
@@ -24,30 +24,16 @@ use common::{http_to, json};
 
 const MIB: u64 = 1 << 20;
 
-struct Loader {
-    paths: HashMap<String, PathBuf>,
-}
-
-impl ModelLoader for Loader {
-    fn load(&self, spec: &ContextSpec, bytes: u64, gate: GateHandle) -> Result<ServedModel, String> {
-        let loaded = load_model_as(&self.paths[&spec.name], WeightFormat::Auto).map_err(|e| e.to_string())?;
-        let kv = bytes - loaded.model.memory_bytes() as u64;
-        let blocks = CpuExecutor::blocks_for_memory(&loaded.model, 16, kv);
-        let max_model_len = loaded.model.config.max_position.min(blocks * 16);
-        let scheduler = SchedulerConfig {
-            num_gpu_blocks: blocks,
-            max_model_len,
-            eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
-            ..SchedulerConfig::default()
-        };
-        let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
-        let engine = Engine::start(
-            EngineConfig { scheduler, max_queued: 64, async_scheduling: true, gate: Some(gate) },
-            Box::new(exec),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(ServedModel::new(spec.name.clone(), engine, loaded.tokenizer, max_model_len, String::new()))
-    }
+/// The engine side's own loader, at the scheduler's default limits.
+fn loader(paths: HashMap<String, PathBuf>) -> DeviceLoader {
+    let sources = paths
+        .into_iter()
+        .map(|(name, path)| (name, ModelSource { path, device: DeviceKind::Cpu, weights: WeightFormat::Auto }))
+        .collect();
+    let d = SchedulerConfig::default();
+    let sizing =
+        Sizing { max_num_seqs: d.max_num_seqs, max_num_batched_tokens: d.max_num_batched_tokens, ..Sizing::default() };
+    DeviceLoader::new(sources, sizing)
 }
 
 fn spec(name: &str, tier: QosTier, max_mib: u64, path: &Path) -> ContextSpec {
@@ -85,7 +71,7 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
     // 600 MiB: smollm2 Guaranteed 400 (reserved), tiny BestEffort up to 300.
     let specs =
         vec![spec("smollm2", QosTier::Guaranteed, 400, &smol), spec("tiny", QosTier::BestEffort, 300, &tiny_dir)];
-    let registry = ModelRegistry::new(600 * MIB, specs, Box::new(Loader { paths }), Box::new(TierRule)).unwrap();
+    let registry = ModelRegistry::new(600 * MIB, specs, Box::new(loader(paths)), Box::new(TierRule)).unwrap();
     let state = AppState::serving(Models::Many(registry.clone()), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

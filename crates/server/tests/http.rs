@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use tandem_core::SchedulerConfig;
 use tandem_engine::{Engine, EngineConfig};
-use tandem_executor::cpu::{load_model, CpuExecutor};
+use tandem_executor::cpu::CpuExecutor;
+use tandem_executor::model::load_model;
 use tandem_executor::store::default_model;
 use tandem_server::AppState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

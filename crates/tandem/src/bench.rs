@@ -13,7 +13,8 @@ use clap::Args;
 use tandem_bench::output::{comparison_table, report, write_csv, write_json};
 use tandem_bench::plot::{latency_cdfs, rate_sweep};
 use tandem_bench::{
-    run, ArrivalSpec, BenchRequest, DatasetSpec, EngineTarget, HttpTarget, Probe, RunResult, RunSpec, Slo, Target,
+    run, Arrival, DatasetSpec, EngineTarget, HttpTarget, Probe, PromptSet, RunResult, RunSpec, Slo, Target,
+    WorkloadSpec,
 };
 use tandem_executor::text::TextTokenizer;
 use tokio::io::AsyncBufReadExt;
@@ -90,6 +91,12 @@ pub struct BenchArgs {
     goodput: Vec<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Send the same prompts in every run (sweep point, repeat, configuration), so a server's
+    /// prefix cache may serve later runs warm. Default: cold — each run gets prompts of its own
+    /// (the same lengths within a repeat), and every run reports the prefix-cache hit rate it
+    /// caused.
+    #[arg(long)]
+    reuse_prompts: bool,
     /// Directory for requests.csv, summary.json and the SVG plots.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -158,7 +165,7 @@ fn configs(a: &BenchArgs) -> Result<Vec<Config>, String> {
         .map(|spec| {
             let (name, overrides) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
             // Validate now rather than after earlier configurations have run.
-            crate::config_spec::parse_spec(spec, &tandem_core::SchedulerConfig::default())?;
+            tandem_core::named_config(spec, &tandem_core::SchedulerConfig::default()).map_err(|e| e.to_string())?;
             Ok(Config::InProcess { name: name.into(), overrides: vec![overrides.to_string()] })
         })
         .collect()
@@ -233,41 +240,46 @@ async fn bench(a: BenchArgs) -> Result<(), String> {
             Some(p) => p.clone(),
             None => tandem_executor::store::default_model().map_err(|e| e.to_string())?,
         };
-        Some(tandem_executor::cpu::load_model(&path).map_err(|e| e.to_string())?.tokenizer)
+        Some(tandem_executor::model::load_model(&path).map_err(|e| e.to_string())?.tokenizer)
     } else {
         None
     };
-    let requests =
-        spec.generate(a.num_prompts, a.priority_levels, a.seed, tokenizer.as_ref()).map_err(|e| e.to_string())?;
     let rates: Vec<Option<f64>> = if a.sweep.is_empty() {
         vec![parse_rate(&a.request_rate)?]
     } else {
         a.sweep.iter().map(|r| parse_rate(r)).collect::<Result<_, _>>()?
     };
     let slo = Slo::parse(&a.goodput).map_err(|e| e.to_string())?;
+    let request_timeout = std::time::Duration::try_from_secs_f64(a.request_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or("--request-timeout must be a positive number of seconds")?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
 
     let mut runs: Vec<RunResult> = Vec::new();
+    let mut run_index = 0u64;
     for &rate in &rates {
         let arrival = match rate {
-            None => ArrivalSpec::AllAtOnce,
-            Some(r) if a.fixed_rate => ArrivalSpec::Fixed { rate: r },
-            Some(r) => ArrivalSpec::Gamma { rate: r, burstiness: a.burstiness },
+            None => Arrival::AllAtOnce,
+            Some(r) if a.fixed_rate => Arrival::Fixed { rate: r },
+            Some(r) => Arrival::Gamma { rate: r, burstiness: a.burstiness },
         };
-        let times = arrival.times(requests.len(), a.seed).map_err(|e| e.to_string())?;
+        let workload = WorkloadSpec {
+            dataset: spec.clone(),
+            requests: a.num_prompts,
+            priority_levels: a.priority_levels,
+            arrival,
+        };
         for run_num in 1..=a.repeat.max(1) {
             for c in &configs {
+                let set = prompt_set(a.seed, a.reuse_prompts, run_num, run_index);
+                run_index += 1;
                 let spec = RunSpec {
                     name: c.name().to_string(),
                     run_num,
-                    request_rate: rate,
-                    requests: requests.clone(),
-                    times: times.clone(),
+                    workload: workload.generate(set, tokenizer.as_ref()).map_err(|e| e.to_string())?,
                     max_concurrency: a.max_concurrency,
-                    request_timeout: std::time::Duration::try_from_secs_f64(a.request_timeout)
-                        .ok()
-                        .filter(|d| !d.is_zero())
-                        .ok_or("--request-timeout must be a positive number of seconds")?,
+                    request_timeout,
                     progress: !a.no_progress,
                 };
                 let r = run_config(&a, c, &spec, &slo, tokenizer.clone()).await?;
@@ -276,7 +288,7 @@ async fn bench(a: BenchArgs) -> Result<(), String> {
             }
         }
     }
-    write_outputs(&a, &runs, &requests)?;
+    write_outputs(&a, &runs)?;
     if runs.len() > 1 {
         println!("\n{}", comparison_table(&runs));
     }
@@ -322,9 +334,19 @@ async fn run_config(
     }
 }
 
-fn write_outputs(a: &BenchArgs, runs: &[RunResult], requests: &[BenchRequest]) -> Result<(), String> {
+/// The prompts of run `run_index` (counted over every sweep point, repeat and configuration):
+/// cold by default — lengths from the repeat's seed, tokens of the run's own — or one fixed set.
+fn prompt_set(seed: u64, reuse: bool, run_num: usize, run_index: u64) -> PromptSet {
+    if reuse {
+        PromptSet::fixed(seed)
+    } else {
+        PromptSet { shape_seed: seed.wrapping_add(run_num as u64 - 1), run: run_index }
+    }
+}
+
+fn write_outputs(a: &BenchArgs, runs: &[RunResult]) -> Result<(), String> {
     let settings = serde_json::json!({
-        "dataset": a.dataset, "num_prompts": requests.len(), "input_len": a.input_len, "output_len": a.output_len,
+        "dataset": a.dataset, "num_prompts": a.num_prompts, "reuse_prompts": a.reuse_prompts, "input_len": a.input_len, "output_len": a.output_len,
         "range_ratio": a.range_ratio, "request_rate": a.request_rate, "sweep": a.sweep, "burstiness": a.burstiness,
         "fixed_rate": a.fixed_rate, "max_concurrency": a.max_concurrency, "repeat": a.repeat, "seed": a.seed,
         "percentiles": a.percentiles, "goodput": a.goodput, "base_url": a.base_url,
@@ -348,7 +370,24 @@ fn write_outputs(a: &BenchArgs, runs: &[RunResult], requests: &[BenchRequest]) -
 
 #[cfg(test)]
 mod tests {
-    use super::parse_rate;
+    use super::{parse_rate, prompt_set};
+
+    #[test]
+    fn every_run_gets_its_own_prompts_unless_reused() {
+        // Three runs of repeat 1 (two configurations, then a second sweep point), one of repeat 2.
+        let sets = [
+            prompt_set(9, false, 1, 0),
+            prompt_set(9, false, 1, 1),
+            prompt_set(9, false, 1, 2),
+            prompt_set(9, false, 2, 3),
+        ];
+        for (i, a) in sets.iter().enumerate() {
+            assert!(sets[i + 1..].iter().all(|b| b.run != a.run), "{sets:?}");
+        }
+        // One repeat shares its lengths (shape seed); the next repeat draws new ones.
+        assert_eq!((sets[0].shape_seed, sets[2].shape_seed, sets[3].shape_seed), (9, 9, 10));
+        assert_eq!(prompt_set(9, true, 2, 3), prompt_set(9, true, 1, 0));
+    }
 
     #[test]
     fn rates_are_positive_numbers_or_inf() {

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use clap::Args;
 use tandem_core::{BlockId, RequestId, SamplerParams, ScheduledSeq, SchedulerOutput};
-use tandem_executor::cpu::{load_model_as, CpuExecutor, WeightFormat};
-use tandem_executor::Executor;
+use tandem_engine::build::{executor_for, kv_bytes_for_tokens, DeviceKind, ModelSource, BLOCK_SIZE as BS};
+use tandem_executor::model::WeightFormat;
 
 #[derive(Debug, Args)]
 pub struct BenchModelArgs {
@@ -18,8 +18,8 @@ pub struct BenchModelArgs {
     #[arg(long, default_value_t = WeightFormat::Auto)]
     weights: WeightFormat,
     /// cpu, cuda or tensor-cpu (as for `serve`).
-    #[arg(long, default_value_t = crate::model::DeviceKind::Cpu)]
-    device: crate::model::DeviceKind,
+    #[arg(long, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
     /// KV cache memory for the tensor executor, MiB (the CPU executor sizes its own).
     #[arg(long, default_value_t = 4096)]
     kv_memory_mb: u64,
@@ -36,8 +36,6 @@ pub struct BenchModelArgs {
     #[arg(long, default_value_t = 512)]
     prefill: usize,
 }
-
-const BS: usize = 16;
 
 /// A step feeding `fed` tokens to each of `n` sequences at `start`, sequence `i` owning blocks
 /// `i * per_seq ..`.
@@ -66,25 +64,21 @@ fn step(n: usize, per_seq: usize, start: usize, fed: usize, sample: bool) -> Sch
 }
 
 pub fn run(a: BenchModelArgs) -> Result<(), String> {
-    let path = match a.model {
-        Some(p) => p,
-        None => tandem_executor::store::default_model().map_err(|e| e.to_string())?,
-    };
+    let source = ModelSource::resolve(a.model.as_deref(), a.device, a.weights).map_err(|e| e.to_string())?;
     let max_batch = a.batch.iter().copied().max().unwrap_or(1);
     let per_seq = (a.context + a.steps + 1).max(a.prefill + 1).div_ceil(BS);
-    let weights = crate::model::weights_for(a.device, a.weights)?;
-    let model = load_model_as(&path, weights).map_err(|e| e.to_string())?.model;
+    let model = source.load().map_err(|e| e.to_string())?.model;
     let linear_mib = model.linear_bytes() >> 20;
-    let mut exec: Box<dyn Executor> = match a.device {
-        crate::model::DeviceKind::Cpu => Box::new(CpuExecutor::new(model, BS, max_batch * per_seq, 0)),
-        device => {
-            let (exec, blocks) = crate::model::executor_for(device, model, BS, a.kv_memory_mb << 20)?;
-            if blocks < max_batch * per_seq {
-                return Err(format!("--kv-memory-mb holds {blocks} blocks, the run needs {}", max_batch * per_seq));
-            }
-            exec
-        }
+    let needed = (max_batch * per_seq) as u64;
+    let kv_bytes = match a.device {
+        // The CPU executor gets exactly the blocks the run needs.
+        DeviceKind::Cpu => kv_bytes_for_tokens(&model.config, a.device, needed * BS as u64),
+        _ => a.kv_memory_mb << 20,
     };
+    let (mut exec, blocks) = executor_for(a.device, model, kv_bytes).map_err(|e| e.to_string())?;
+    if (blocks as u64) < needed {
+        return Err(format!("--kv-memory-mb holds {blocks} blocks, the run needs {needed}"));
+    }
     println!("{} ({linear_mib} MiB of f32/int8 linear layers loaded)", exec.describe());
     println!("threads: {}", std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Prefill: one prompt of `prefill` tokens in chunks of 512.

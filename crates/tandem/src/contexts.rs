@@ -22,16 +22,15 @@
 //! weights = "f32"                  # auto | f32 | q8 (default auto)
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tandem_core::contexts::{ContextSpec, QosTier, TierRule};
-use tandem_engine::{GateHandle, ModelLoader, ModelRegistry, ServedModel};
-use tandem_executor::cpu::{load_model_as, model_bytes, PagedKvCache, WeightFormat};
-
-use crate::model::{engine_for, resolve, Sizing};
+use tandem_engine::build::{kv_bytes_for_tokens, DeviceKind, DeviceLoader, ModelSource, Sizing};
+use tandem_engine::ModelRegistry;
+use tandem_executor::model::{model_bytes, WeightFormat};
 
 const MIB: u64 = 1 << 20;
 /// The smallest KV cache a context loads with: room for this many tokens.
@@ -78,40 +77,9 @@ fn five_minutes() -> f64 {
     300.0
 }
 
-/// A model ready to be loaded: its file and format.
-#[derive(Debug, Clone)]
-struct Source {
-    path: PathBuf,
-    weights: WeightFormat,
-}
-
-/// Loads models onto the CPU for the registry.
-struct CpuLoader {
-    sources: std::collections::HashMap<String, Source>,
-    max_num_seqs: usize,
-    max_num_batched_tokens: usize,
-}
-
-impl ModelLoader for CpuLoader {
-    fn load(&self, spec: &ContextSpec, bytes: u64, gate: GateHandle) -> Result<ServedModel, String> {
-        let src = self.sources.get(&spec.name).ok_or_else(|| format!("no source for `{}`", spec.name))?;
-        let loaded = load_model_as(&src.path, src.weights).map_err(|e| e.to_string())?;
-        let weights = loaded.model.memory_bytes() as u64;
-        let sizing = Sizing {
-            kv_bytes: bytes.saturating_sub(weights),
-            max_num_seqs: self.max_num_seqs,
-            max_num_batched_tokens: self.max_num_batched_tokens,
-            overrides: Vec::new(),
-            device: crate::model::DeviceKind::Cpu,
-        };
-        let running = engine_for(loaded, &src.path, &sizing, Some(gate))?;
-        let describe = format!("{} ({} MiB budget)", running.describe, bytes / MIB);
-        Ok(ServedModel::new(spec.name.clone(), running.engine, running.tokenizer, running.max_model_len, describe))
-    }
-}
-
-/// Reads `file` and builds the registry (every context admitted, or an error saying which not).
-pub fn registry_from_file(file: &Path) -> Result<Arc<ModelRegistry>, String> {
+/// Reads `file` and builds the registry of models on `device` (every context admitted, or an
+/// error saying which not).
+pub fn registry_from_file(file: &Path, device: DeviceKind) -> Result<Arc<ModelRegistry>, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let cfg: FileConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     if cfg.model.is_empty() {
@@ -121,22 +89,25 @@ pub fn registry_from_file(file: &Path) -> Result<Arc<ModelRegistry>, String> {
     let mut specs = Vec::new();
     let mut sources = std::collections::HashMap::new();
     for m in &cfg.model {
-        let path = if m.path == "default" { resolve(None)? } else { base.join(&m.path) };
-        let weights: WeightFormat = m.weights.as_deref().unwrap_or("auto").parse()?;
-        let (spec, source) = context_spec(m, &path, weights).map_err(|e| format!("model `{}`: {e}", m.name))?;
+        let weights: WeightFormat =
+            m.weights.as_deref().unwrap_or("auto").parse().map_err(|e: tandem_executor::ExecError| e.to_string())?;
+        let path = (m.path != "default").then(|| base.join(&m.path));
+        let source = ModelSource::resolve(path.as_deref(), device, weights).map_err(|e| e.to_string())?;
+        let spec = context_spec(m, &source).map_err(|e| format!("model `{}`: {e}", m.name))?;
         specs.push(spec);
         sources.insert(m.name.clone(), source);
     }
-    let loader = CpuLoader {
-        sources,
+    let sizing = Sizing {
         max_num_seqs: cfg.max_num_seqs.unwrap_or(64),
         max_num_batched_tokens: cfg.max_num_batched_tokens.unwrap_or(512),
+        ..Sizing::default()
     };
+    let loader = DeviceLoader::new(sources, sizing);
     ModelRegistry::new(cfg.device_memory_mb * MIB, specs, Box::new(loader), Box::new(TierRule))
         .map_err(|e| e.to_string())
 }
 
-fn context_spec(m: &ModelEntry, path: &Path, weights: WeightFormat) -> Result<(ContextSpec, Source), String> {
+fn context_spec(m: &ModelEntry, source: &ModelSource) -> Result<ContextSpec, String> {
     let tier: QosTier = m.tier.parse()?;
     if tier == QosTier::Burstable && m.base_memory_mb.is_none() {
         return Err("a burstable model needs base_memory_mb".into());
@@ -144,9 +115,9 @@ fn context_spec(m: &ModelEntry, path: &Path, weights: WeightFormat) -> Result<(C
     if !(m.keep_alive_s >= 0.0 && m.keep_alive_s.is_finite()) {
         return Err(format!("keep_alive_s must be a non-negative number, got {}", m.keep_alive_s));
     }
-    let (config, weight_bytes) = model_bytes(path, weights).map_err(|e| e.to_string())?;
-    let per_block = PagedKvCache::bytes_per_block(config.layers, config.kv_dim(), 16);
-    let min_kv_bytes = per_block * MIN_KV_TOKENS.div_ceil(16);
+    let weights = source.device.weights_for(source.weights).map_err(|e| e.to_string())?;
+    let (config, weight_bytes) = model_bytes(&source.path, weights).map_err(|e| e.to_string())?;
+    let min_kv_bytes = kv_bytes_for_tokens(&config, source.device, MIN_KV_TOKENS);
     let spec = ContextSpec {
         name: m.name.clone(),
         tier,
@@ -158,7 +129,7 @@ fn context_spec(m: &ModelEntry, path: &Path, weights: WeightFormat) -> Result<(C
         keep_alive: Duration::from_secs_f64(m.keep_alive_s),
     };
     spec.validate().map_err(|e| e.to_string())?;
-    Ok((spec, Source { path: path.to_path_buf(), weights }))
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -172,7 +143,7 @@ mod tests {
         let write = |body: &str| {
             let f = dir.join("models.toml");
             std::fs::write(&f, body).unwrap();
-            registry_from_file(&f).err().unwrap_or_default()
+            registry_from_file(&f, DeviceKind::Cpu).err().unwrap_or_default()
         };
         assert!(write("device_memory_mb = 10\nmodel = []").contains("no [[model]]"));
         assert!(write("device_memory_mb = 10\nbogus = 1\nmodel = []").contains("bogus"));

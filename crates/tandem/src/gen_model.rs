@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tandem_executor::cpu::load_model;
+use tandem_executor::model::load_model;
 use tandem_executor::synth::{write_hf_model, SynthShape};
 
 #[derive(Debug, Args)]

@@ -1,11 +1,12 @@
 //! `tandem generate`: one prompt through the real engine, streamed to stdout.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use tandem_core::{NewRequest, SamplerParams};
-use tandem_engine::{TextEvent, TextStream};
+use tandem_engine::{Generation, GenerationEvent, ModelLease, ServedModel};
 use tandem_executor::text::ChatMessage;
 
 use crate::model::{start, ModelArgs};
@@ -77,34 +78,37 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
         repetition_penalty: a.repetition_penalty,
         ..SamplerParams::default()
     };
+    let prompt_len = ids.len();
+    let model =
+        ServedModel::new(running.name, running.engine, running.tokenizer, running.max_model_len, running.describe);
     let started = Instant::now();
-    let handle = running.engine.submit(req).map_err(|e| e.to_string())?;
-    let mut stream = TextStream::new(&running.engine, tok, handle, a.stop.clone());
-    let (mut first, mut n) = (None, 0usize);
+    let mut generation = Generation::start(Arc::new(ModelLease::unmanaged(Arc::new(model))), req, a.stop.clone())
+        .map_err(|e| e.to_string())?;
+    let mut first = None;
     let mut out = std::io::stdout().lock();
-    while let Some(ev) = stream.blocking_next() {
+    while let Some(ev) = generation.blocking_next() {
         match ev {
-            TextEvent::Text { text, token } => {
-                if token.is_some() {
-                    n += 1;
-                    first.get_or_insert_with(|| started.elapsed());
-                }
+            GenerationEvent::Logprobs(_) => {}
+            GenerationEvent::Text { text, .. } => {
+                first.get_or_insert_with(|| started.elapsed());
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
             }
-            TextEvent::Finished(reason) => {
+            GenerationEvent::Finished { reason, text } => {
+                let n = generation.tokens();
+                let _ = out.write_all(text.as_bytes());
                 let total = started.elapsed();
                 let ttft = first.unwrap_or(total);
                 let tps = if n > 1 { (n - 1) as f64 / (total - ttft).as_secs_f64().max(1e-9) } else { 0.0 };
                 let _ = writeln!(out);
                 eprintln!(
                     "tandem: {} prompt tokens, {n} generated, finish {}, TTFT {:.0} ms, {tps:.1} tok/s",
-                    ids.len(),
+                    prompt_len,
                     reason.as_openai(),
                     ttft.as_secs_f64() * 1e3
                 );
             }
-            TextEvent::Failed(e) => return Err(e.to_string()),
+            GenerationEvent::Failed(e) => return Err(e.to_string()),
         }
     }
     Ok(())

@@ -2,7 +2,6 @@
 
 mod bench;
 mod bench_model;
-mod config_spec;
 mod contexts;
 mod gen_model;
 mod generate;

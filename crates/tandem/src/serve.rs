@@ -49,7 +49,7 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let (state, what) = match &a.models {
         Some(file) => {
-            let registry = crate::contexts::registry_from_file(file)?;
+            let registry = crate::contexts::registry_from_file(file, a.model.device)?;
             let names = registry.names().join(", ");
             let reaper = registry.clone();
             // Unload models idle past their keep-alive.

@@ -1,14 +1,19 @@
-//! `tandem simulate`: workload and configuration flags → `tandem_engine::simulate` runs → seed
-//! 001's comparison table (and optionally JSON).
+//! `tandem simulate`: workload and configuration flags → `tandem_bench::simulate` runs (or, with
+//! `--engine`, the real engine thread in real time) → seed 001's comparison table (and
+//! optionally JSON).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use tandem_core::{SchedulerConfig, StreamConfig};
-use tandem_engine::report::comparison_table;
+use tandem_bench::output::comparison_table;
+use tandem_bench::sim::SIM_PERCENTILES;
+use tandem_bench::{
+    simulate, Arrival, DatasetSpec, EngineTarget, LengthDist, Probe, PromptSet, RunResult, RunSpec, SimConfig, Slo,
+    Stats, Target, Workload, WorkloadSpec,
+};
+use tandem_core::{named_config, SchedulerConfig, StreamConfig};
 
-use crate::config_spec::{parse_capacity, parse_preemption, parse_queue, parse_spec};
-use tandem_engine::{simulate, Arrival, LengthDist, SimConfig, WorkloadSpec};
 use tandem_executor::sim::{DeviceProfile, ModelShape};
 use tandem_executor::KvSpec;
 
@@ -113,9 +118,9 @@ fn base_config(a: &SimulateArgs, model: &ModelShape, device: &DeviceProfile) -> 
         num_host_blocks: a.host_blocks,
         max_num_seqs: a.max_num_seqs,
         max_num_batched_tokens: a.max_num_batched_tokens,
-        capacity: parse_capacity(&a.capacity)?,
-        queue: parse_queue(&a.queue)?,
-        preemption: parse_preemption(&a.preemption)?,
+        capacity: a.capacity.parse().map_err(|e: tandem_core::Error| e.to_string())?,
+        queue: a.queue.parse().map_err(|e: tandem_core::Error| e.to_string())?,
+        preemption: a.preemption.parse().map_err(|e: tandem_core::Error| e.to_string())?,
         batching: a.batching.parse().map_err(|e: tandem_core::Error| e.to_string())?,
         streams: StreamConfig {
             num_streams: a.streams,
@@ -155,7 +160,7 @@ fn configurations(a: &SimulateArgs, base: &SchedulerConfig) -> CliResult<Vec<(St
     if specs.is_empty() {
         return Ok(vec![("base".into(), base.clone())]);
     }
-    specs.iter().map(|spec| parse_spec(spec, base)).collect()
+    specs.iter().map(|spec| named_config(spec, base).map_err(|e| e.to_string())).collect()
 }
 
 fn workload(a: &SimulateArgs) -> CliResult<WorkloadSpec> {
@@ -169,16 +174,13 @@ fn workload(a: &SimulateArgs) -> CliResult<WorkloadSpec> {
     if a.requests == 0 {
         return Err("--requests must be at least 1".into());
     }
-    Ok(WorkloadSpec {
-        requests: a.requests,
-        arrival,
+    let dataset = DatasetSpec::Modelled {
         prompt: LengthDist::parse(&a.prompt_len, false)
             .ok_or_else(|| format!("bad --prompt-len `{}`", a.prompt_len))?,
         output: LengthDist::parse(&a.output_len, true).ok_or_else(|| format!("bad --output-len `{}`", a.output_len))?,
-        priority_levels: a.priorities.max(1),
         shared_prefix_fraction: a.shared_prefix,
-        seed: a.seed,
-    })
+    };
+    Ok(WorkloadSpec { dataset, requests: a.requests, priority_levels: a.priorities.max(1), arrival })
 }
 
 pub fn run(a: SimulateArgs) -> CliResult<()> {
@@ -188,78 +190,82 @@ pub fn run(a: SimulateArgs) -> CliResult<()> {
     let base = base_config(&a, &model, &device)?;
     let configs = configurations(&a, &base)?;
     let spec = workload(&a)?;
-    let requests = spec.generate();
-    let (p, o) = requests.iter().fold((0, 0), |acc, r| (acc.0 + r.prompt.len(), acc.1 + r.output_len));
+    // Every configuration gets a fresh scheduler (an empty prefix cache), so each run is cold
+    // with the one workload: the comparison is paired, request for request.
+    let w = spec.generate(PromptSet::fixed(a.seed), None).map_err(|e| e.to_string())?;
+    let (p, o) = w.requests.iter().fold((0, 0), |acc, r| (acc.0 + r.prompt_len, acc.1 + r.output_len));
     println!(
-        "workload: {} requests, mean prompt {:.0} / output {:.0} tokens, {:?}; model {} on {} ({} KV blocks of {})",
-        requests.len(),
-        p as f64 / requests.len() as f64,
-        o as f64 / requests.len() as f64,
+        "workload: {} requests, mean prompt {:.0} / output {:.0} tokens, {:?}; model {} on {} ({} KV blocks of {}); modelled",
+        w.len(),
+        p as f64 / w.len() as f64,
+        o as f64 / w.len() as f64,
         spec.arrival,
         model.name,
         device.name,
         base.num_gpu_blocks,
         base.block_size
     );
-    let mut summaries = Vec::new();
+    let mut runs = Vec::new();
+    let mut walls = Vec::new();
     for (name, cfg) in configs {
         if a.engine {
             let async_scheduling = !a.no_async && !name.starts_with("sync");
-            summaries.push((run_engine(&name, cfg, &model, &device, &requests, async_scheduling)?, Duration::ZERO));
+            runs.push(run_engine(&name, cfg, &model, &device, &w, async_scheduling)?);
+            walls.push(Duration::ZERO);
             continue;
         }
         let sim =
             SimConfig { name: name.clone(), scheduler: cfg.clone(), model: model.clone(), device: device.clone() };
-        let r = simulate(&sim, &requests).map_err(|e| e.to_string())?;
+        let r = simulate(&sim, &w).map_err(|e| e.to_string())?;
         println!(
             "  {name}: batching {}, {} stream(s) {}: {:.1} s of serving simulated in {:.2} s wall ({} steps)",
             cfg.batching,
             cfg.streams.num_streams,
             cfg.streams.assignment,
-            r.summary.duration.as_secs_f64(),
+            r.run.summary.duration,
             r.wall.as_secs_f64(),
-            r.summary.steps
+            r.run.system.steps.unwrap_or(0)
         );
-        summaries.push((r.summary, r.wall));
+        runs.push(r.run);
+        walls.push(r.wall);
     }
     println!();
-    let runs: Vec<_> = summaries.iter().map(|s| s.0.clone()).collect();
     print!("{}", comparison_table(&runs));
     if let Some(path) = &a.json {
-        let json = serde_json::Value::Array(summaries.iter().map(|(s, wall)| summary_json(s, *wall)).collect());
+        let json = serde_json::Value::Array(runs.iter().zip(&walls).map(|(r, wall)| summary_json(r, *wall)).collect());
         std::fs::write(path, serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
 }
 
-/// One configuration through the threaded engine in real time.
+/// One configuration through the threaded engine in real time, driven by the benchmark runner.
 fn run_engine(
     name: &str,
-    cfg: tandem_core::SchedulerConfig,
+    cfg: SchedulerConfig,
     model: &ModelShape,
     device: &DeviceProfile,
-    requests: &[tandem_engine::WorkloadRequest],
+    w: &Workload,
     async_scheduling: bool,
-) -> CliResult<tandem_engine::RunSummary> {
+) -> CliResult<RunResult> {
     use tandem_executor::sim::{ClockMode, SimExecutor};
     let exec = SimExecutor::new(model.clone(), device.clone(), cfg.block_size, ClockMode::RealTime);
-    let engine_cfg = tandem_engine::EngineConfig {
-        scheduler: cfg.clone(),
-        max_queued: requests.len().max(1),
-        async_scheduling,
-        gate: None,
+    let engine_cfg =
+        tandem_engine::EngineConfig { scheduler: cfg, max_queued: w.len().max(1), async_scheduling, gate: None };
+    let engine = Arc::new(tandem_engine::Engine::start(engine_cfg, Box::new(exec)).map_err(|e| e.to_string())?);
+    let spec = RunSpec {
+        name: name.to_string(),
+        run_num: 1,
+        workload: w.clone(),
+        max_concurrency: None,
+        request_timeout: Duration::from_secs(3600),
+        progress: false,
     };
-    let engine = tandem_engine::Engine::start(engine_cfg, Box::new(exec)).map_err(|e| e.to_string())?;
-    let records = tandem_engine::run_workload(&engine, requests);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let target = Arc::new(Target::Engine(Box::new(EngineTarget::new(engine.clone(), None))));
+    let run =
+        rt.block_on(tandem_bench::run(target, Probe::Local(engine.clone()), &spec, &SIM_PERCENTILES, &Slo::default()));
     let st = engine.stats();
-    engine.shutdown();
-    let mut s = tandem_engine::RunSummary::from_records(name, &records);
-    s.preemptions = st.scheduler.preemptions();
-    s.steps = st.steps;
-    s.stream_utilisation = st.stream_utilisation.clone();
-    s.mean_batch_size = st.mean_batch_size;
-    s.peak_kv_usage = st.peak_kv_usage;
     let cpu = st.cpu_time.as_secs_f64() * 1e3;
     let hidden = st.cpu_hidden.as_secs_f64() * 1e3;
     println!(
@@ -270,28 +276,30 @@ fn run_engine(
         if cpu > 0.0 { hidden / cpu * 100.0 } else { 0.0 },
         st.scheduler.placeholder_tokens,
     );
-    Ok(s)
+    Ok(run)
 }
 
-fn summary_json(s: &tandem_engine::RunSummary, wall: Duration) -> serde_json::Value {
-    let p =
-        |x: &tandem_engine::Percentiles| serde_json::json!({"mean": x.mean, "p50": x.p50, "p95": x.p95, "p99": x.p99});
+fn summary_json(r: &RunResult, wall: Duration) -> serde_json::Value {
+    let p = |x: &Stats| serde_json::json!({"mean": x.mean, "p50": x.median, "p95": x.p(95.0), "p99": x.p(99.0)});
+    let (s, sys) = (&r.summary, &r.system);
     serde_json::json!({
-        "name": s.name,
+        "name": r.name,
         "completed": s.completed,
         "failed": s.failed,
-        "duration_s": s.duration.as_secs_f64(),
+        "duration_s": s.duration,
         "request_throughput": s.request_throughput,
         "output_throughput": s.output_throughput,
         "total_token_throughput": s.total_token_throughput,
         "ttft_ms": p(&s.ttft_ms),
         "tpot_ms": p(&s.tpot_ms),
-        "e2e_ms": p(&s.e2e_ms),
-        "preemptions": s.preemptions,
-        "mean_batch_size": s.mean_batch_size,
-        "stream_utilisation": s.stream_utilisation,
-        "peak_kv_usage": s.peak_kv_usage,
-        "steps": s.steps,
+        "itl_ms": p(&s.itl_ms),
+        "e2e_ms": p(&s.e2el_ms),
+        "preemptions": sys.preemptions,
+        "mean_batch_size": sys.mean_batch_size,
+        "stream_utilisation": sys.stream_utilisation,
+        "peak_kv_usage": sys.peak_kv_usage,
+        "prefix_cache_hit_rate": sys.prefix_cache_hit_rate(),
+        "steps": sys.steps,
         "sim_wall_s": wall.as_secs_f64(),
     })
 }

@@ -2,12 +2,11 @@
 //! traffic — per-model goodput when they share it the way tandem's contexts do (time-sliced by
 //! compute share, whole device per step) against a static half/half partition.
 
-use std::time::Duration;
-
 use clap::Args;
+use tandem_bench::{
+    simulate_shared, Arrival, DatasetSpec, LengthDist, PromptSet, SharedContext, Sharing, SimResult, Slo, WorkloadSpec,
+};
 use tandem_core::SchedulerConfig;
-use tandem_engine::workload::{Arrival, LengthDist, WorkloadSpec};
-use tandem_engine::{goodput, simulate_shared, SharedContext, Sharing, SimResult};
 use tandem_executor::sim::{DeviceProfile, ModelShape};
 
 #[derive(Debug, Args)]
@@ -72,26 +71,29 @@ pub fn run(a: SimulateContextsArgs) -> Result<(), String> {
             ..SchedulerConfig::default()
         };
         let workload = WorkloadSpec {
+            dataset: DatasetSpec::Modelled {
+                prompt: LengthDist::sharegpt_prompt(),
+                output: LengthDist::sharegpt_output(),
+                shared_prefix_fraction: 0.0,
+            },
             requests: a.requests[i],
+            priority_levels: 1,
             arrival: Arrival::Gamma { rate: a.rates[i], burstiness: a.burstiness[i] },
-            prompt: LengthDist::sharegpt_prompt(),
-            output: LengthDist::sharegpt_output(),
-            seed: a.seed + i as u64,
-            ..WorkloadSpec::default()
         }
-        .generate();
+        .generate(PromptSet::fixed(a.seed + i as u64), None)
+        .map_err(|e| e.to_string())?;
         contexts.push(SharedContext { name: name.clone(), model, scheduler, share: a.shares[i], workload });
     }
-    let (ttft, tpot) = (Duration::from_secs_f64(a.slo_ttft_ms / 1e3), Duration::from_secs_f64(a.slo_tpot_ms / 1e3));
+    let slo = Slo { ttft_ms: Some(a.slo_ttft_ms), tpot_ms: Some(a.slo_tpot_ms), e2el_ms: None };
     let sliced = simulate_shared(&device, &contexts, Sharing::TimeSliced).map_err(|e| e.to_string())?;
     let parted = simulate_shared(&device, &contexts, Sharing::Partitioned).map_err(|e| e.to_string())?;
     let row = |mode: &str, r: &SimResult| {
-        let s = &r.summary;
+        let s = &r.run.summary;
         serde_json::json!({
-            "model": s.name, "mode": mode, "completed": s.completed,
-            "goodput_rps": goodput(r, ttft, tpot), "throughput_rps": s.request_throughput,
-            "output_tok_s": s.output_throughput, "ttft_mean_ms": s.ttft_ms.mean, "ttft_p99_ms": s.ttft_ms.p99,
-            "tpot_mean_ms": s.tpot_ms.mean, "tpot_p99_ms": s.tpot_ms.p99,
+            "model": r.run.name, "mode": mode, "completed": s.completed,
+            "goodput_rps": r.goodput(&slo), "throughput_rps": s.request_throughput,
+            "output_tok_s": s.output_throughput, "ttft_mean_ms": s.ttft_ms.mean, "ttft_p99_ms": s.ttft_ms.p(99.0),
+            "tpot_mean_ms": s.tpot_ms.mean, "tpot_p99_ms": s.tpot_ms.p(99.0),
         })
     };
     let rows: Vec<_> = sliced

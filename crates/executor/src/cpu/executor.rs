@@ -4,13 +4,11 @@
 //! from running micro-batches apart, so each micro-batch is reported busy for its share (by fed
 //! tokens) of the fused step's time.
 
-use std::time::Instant;
-
-use tandem_core::{ModelOutput, SchedulerOutput, StepTiming};
+use tandem_core::{ModelOutput, SchedulerOutput};
 
 use super::kv_cache::PagedKvCache;
-use super::model::LlamaModel;
-use crate::step_io::SamplingState;
+use crate::model::LlamaModel;
+use crate::step_io::{execute_packed, Packed, PackedForward, SamplingState};
 use crate::{ExecError, Executor, KvSpec};
 
 /// The CPU executor.
@@ -40,6 +38,21 @@ impl CpuExecutor {
     }
 }
 
+impl PackedForward for CpuExecutor {
+    fn sampling(&mut self) -> &mut SamplingState {
+        &mut self.sampling
+    }
+
+    fn swap(&mut self, out: &SchedulerOutput) -> Result<(), ExecError> {
+        self.cache.swap_out(&out.swap_out)?;
+        self.cache.swap_in(&out.swap_in)
+    }
+
+    fn forward(&mut self, p: &Packed<'_>) -> Result<Vec<Vec<f32>>, ExecError> {
+        self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)
+    }
+}
+
 impl Executor for CpuExecutor {
     fn kv_spec(&self) -> KvSpec {
         let c = &self.model.config;
@@ -50,16 +63,7 @@ impl Executor for CpuExecutor {
     }
 
     fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelOutput, ExecError> {
-        let started = Instant::now();
-        self.sampling.forget(&out.finished);
-        self.cache.swap_out(&out.swap_out)?;
-        self.cache.swap_in(&out.swap_in)?;
-        let p = crate::step_io::pack(out, &self.sampling.last);
-        let logits = self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)?;
-        let mut output = self.sampling.sample_all(out, &p.ids, &logits)?;
-        let device = started.elapsed();
-        output.timing = StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) };
-        Ok(output)
+        execute_packed(self, out)
     }
 
     fn supports_async(&self) -> bool {

@@ -2,13 +2,12 @@
 //! KV cache in device memory and swapped blocks in host memory.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use tandem_core::{HostBlockId, ModelOutput, SchedulerOutput, StepTiming};
+use tandem_core::{HostBlockId, ModelOutput, SchedulerOutput};
 
 use super::model::{TensorKvCache, TensorModel};
-use crate::step_io::SamplingState;
+use crate::step_io::{execute_packed, Packed, PackedForward, SamplingState};
 use crate::{ExecError, Executor, KvSpec};
 
 /// One block's K and V rows for every layer, on the host.
@@ -31,8 +30,7 @@ impl TensorExecutor {
 
     /// Device bytes of one block (all layers, K and V) at `dtype_bytes` per element.
     pub fn bytes_per_block(model: &TensorModel, block_size: usize, dtype_bytes: usize) -> u64 {
-        let c = &model.config;
-        (2 * c.layers * block_size * c.kv_dim() * dtype_bytes) as u64
+        model.config.kv_bytes_per_block(block_size, dtype_bytes)
     }
 
     fn block_rows(&self, block: usize) -> Result<Tensor, ExecError> {
@@ -82,6 +80,21 @@ impl TensorExecutor {
     }
 }
 
+impl PackedForward for TensorExecutor {
+    fn sampling(&mut self) -> &mut SamplingState {
+        &mut self.sampling
+    }
+
+    fn swap(&mut self, out: &SchedulerOutput) -> Result<(), ExecError> {
+        self.swap_out(&out.swap_out)?;
+        self.swap_in(&out.swap_in)
+    }
+
+    fn forward(&mut self, p: &Packed<'_>) -> Result<Vec<Vec<f32>>, ExecError> {
+        self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)
+    }
+}
+
 impl Executor for TensorExecutor {
     fn kv_spec(&self) -> KvSpec {
         let bytes = self.cache.k.first().map_or(4, |t| t.dtype().size_in_bytes());
@@ -92,20 +105,7 @@ impl Executor for TensorExecutor {
     }
 
     fn execute(&mut self, out: &SchedulerOutput) -> Result<ModelOutput, ExecError> {
-        let started = Instant::now();
-        self.sampling.forget(&out.finished);
-        self.swap_out(&out.swap_out)?;
-        self.swap_in(&out.swap_in)?;
-        let p = crate::step_io::pack(out, &self.sampling.last);
-        let logits = if p.ids.is_empty() {
-            Vec::new()
-        } else {
-            self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)?
-        };
-        let mut output = self.sampling.sample_all(out, &p.ids, &logits)?;
-        let device = started.elapsed();
-        output.timing = StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) };
-        Ok(output)
+        execute_packed(self, out)
     }
 
     fn supports_async(&self) -> bool {

@@ -44,7 +44,7 @@ pub enum TensorDevice {
 /// A tensor executor for `model` (loaded with f32 weights) on `device`, with as many
 /// `block_size`-token KV blocks as fit in `kv_bytes`; also that block count.
 pub fn build(
-    model: crate::cpu::LlamaModel,
+    model: crate::model::LlamaModel,
     device: TensorDevice,
     block_size: usize,
     kv_bytes: u64,

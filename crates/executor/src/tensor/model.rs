@@ -1,7 +1,7 @@
 //! The Llama-family forward on candle tensors of any device — CUDA (bf16) under the `cuda`
 //! feature, the CPU (f32) in tests — over the scheduler's packed batch and a paged KV cache.
 //!
-//! Same math and layout as `crate::cpu::model` (which it is tested against), written with
+//! Same math and layout as `crate::cpu`'s forward (which it is tested against), written with
 //! candle ops so that every op has a CUDA kernel: cuBLAS matmuls, candle's `rms_norm`, `rope` /
 //! `rope_i` and `softmax_last_dim`. The paged cache is one `(blocks · block_size) × kv_dim`
 //! tensor per layer for K and for V; a step's new rows are written in place with `scatter_set`
@@ -12,7 +12,8 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-use crate::cpu::{Linear, LlamaConfig, LlamaModel, RopeStyle, SeqSlice};
+use crate::cpu::Linear;
+use crate::model::{LlamaConfig, LlamaModel, RopeStyle, SeqSlice};
 use crate::ExecError;
 
 /// One layer's weights on the device.

@@ -15,7 +15,7 @@ use tokenizers::{PreTokenizerWrapper, Tokenizer};
 
 use super::chat::ChatTemplate;
 use super::spm::{special_tokens, CONTROL, USER_DEFINED};
-use crate::cpu::LlamaConfig;
+use crate::model::LlamaConfig;
 use crate::ExecError;
 
 /// A model's tokenizer and chat template.

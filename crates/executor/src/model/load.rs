@@ -11,8 +11,9 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
-use super::linear::{Linear, WeightFormat};
-use super::model::{Layer, LlamaModel};
+use super::format::WeightFormat;
+use super::weights::{Layer, LlamaModel};
+use crate::cpu::Linear;
 use crate::text::TextTokenizer;
 use crate::ExecError;
 

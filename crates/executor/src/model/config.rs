@@ -160,4 +160,10 @@ impl LlamaConfig {
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
+
+    /// Bytes one KV block of `block_size` tokens takes across all layers (K and V), with
+    /// elements of `dtype_bytes`.
+    pub fn kv_bytes_per_block(&self, block_size: usize, dtype_bytes: usize) -> u64 {
+        (2 * self.layers * block_size * self.kv_dim() * dtype_bytes) as u64
+    }
 }

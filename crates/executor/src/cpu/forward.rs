@@ -1,4 +1,4 @@
-//! The Llama-family forward over a packed variable-length batch.
+//! The Llama-family forward on the CPU over a packed variable-length batch.
 //!
 //! Per layer: RMSNorm → fused QKV projection (+ bias for Qwen2) → RoPE at each token's own
 //! position → K/V written into the paged cache → causal attention per sequence through its block
@@ -9,62 +9,14 @@
 
 use candle_core::Tensor;
 use rayon::prelude::*;
-use tandem_core::BlockId;
 
 use super::attention::{attend_sequence, AttnCall, AttnShape};
-use super::config::{LlamaConfig, RopeStyle};
 use super::kv_cache::PagedKvCache;
-use super::linear::{Linear, WeightFormat};
+use crate::model::{LlamaModel, RopeStyle, SeqSlice};
 use crate::ExecError;
 
 /// Most tokens of one sequence per attention work item (parallelism within long prefills).
 const ATTN_CHUNK: usize = 16;
-
-/// One transformer block's weights.
-#[derive(Debug)]
-pub struct Layer {
-    pub attn_norm: Vec<f32>,
-    /// `hidden × (q + k + v)`.
-    pub wqkv: Linear,
-    pub bqkv: Option<Vec<f32>>,
-    /// `heads·head_dim × hidden`.
-    pub wo: Linear,
-    pub ffn_norm: Vec<f32>,
-    /// `hidden × 2·intermediate` (gate then up).
-    pub w_gate_up: Linear,
-    /// `intermediate × hidden`.
-    pub w_down: Linear,
-}
-
-impl Layer {
-    fn into_format(self, f: WeightFormat) -> Result<Self, ExecError> {
-        Ok(Layer {
-            wqkv: self.wqkv.into_format(f)?,
-            wo: self.wo.into_format(f)?,
-            w_gate_up: self.w_gate_up.into_format(f)?,
-            w_down: self.w_down.into_format(f)?,
-            ..self
-        })
-    }
-
-    fn linears(&self) -> [&Linear; 4] {
-        [&self.wqkv, &self.wo, &self.w_gate_up, &self.w_down]
-    }
-}
-
-/// A loaded model: config, weights and RoPE tables.
-#[derive(Debug)]
-pub struct LlamaModel {
-    pub config: LlamaConfig,
-    /// `vocab × hidden`, for the embedding lookup.
-    pub embed: Tensor,
-    pub layers: Vec<Layer>,
-    pub norm: Vec<f32>,
-    /// `hidden × vocab`.
-    pub lm_head: Linear,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
 
 /// `out[r] = x[r] / rms(x[r]) · w` for each row of `x` (width `w.len()`).
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
@@ -83,76 +35,7 @@ fn add_into(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// One sequence's slice of a packed batch.
-#[derive(Debug, Clone)]
-pub struct SeqSlice<'a> {
-    /// Rows of the batch (`start_row .. start_row + len`).
-    pub start_row: usize,
-    pub len: usize,
-    /// Position of the first fed token.
-    pub start_pos: usize,
-    pub table: &'a [BlockId],
-}
-
 impl LlamaModel {
-    pub fn new(
-        config: LlamaConfig,
-        embed: Tensor,
-        layers: Vec<Layer>,
-        norm: Vec<f32>,
-        lm_head: Linear,
-    ) -> Result<Self, ExecError> {
-        let half = config.head_dim / 2;
-        let max = config.max_position.max(1);
-        let (mut cos, mut sin) = (Vec::with_capacity(max * half), Vec::with_capacity(max * half));
-        for p in 0..max {
-            for i in 0..half {
-                let inv = config.rope_theta.powf(-(2.0 * i as f64) / config.head_dim as f64);
-                let a = p as f64 * inv;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
-        Ok(Self { config, embed, layers, norm, lm_head, cos, sin })
-    }
-
-    /// This model with its linear layers in `format` (f32 → int8 quantizes; `Auto` keeps them).
-    pub fn into_format(self, format: WeightFormat) -> Result<Self, ExecError> {
-        let layers = self.layers.into_iter().map(|l| l.into_format(format)).collect::<Result<_, _>>()?;
-        Ok(LlamaModel { layers, lm_head: self.lm_head.into_format(format)?, ..self })
-    }
-
-    /// Bytes of linear-layer weights (the matmuls' operands; embedding and norms excluded).
-    pub fn linear_bytes(&self) -> usize {
-        self.layers.iter().flat_map(|l| l.linears()).map(Linear::bytes).sum::<usize>() + self.lm_head.bytes()
-    }
-
-    /// Bytes the loaded model holds: embedding, linear layers, norms, biases, RoPE tables (what
-    /// [`super::model_bytes`] predicts from the config).
-    pub fn memory_bytes(&self) -> usize {
-        let small: usize = self
-            .layers
-            .iter()
-            .map(|l| l.attn_norm.len() + l.ffn_norm.len() + l.bqkv.as_ref().map_or(0, Vec::len))
-            .sum();
-        self.embed.elem_count() * 4
-            + self.linear_bytes()
-            + 4 * (small + self.norm.len() + self.cos.len() + self.sin.len())
-    }
-
-    /// The format of the linear layers.
-    pub fn weight_format(&self) -> WeightFormat {
-        match self.lm_head {
-            Linear::F32(_) => WeightFormat::F32,
-            Linear::Q8(_) => WeightFormat::Q8,
-        }
-    }
-
-    /// The RoPE tables, `max_position × head_dim/2` each, row-major: (cos, sin).
-    pub fn rope_tables(&self) -> (&[f32], &[f32]) {
-        (&self.cos, &self.sin)
-    }
-
     /// Rotates one head vector in place for position `pos`.
     fn rope(&self, x: &mut [f32], pos: usize) {
         let half = self.config.head_dim / 2;

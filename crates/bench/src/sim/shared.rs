@@ -6,19 +6,19 @@
 //! bandwidth, compute and memory, like MIG — what a static half/half split does).
 //!
 //! Both modes give each context the same scheduler config (so the same KV blocks): the
-//! comparison isolates how compute is shared.
+//! comparison isolates how compute is shared. Every figure is modelled.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tandem_core::contexts::FairShare;
-use tandem_core::{ModelOutput, NewRequest, Scheduler, SchedulerConfig};
+use tandem_core::{ModelOutput, Scheduler, SchedulerConfig};
 use tandem_executor::sim::{ClockMode, DeviceProfile, ModelShape, SimExecutor};
 use tandem_executor::Executor;
 
-use crate::error::EngineError;
-use crate::report::{RequestRecord, RunSummary};
-use crate::sim::{record_deltas, simulate, SimConfig, SimResult};
-use crate::workload::WorkloadRequest;
+use super::{at, new_request, sim_result, simulate, SimConfig, SimResult, Timelines, MAX_IDLE_STEPS};
+use crate::system::SystemStats;
+use crate::workload::Workload;
+use crate::BenchError;
 
 /// How the device is shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,15 +36,15 @@ pub struct SharedContext {
     pub model: ModelShape,
     pub scheduler: SchedulerConfig,
     pub share: f64,
-    /// Sorted by arrival.
-    pub workload: Vec<WorkloadRequest>,
+    /// Sorted by send time.
+    pub workload: Workload,
 }
 
 struct Running<'a> {
     ctx: &'a SharedContext,
     sched: Scheduler,
     exec: SimExecutor,
-    records: Vec<RequestRecord>,
+    lines: Timelines,
     next: usize,
     steps: u64,
     batch_sum: u64,
@@ -53,13 +53,9 @@ struct Running<'a> {
 impl Running<'_> {
     fn admit(&mut self, now: Duration) {
         let w = &self.ctx.workload;
-        while self.next < w.len() && w[self.next].arrival <= now {
-            let r = &w[self.next];
-            let mut req = NewRequest::new(self.next as u64, r.prompt.clone(), r.output_len, r.arrival);
-            req.priority = r.priority;
-            req.params.ignore_eos = true;
-            if self.sched.add_request(req).is_err() {
-                self.records[self.next].failed = true;
+        while self.next < w.len() && at(w.times[self.next]) <= now {
+            if let Err(e) = self.sched.add_request(new_request(self.next, w.times[self.next], &w.requests[self.next])) {
+                self.lines.reject(self.next, e.to_string());
             }
             self.next += 1;
         }
@@ -67,7 +63,7 @@ impl Running<'_> {
     }
 
     fn next_arrival(&self) -> Option<Duration> {
-        self.ctx.workload.get(self.next).map(|w| w.arrival)
+        self.ctx.workload.times.get(self.next).map(|&t| at(t))
     }
 }
 
@@ -77,7 +73,7 @@ pub fn simulate_shared(
     device: &DeviceProfile,
     contexts: &[SharedContext],
     sharing: Sharing,
-) -> Result<Vec<SimResult>, EngineError> {
+) -> Result<Vec<SimResult>, BenchError> {
     match sharing {
         Sharing::Partitioned => {
             let part = device.partition(1.0 / contexts.len().max(1) as f64);
@@ -98,24 +94,19 @@ pub fn simulate_shared(
     }
 }
 
-fn time_sliced(device: &DeviceProfile, contexts: &[SharedContext]) -> Result<Vec<SimResult>, EngineError> {
-    let started = std::time::Instant::now();
+fn time_sliced(device: &DeviceProfile, contexts: &[SharedContext]) -> Result<Vec<SimResult>, BenchError> {
+    let started = Instant::now();
     let mut fair = FairShare::new();
     let mut run: Vec<Running<'_>> = Vec::new();
     for c in contexts {
         fair.register(&c.name, c.share);
         let exec = SimExecutor::new(c.model.clone(), device.clone(), c.scheduler.block_size, ClockMode::Virtual)
             .avoiding(c.scheduler.eos_token_ids.clone());
-        let records = c
-            .workload
-            .iter()
-            .map(|w| RequestRecord { arrival: w.arrival, prompt_tokens: w.prompt.len(), ..RequestRecord::default() })
-            .collect();
         run.push(Running {
             ctx: c,
             sched: Scheduler::new(c.scheduler.clone())?,
             exec,
-            records,
+            lines: Timelines::new(&c.workload),
             next: 0,
             steps: 0,
             batch_sum: 0,
@@ -150,21 +141,21 @@ fn time_sliced(device: &DeviceProfile, contexts: &[SharedContext]) -> Result<Vec
                 candidates.retain(|&c| c != i);
                 continue;
             }
-            let model = r.exec.execute(&out).map_err(|e| EngineError::Executor(e.to_string()))?;
+            let model = r.exec.execute(&out)?;
             now += model.timing.device;
             fair.charge(&contexts[i].name, model.timing.device);
             r.steps += 1;
             r.batch_sum += out.seqs.len() as u64;
             let deltas = r.sched.update(&out, &model, now)?;
-            record_deltas(&mut r.records, &deltas, now);
+            r.lines.apply(&deltas, now);
             ran = true;
             break;
         }
         if !ran {
             // Everyone is waiting on a timer or memory: move time on.
             stuck += 1;
-            if stuck > 50_000_000 {
-                return Err(EngineError::Executor("shared simulation made no progress".into()));
+            if stuck > MAX_IDLE_STEPS {
+                return Err(BenchError::Simulation("shared simulation made no progress".into()));
             }
             let tick = now + Duration::from_millis(1);
             now = run
@@ -180,50 +171,41 @@ fn time_sliced(device: &DeviceProfile, contexts: &[SharedContext]) -> Result<Vec
         .into_iter()
         .map(|r| {
             let stats = r.sched.stats();
-            let mut summary = RunSummary::from_records(&r.ctx.name, &r.records);
-            summary.preemptions = stats.preemptions();
-            summary.steps = r.steps;
-            summary.mean_batch_size = r.batch_sum as f64 / r.steps.max(1) as f64;
-            SimResult { summary, records: r.records, scheduler: stats, wall: started.elapsed() }
+            let system = SystemStats {
+                preemptions: Some(stats.preemptions()),
+                steps: Some(r.steps),
+                mean_batch_size: Some(r.batch_sum as f64 / r.steps.max(1) as f64),
+                prefix_cache_queries: Some(stats.prefix_cache_queries),
+                prefix_cache_hits: Some(stats.prefix_cache_hits),
+                ..SystemStats::default()
+            };
+            sim_result(&r.ctx.name, &r.ctx.workload, r.lines.records, system, stats, started)
         })
         .collect())
-}
-
-/// Requests per second that met both SLOs (TTFT ≤ `ttft`, TPOT ≤ `tpot`), over the context's
-/// whole run (first arrival → last completion): vLLM's goodput.
-pub fn goodput(result: &SimResult, ttft: Duration, tpot: Duration) -> f64 {
-    let good = result
-        .records
-        .iter()
-        .filter(|r| !r.failed && r.finish.is_some())
-        .filter(|r| {
-            let first = r.ttft().unwrap_or(Duration::MAX);
-            let per_token = match (r.e2e(), r.output_tokens) {
-                (Some(e2e), n) if n > 1 => (e2e.saturating_sub(first)) / (n as u32 - 1),
-                _ => Duration::ZERO,
-            };
-            first <= ttft && per_token <= tpot
-        })
-        .count();
-    good as f64 / result.summary.duration.as_secs_f64().max(1e-9)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{Arrival, LengthDist, WorkloadSpec};
+    use crate::arrival::Arrival;
+    use crate::dataset::{DatasetSpec, LengthDist, PromptSet};
+    use crate::metrics::Slo;
+    use crate::workload::WorkloadSpec;
 
     fn ctx(name: &str, model: ModelShape, rate: f64, seed: u64) -> SharedContext {
         let spec = WorkloadSpec {
+            dataset: DatasetSpec::Modelled {
+                prompt: LengthDist::Fixed(128),
+                output: LengthDist::Fixed(64),
+                shared_prefix_fraction: 0.0,
+            },
             requests: 200,
+            priority_levels: 1,
             arrival: Arrival::Poisson { rate },
-            prompt: LengthDist::Fixed(128),
-            output: LengthDist::Fixed(64),
-            seed,
-            ..WorkloadSpec::default()
         };
         let scheduler = SchedulerConfig { num_gpu_blocks: 4096, ..SchedulerConfig::default() };
-        SharedContext { name: name.into(), model, scheduler, share: 1.0, workload: spec.generate() }
+        let workload = spec.generate(PromptSet::fixed(seed), None).unwrap();
+        SharedContext { name: name.into(), model, scheduler, share: 1.0, workload }
     }
 
     #[test]
@@ -231,17 +213,17 @@ mod tests {
         // One model busy, the other with no requests: time-slicing gives the busy one the whole
         // device, a static half gives it half the bandwidth, so its steps take longer.
         let busy = ctx("busy", ModelShape::qwen2_5_0_5b(), 50.0, 1);
-        let idle = SharedContext { workload: Vec::new(), ..ctx("idle", ModelShape::qwen2_5_0_5b(), 1.0, 2) };
+        let idle = SharedContext { workload: Workload::default(), ..ctx("idle", ModelShape::qwen2_5_0_5b(), 1.0, 2) };
         let h100 = DeviceProfile::h100();
         let sliced = simulate_shared(&h100, &[busy.clone(), idle.clone()], Sharing::TimeSliced).unwrap();
         let parted = simulate_shared(&h100, &[busy, idle], Sharing::Partitioned).unwrap();
-        assert_eq!(sliced[0].summary.completed, 200);
-        assert_eq!(parted[0].summary.completed, 200);
+        assert_eq!(sliced[0].run.summary.completed, 200);
+        assert_eq!(parted[0].run.summary.completed, 200);
         assert!(
-            sliced[0].summary.tpot_ms.mean < parted[0].summary.tpot_ms.mean,
+            sliced[0].run.summary.tpot_ms.mean < parted[0].run.summary.tpot_ms.mean,
             "{:?} vs {:?}",
-            sliced[0].summary.tpot_ms,
-            parted[0].summary.tpot_ms
+            sliced[0].run.summary.tpot_ms,
+            parted[0].run.summary.tpot_ms
         );
     }
 
@@ -250,10 +232,12 @@ mod tests {
         let a = ctx("a", ModelShape::qwen2_5_0_5b(), 20.0, 3);
         let b = ctx("b", ModelShape::qwen2_5_1_5b(), 20.0, 4);
         let r = simulate_shared(&DeviceProfile::h100(), &[a, b], Sharing::TimeSliced).unwrap();
-        assert!(r.iter().all(|x| x.summary.completed == 200 && x.summary.failed == 0));
+        assert!(r.iter().all(|x| x.run.summary.completed == 200 && x.run.summary.failed == 0));
         // Impossible SLOs: no goodput; generous ones: all of the throughput.
-        assert_eq!(goodput(&r[0], Duration::ZERO, Duration::ZERO), 0.0);
-        let all = goodput(&r[0], Duration::from_secs(3600), Duration::from_secs(3600));
-        assert!((all - r[0].summary.request_throughput).abs() < 1e-9, "{all} vs {}", r[0].summary.request_throughput);
+        let slo = |ms: f64| Slo { ttft_ms: Some(ms), tpot_ms: Some(ms), e2el_ms: None };
+        assert_eq!(r[0].goodput(&slo(0.0)), 0.0);
+        let all = r[0].goodput(&slo(3.6e6));
+        let rps = r[0].run.summary.request_throughput;
+        assert!((all - rps).abs() < 1e-9, "{all} vs {rps}");
     }
 }

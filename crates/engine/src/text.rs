@@ -1,20 +1,13 @@
-//! Text streaming on top of a [`RequestHandle`]: tokens become text deltas through the
-//! incremental detokenizer, and stop strings end the request (vLLM and TGI match stop strings in
-//! their engine layer too: the scheduler only knows token ids).
+//! A request's tokens as client text: the incremental detokenizer, then stop strings (vLLM and
+//! TGI match stop strings in their engine layer too: the scheduler only knows token ids).
+//! [`crate::Generation`] streams through a [`TokenText`].
 //!
 //! [`StopMatcher`] holds back the tail of the text that could still become a stop string, so a
 //! client never sees the beginning of a stop sequence that then matches; on a match the text is
 //! cut before it and the request is finished with `Stopped(StopString)`.
 
-use std::collections::VecDeque;
-
-use tandem_core::{FinishReason, StopCause};
 use tandem_executor::text::{IncrementalDecoder, TextTokenizer};
 use tandem_executor::ExecError;
-
-use crate::engine::Engine;
-use crate::error::EngineError;
-use crate::handle::{RequestEvent, RequestHandle};
 
 /// Finds stop strings in streamed text.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +58,6 @@ impl StopMatcher {
 }
 
 /// A request's tokens as client text: the incremental detokenizer, then the stop strings.
-/// [`TextStream`] and the server's choices both stream through one of these.
 #[derive(Debug, Clone, Default)]
 pub struct TokenText {
     decoder: IncrementalDecoder,
@@ -90,77 +82,6 @@ impl TokenText {
         let (mut text, _) = self.stops.push(&tail);
         text.push_str(&self.stops.flush());
         text
-    }
-}
-
-/// What a [`TextStream`] yields.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TextEvent {
-    /// New text (may be empty while a character is incomplete or a stop string may be starting);
-    /// `token` is the token that produced it (`None` for text flushed at the end).
-    Text {
-        text: String,
-        token: Option<u32>,
-    },
-    /// The end, with the reason (a stop string gives `Stopped(StopString)`).
-    Finished(FinishReason),
-    Failed(EngineError),
-}
-
-/// A request's events as text, with stop strings applied.
-pub struct TextStream<'a> {
-    handle: RequestHandle,
-    engine: &'a Engine,
-    tokenizer: &'a TextTokenizer,
-    text: TokenText,
-    pending: VecDeque<TextEvent>,
-    done: bool,
-}
-
-impl<'a> TextStream<'a> {
-    pub fn new(engine: &'a Engine, tokenizer: &'a TextTokenizer, handle: RequestHandle, stop: Vec<String>) -> Self {
-        Self { handle, engine, tokenizer, text: TokenText::new(stop), pending: VecDeque::new(), done: false }
-    }
-
-    /// The next text event (blocking), `None` after the last.
-    pub fn blocking_next(&mut self) -> Option<TextEvent> {
-        while self.pending.is_empty() && !self.done {
-            let ev = self.handle.blocking_next();
-            self.convert(ev);
-        }
-        self.pending.pop_front()
-    }
-
-    fn convert(&mut self, ev: Option<RequestEvent>) {
-        match ev {
-            Some(RequestEvent::Token(t)) => match self.text.push(self.tokenizer, t) {
-                Ok((text, stopped)) => {
-                    self.pending.push_back(TextEvent::Text { text, token: Some(t) });
-                    if stopped {
-                        let reason = FinishReason::Stopped(StopCause::StopString);
-                        self.engine.finish_request(self.handle.id(), reason);
-                        self.end(TextEvent::Finished(reason));
-                    }
-                }
-                Err(e) => self.end(TextEvent::Failed(EngineError::Executor(e.to_string()))),
-            },
-            Some(RequestEvent::Finished(reason)) => {
-                let text = self.text.finish(self.tokenizer);
-                if !text.is_empty() {
-                    self.pending.push_back(TextEvent::Text { text, token: None });
-                }
-                self.end(TextEvent::Finished(reason));
-            }
-            Some(RequestEvent::Failed(e)) => self.end(TextEvent::Failed(e)),
-            // Text streams do not carry log-probabilities.
-            Some(RequestEvent::Logprobs(_)) => {}
-            None => self.end(TextEvent::Finished(FinishReason::Aborted(tandem_core::AbortCause::Client))),
-        }
-    }
-
-    fn end(&mut self, last: TextEvent) {
-        self.pending.push_back(last);
-        self.done = true;
     }
 }
 

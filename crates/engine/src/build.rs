@@ -1,0 +1,290 @@
+//! Assembling engines: "a model file + a device + a size" → a running [`Engine`] with its
+//! tokenizer. The one place that chooses the executor, sizes its KV pool and derives the
+//! scheduler's config from the model — used by `tandem serve`, `generate`, `bench` and the
+//! multi-model loader ([`DeviceLoader`], a [`ModelLoader`] for [`crate::ModelRegistry`]). The
+//! counterpart of vLLM's `EngineArgs → LLMEngine` and llama.cpp's `common_init_from_params`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use tandem_core::contexts::ContextSpec;
+use tandem_core::SchedulerConfig;
+use tandem_executor::cpu::CpuExecutor;
+use tandem_executor::model::{load_model_as, LlamaConfig, LlamaModel, LoadedModel, WeightFormat};
+use tandem_executor::tensor::TensorDevice;
+use tandem_executor::text::TextTokenizer;
+use tandem_executor::{ExecError, Executor};
+
+use crate::engine::{Engine, EngineConfig};
+use crate::error::EngineError;
+use crate::gate::GateHandle;
+use crate::registry::{ModelLoader, ServedModel};
+
+/// Tokens per KV block, for every real executor (vLLM's default on GPUs too).
+pub const BLOCK_SIZE: usize = 16;
+/// Requests an engine queues before refusing more (HTTP 429).
+pub const MAX_QUEUED: usize = 1024;
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceKind {
+    /// The CPU executor (f32 or int8 weights).
+    #[default]
+    Cpu,
+    /// The tensor executor on the first GPU, bf16 (a build with `--features cuda`).
+    Cuda,
+    /// The tensor executor on the CPU, f32: the CUDA path checked without a GPU.
+    TensorCpu,
+}
+
+impl DeviceKind {
+    /// Bytes of one KV element on this device.
+    pub fn kv_dtype_bytes(self) -> usize {
+        match self {
+            DeviceKind::Cuda => 2,
+            DeviceKind::Cpu | DeviceKind::TensorCpu => 4,
+        }
+    }
+
+    /// The weights format this device loads: the tensor executor takes f32 weights from the
+    /// loader (it converts them to its own dtype on the device).
+    pub fn weights_for(self, asked: WeightFormat) -> Result<WeightFormat, BuildError> {
+        match (self, asked) {
+            (DeviceKind::Cpu, w) => Ok(w),
+            (_, WeightFormat::Q8) => Err(BuildError::WeightsForDevice { device: self }),
+            (_, _) => Ok(WeightFormat::F32),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::TensorCpu => "tensor-cpu",
+        })
+    }
+}
+
+impl FromStr for DeviceKind {
+    type Err = BuildError;
+    fn from_str(s: &str) -> Result<Self, BuildError> {
+        match s {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" => Ok(DeviceKind::Cuda),
+            "tensor-cpu" => Ok(DeviceKind::TensorCpu),
+            _ => Err(BuildError::UnknownDevice(s.to_string())),
+        }
+    }
+}
+
+/// Why an engine could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("--weights q8 is for the CPU executor; the tensor executor on `{device}` uses bf16/f32")]
+    WeightsForDevice { device: DeviceKind },
+    #[error("unknown device `{0}`: cpu, cuda or tensor-cpu")]
+    UnknownDevice(String),
+    /// The model could not be found, fetched or loaded, or its executor not built.
+    #[error(transparent)]
+    Model(#[from] ExecError),
+    /// The scheduler overrides or the derived config are invalid.
+    #[error(transparent)]
+    Scheduler(#[from] tandem_core::Error),
+    /// The engine's threads did not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The multi-model loader has no file for this context.
+    #[error("no model file for context `{0}`")]
+    NoSource(String),
+}
+
+/// A model to run: its file, the device and the weights format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSource {
+    pub path: PathBuf,
+    pub device: DeviceKind,
+    pub weights: WeightFormat,
+}
+
+impl ModelSource {
+    /// `path`, or the embedded default model (fetched once into the cache).
+    pub fn resolve(path: Option<&Path>, device: DeviceKind, weights: WeightFormat) -> Result<Self, BuildError> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => tandem_executor::store::default_model()?,
+        };
+        Ok(Self { path, device, weights })
+    }
+
+    /// The model's name for clients: the file or directory name up to its first dot.
+    pub fn name(&self) -> String {
+        let stem = self.path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+        stem.split('.').next().filter(|s| !s.is_empty()).unwrap_or("model").to_string()
+    }
+
+    /// Loads the weights and tokenizer in the format the device takes.
+    pub fn load(&self) -> Result<LoadedModel, BuildError> {
+        Ok(load_model_as(&self.path, self.device.weights_for(self.weights)?)?)
+    }
+}
+
+/// How big an engine is: KV memory and scheduler limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sizing {
+    pub kv_bytes: u64,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    /// Scheduler overrides, `key=value` (see `tandem_core::config_text`).
+    pub overrides: Vec<String>,
+}
+
+impl Default for Sizing {
+    fn default() -> Self {
+        Self { kv_bytes: 512 << 20, max_num_seqs: 64, max_num_batched_tokens: 512, overrides: Vec::new() }
+    }
+}
+
+/// A started engine with its tokenizer.
+pub struct Running {
+    pub engine: Engine,
+    pub tokenizer: TextTokenizer,
+    /// The executor and the model file, for logs.
+    pub describe: String,
+    /// The model's name for clients.
+    pub name: String,
+    pub max_model_len: usize,
+}
+
+/// KV bytes for at least `tokens` tokens of `config` on `device`, in whole blocks.
+pub fn kv_bytes_for_tokens(config: &LlamaConfig, device: DeviceKind, tokens: u64) -> u64 {
+    config.kv_bytes_per_block(BLOCK_SIZE, device.kv_dtype_bytes()) * tokens.div_ceil(BLOCK_SIZE as u64)
+}
+
+/// An executor for `model` on `device` with a KV pool of about `kv_bytes`; also its block count.
+pub fn executor_for(
+    device: DeviceKind,
+    model: LlamaModel,
+    kv_bytes: u64,
+) -> Result<(Box<dyn Executor>, usize), BuildError> {
+    match device {
+        DeviceKind::Cpu => {
+            let blocks = CpuExecutor::blocks_for_memory(&model, BLOCK_SIZE, kv_bytes).max(1);
+            Ok((Box::new(CpuExecutor::new(model, BLOCK_SIZE, blocks, 0)), blocks))
+        }
+        DeviceKind::Cuda | DeviceKind::TensorCpu => {
+            let on = if device == DeviceKind::Cuda { TensorDevice::Cuda } else { TensorDevice::Cpu };
+            let (exec, blocks) = tandem_executor::tensor::build(model, on, BLOCK_SIZE, kv_bytes)?;
+            Ok((Box::new(exec), blocks))
+        }
+    }
+}
+
+/// Loads `source` and starts its engine.
+pub fn start(source: &ModelSource, sizing: &Sizing) -> Result<Running, BuildError> {
+    start_loaded(source.load()?, source, sizing, None)
+}
+
+/// Starts an engine for a model already loaded from `source`, stepping through `gate` when it
+/// shares the device with other engines.
+pub fn start_loaded(
+    loaded: LoadedModel,
+    source: &ModelSource,
+    sizing: &Sizing,
+    gate: Option<GateHandle>,
+) -> Result<Running, BuildError> {
+    let max_position = loaded.model.config.max_position;
+    let (executor, blocks) = executor_for(source.device, loaded.model, sizing.kv_bytes)?;
+    let max_model_len = max_position.min(blocks * BLOCK_SIZE).max(2);
+    let mut scheduler = SchedulerConfig {
+        block_size: BLOCK_SIZE,
+        num_gpu_blocks: blocks,
+        max_num_seqs: sizing.max_num_seqs,
+        max_num_batched_tokens: sizing.max_num_batched_tokens.max(BLOCK_SIZE),
+        max_model_len,
+        eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
+        ..SchedulerConfig::default()
+    };
+    scheduler.apply_overrides(&sizing.overrides)?;
+    let describe = format!("{} from {}", executor.describe(), source.path.display());
+    let engine =
+        Engine::start(EngineConfig { scheduler, max_queued: MAX_QUEUED, async_scheduling: true, gate }, executor)?;
+    Ok(Running { engine, tokenizer: loaded.tokenizer, describe, name: source.name(), max_model_len })
+}
+
+/// Loads the contexts of a [`crate::ModelRegistry`] onto their device: each context's file
+/// and format by name; the KV pool gets the context's budget less its weights.
+pub struct DeviceLoader {
+    sources: HashMap<String, ModelSource>,
+    /// Scheduler limits of every context (`kv_bytes` is per load).
+    pub sizing: Sizing,
+}
+
+impl DeviceLoader {
+    pub fn new(sources: HashMap<String, ModelSource>, sizing: Sizing) -> Self {
+        Self { sources, sizing }
+    }
+}
+
+impl ModelLoader for DeviceLoader {
+    fn load(&self, spec: &ContextSpec, bytes: u64, gate: GateHandle) -> Result<ServedModel, BuildError> {
+        let src = self.sources.get(&spec.name).ok_or_else(|| BuildError::NoSource(spec.name.clone()))?;
+        let loaded = src.load()?;
+        let weights = loaded.model.memory_bytes() as u64;
+        let sizing = Sizing { kv_bytes: bytes.saturating_sub(weights), ..self.sizing.clone() };
+        let running = start_loaded(loaded, src, &sizing, Some(gate))?;
+        let describe = format!("{} ({} MiB budget)", running.describe, bytes >> 20);
+        Ok(ServedModel::new(spec.name.clone(), running.engine, running.tokenizer, running.max_model_len, describe))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_print_and_pick_their_weights() {
+        for d in [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::TensorCpu] {
+            assert_eq!(d.to_string().parse::<DeviceKind>().unwrap(), d);
+        }
+        assert!(matches!("tpu".parse::<DeviceKind>(), Err(BuildError::UnknownDevice(_))));
+        assert_eq!(DeviceKind::Cpu.weights_for(WeightFormat::Q8).unwrap(), WeightFormat::Q8);
+        assert_eq!(DeviceKind::TensorCpu.weights_for(WeightFormat::Auto).unwrap(), WeightFormat::F32);
+        assert!(DeviceKind::Cuda.weights_for(WeightFormat::Q8).is_err());
+    }
+
+    #[test]
+    fn names_are_the_file_stem_up_to_the_first_dot() {
+        let src = |p: &str| ModelSource { path: p.into(), device: DeviceKind::Cpu, weights: WeightFormat::Auto };
+        assert_eq!(src("/m/SmolLM2-135M-Instruct.Q4_1.gguf").name(), "SmolLM2-135M-Instruct");
+        assert_eq!(src("/m/tiny").name(), "tiny");
+    }
+
+    #[test]
+    fn kv_memory_is_whole_blocks_of_the_devices_dtype() {
+        let c = LlamaConfig {
+            architecture: "llama".into(),
+            layers: 2,
+            hidden: 8,
+            intermediate: 16,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 4,
+            vocab: 32,
+            rms_eps: 1e-5,
+            rope_theta: 1e4,
+            rope_style: tandem_executor::model::RopeStyle::Half,
+            max_position: 64,
+            tie_embeddings: true,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        };
+        // One 16-token block: 2 (K, V) · 2 layers · 16 tokens · 4 floats · 4 bytes = 1,024 bytes.
+        assert_eq!(kv_bytes_for_tokens(&c, DeviceKind::Cpu, 1), 1024);
+        // 17 tokens need two blocks; bf16 on CUDA halves each.
+        assert_eq!(kv_bytes_for_tokens(&c, DeviceKind::Cpu, 17), 2048);
+        assert_eq!(kv_bytes_for_tokens(&c, DeviceKind::Cuda, 17), 1024);
+    }
+}

@@ -1,0 +1,360 @@
+//! [`StepLoop`]: the engine's step loop thread. Take new requests and aborts from the control
+//! channel; `schedule`; hand the output to the device worker; when the oldest step in flight
+//! comes back, `update` and stream the deltas to the request handles. With an executor that
+//! fills placeholders (async scheduling), up to two steps are in flight: while the device runs
+//! step N, the loop applies step N−1's results and schedules step N+1 — the CPU time spent so
+//! is reported as hidden (vLLM's async scheduling). An executor failure fails the step's
+//! requests and the loop goes on. The shared statistics are locked once per step.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use tandem_core::{FinishReason, ModelOutput, RequestDelta, RequestId, Scheduler, SchedulerOutput, TokenLogprobs};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::control::Control;
+use crate::device::{DeviceResult, DeviceWorker};
+use crate::engine::{lock, Shared};
+use crate::error::EngineError;
+use crate::handle::RequestEvent;
+use crate::metrics::Timeline;
+use crate::stats::StatsAccumulator;
+
+/// Per-request bookkeeping on the loop thread.
+struct Tracked {
+    events: UnboundedSender<RequestEvent>,
+    timeline: Timeline,
+}
+
+/// A step handed to the device worker (or answered at once when empty).
+struct InFlight {
+    out: Arc<SchedulerOutput>,
+    on_device: bool,
+}
+
+/// Statistics gathered between steps, folded into the shared snapshot under the one lock taken
+/// per step (in `apply`).
+#[derive(Default)]
+struct PendingStats {
+    cpu: Duration,
+    cpu_hidden: Duration,
+    waits: Vec<Duration>,
+    accepted: u64,
+}
+
+pub(crate) struct StepLoop {
+    sched: Scheduler,
+    control: Receiver<Control>,
+    shared: Arc<Shared>,
+    depth: usize,
+    epoch: Instant,
+    device: DeviceWorker,
+    inflight: VecDeque<InFlight>,
+    requests: FxHashMap<RequestId, Tracked>,
+    pending: PendingStats,
+    shutting_down: bool,
+}
+
+impl StepLoop {
+    pub fn new(
+        sched: Scheduler,
+        device: DeviceWorker,
+        control: Receiver<Control>,
+        shared: Arc<Shared>,
+        depth: usize,
+        epoch: Instant,
+    ) -> Self {
+        lock(&shared.stats).snapshot.batching = sched.batching().to_string();
+        Self {
+            sched,
+            control,
+            shared,
+            depth,
+            epoch,
+            device,
+            inflight: VecDeque::new(),
+            requests: FxHashMap::default(),
+            pending: PendingStats::default(),
+            shutting_down: false,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    fn device_busy(&self) -> bool {
+        self.inflight.iter().any(|f| f.on_device)
+    }
+
+    pub fn run(&mut self) {
+        loop {
+            self.intake();
+            if self.shutting_down {
+                break;
+            }
+            let cpu_start = Instant::now();
+            let busy_before = self.device_busy();
+            while self.inflight.len() < self.depth {
+                let out = Arc::new(self.sched.schedule(self.now()));
+                self.note_started(&out);
+                let empty = out.is_empty();
+                if !empty && !self.device.run(out.clone()) {
+                    break;
+                }
+                self.inflight.push_back(InFlight { out, on_device: !empty });
+                if empty {
+                    break;
+                }
+            }
+            self.account_cpu(cpu_start.elapsed(), busy_before);
+            let Some(front) = self.inflight.pop_front() else { continue };
+            let result = if front.on_device {
+                match self.device.result() {
+                    Some(r) => r,
+                    None => break, // the device thread is gone
+                }
+            } else {
+                Ok(ModelOutput::default())
+            };
+            let cpu_start = Instant::now();
+            let busy = self.device_busy();
+            self.apply(front.out, result);
+            // Empty steps (nothing to run) that are next in line need no device: apply them
+            // now, or one left queued would keep the loop from ever sleeping while requests
+            // wait for a batch to fill.
+            while self.inflight.front().is_some_and(|f| !f.on_device) {
+                if let Some(f) = self.inflight.pop_front() {
+                    self.apply(f.out, Ok(ModelOutput::default()));
+                }
+            }
+            // Counted with the next step's statistics.
+            self.account_cpu(cpu_start.elapsed(), busy);
+            if self.inflight.is_empty() && !self.has_runnable_work() {
+                self.wait_for_work();
+            }
+        }
+        self.abort_everything();
+    }
+
+    fn has_runnable_work(&self) -> bool {
+        self.sched.num_running() > 0
+    }
+
+    /// Blocks until a control message arrives (or briefly, if requests wait on a timer such as
+    /// size-or-timeout batching or a deadline).
+    fn wait_for_work(&mut self) {
+        let msg = if self.sched.is_idle() {
+            self.control.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            self.control.recv_timeout(Duration::from_millis(1))
+        };
+        match msg {
+            Ok(m) => self.handle(m),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => self.shutting_down = true,
+        }
+    }
+
+    fn intake(&mut self) {
+        while let Ok(m) = self.control.try_recv() {
+            self.handle(m);
+        }
+    }
+
+    fn handle(&mut self, msg: Control) {
+        match msg {
+            Control::Add(req, events) => {
+                let id = req.id;
+                let timeline = Timeline { arrival: req.arrival, prompt_len: req.prompt.len(), ..Timeline::default() };
+                match self.sched.add_request(req) {
+                    Ok(()) => {
+                        self.requests.insert(id, Tracked { events, timeline });
+                        self.pending.accepted += 1;
+                    }
+                    Err(e) => {
+                        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                        let _ = events.send(RequestEvent::Failed(e.into()));
+                    }
+                }
+            }
+            Control::Abort(id) => {
+                if let Ok(delta) = self.sched.abort(id) {
+                    self.dispatch_alone(delta);
+                }
+            }
+            Control::Finish(id, reason) => {
+                if let Ok(delta) = self.sched.finish_request(id, reason) {
+                    self.dispatch_alone(delta);
+                }
+            }
+            Control::SetBatching(kind, reply) => {
+                let r = self.sched.set_batching(kind).map_err(EngineError::from);
+                if r.is_ok() {
+                    lock(&self.shared.stats).snapshot.batching = kind.to_string();
+                }
+                let _ = reply.send(r);
+            }
+            Control::SetStreams(streams, reply) => {
+                let r = self.sched.set_streams(streams).map_err(EngineError::from);
+                if r.is_ok() {
+                    self.device.set_streams(streams);
+                }
+                let _ = reply.send(r);
+            }
+            Control::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    /// Records when requests are first scheduled (they leave the queue).
+    fn note_started(&mut self, out: &SchedulerOutput) {
+        let now = self.now();
+        for s in &out.seqs {
+            if let Some(t) = self.requests.get_mut(&s.id) {
+                if t.timeline.started.is_none() {
+                    t.timeline.started = Some(now);
+                    self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                    self.pending.waits.push(now.saturating_sub(t.timeline.arrival));
+                }
+            }
+        }
+    }
+
+    /// Applies a step's result: the scheduler's update, the deltas streamed to their
+    /// handles, and the step's statistics — under one lock of the shared snapshot.
+    fn apply(&mut self, out: Arc<SchedulerOutput>, result: DeviceResult) {
+        let now = self.now();
+        let shared = Arc::clone(&self.shared);
+        let mut st = lock(&shared.stats);
+        self.flush_pending(&mut st);
+        let mut logprobs = FxHashMap::default();
+        let (deltas, device, busy) = match result {
+            Ok(model) => match self.sched.update(&out, &model, now) {
+                Ok(d) => {
+                    let ids = out.seqs.iter().map(|s| s.id);
+                    logprobs = ids.zip(model.logprobs).filter_map(|(id, lp)| Some((id, lp?))).collect();
+                    (d, model.timing.device, model.timing.stream_busy)
+                }
+                Err(e) => (self.fail(&out, now, &EngineError::Scheduler(e), &mut st), Duration::ZERO, Vec::new()),
+            },
+            Err(e) => (self.fail(&out, now, &EngineError::from(e), &mut st), Duration::ZERO, Vec::new()),
+        };
+        let tokens = deltas.iter().filter(|d| d.token.is_some()).count() as u64;
+        let finished = self.dispatch(&deltas, logprobs, &mut st);
+        let sched_stats = self.sched.stats();
+        if !out.seqs.is_empty() {
+            st.record_step(now, out.seqs.len(), device, &busy, finished, tokens);
+            st.snapshot.requests.on_step(out.seqs.len(), out.num_batched_tokens);
+        }
+        st.snapshot.peak_kv_usage = st.snapshot.peak_kv_usage.max(sched_stats.kv_usage());
+        st.snapshot.current_batch_size = out.seqs.len();
+        st.snapshot.queue_depth = self.shared.queued.load(Ordering::SeqCst);
+        st.snapshot.running = sched_stats.running;
+        st.snapshot.scheduler = sched_stats;
+    }
+
+    fn flush_pending(&mut self, st: &mut StatsAccumulator) {
+        let p = std::mem::take(&mut self.pending);
+        st.snapshot.cpu_time += p.cpu;
+        st.snapshot.cpu_hidden += p.cpu_hidden;
+        st.snapshot.total_requests += p.accepted;
+        for w in p.waits {
+            st.record_wait(w);
+        }
+    }
+
+    /// Fails a step the executor could not run; the loop goes on.
+    fn fail(
+        &mut self,
+        out: &SchedulerOutput,
+        now: Duration,
+        why: &EngineError,
+        st: &mut StatsAccumulator,
+    ) -> Vec<RequestDelta> {
+        let deltas = self.sched.fail_step(out, now).unwrap_or_default();
+        for d in &deltas {
+            if let Some(t) = self.requests.remove(&d.id) {
+                let _ = t.events.send(RequestEvent::Failed(why.clone()));
+                self.end_request(t, now, None, st);
+            }
+        }
+        Vec::new()
+    }
+
+    /// One delta outside a step (an abort, a stop string), with its own short lock.
+    fn dispatch_alone(&mut self, delta: RequestDelta) {
+        let shared = Arc::clone(&self.shared);
+        let mut st = lock(&shared.stats);
+        self.dispatch(&[delta], FxHashMap::default(), &mut st);
+    }
+
+    /// Streams deltas (and the log-probabilities of their tokens, where asked for) to their
+    /// handles; returns how many requests ended.
+    fn dispatch(
+        &mut self,
+        deltas: &[RequestDelta],
+        mut logprobs: FxHashMap<RequestId, TokenLogprobs>,
+        st: &mut StatsAccumulator,
+    ) -> u64 {
+        let now = self.now();
+        let mut ended = 0;
+        for d in deltas {
+            let Some(t) = self.requests.get_mut(&d.id) else { continue };
+            let mut gone = false;
+            if let Some(tok) = d.token {
+                if let Some(lp) = logprobs.remove(&d.id).filter(|lp| lp.token == tok) {
+                    gone |= t.events.send(RequestEvent::Logprobs(lp)).is_err();
+                }
+                gone |= t.events.send(RequestEvent::Token(tok)).is_err();
+                st.snapshot.requests.on_token(&mut t.timeline, now);
+            }
+            if let Some(reason) = d.finish {
+                let _ = t.events.send(RequestEvent::Finished(reason));
+                if let Some(t) = self.requests.remove(&d.id) {
+                    self.end_request(t, now, Some(reason), st);
+                }
+                ended += 1;
+            } else if gone {
+                // The handle was dropped: abort now rather than wait for its message.
+                if let Ok(delta) = self.sched.abort(d.id) {
+                    ended += self.dispatch(&[delta], FxHashMap::default(), st);
+                }
+            }
+        }
+        ended
+    }
+
+    fn end_request(&mut self, t: Tracked, now: Duration, reason: Option<FinishReason>, st: &mut StatsAccumulator) {
+        let tl = &t.timeline;
+        if tl.started.is_none() {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        let processing = tl.started.map(|s| now.saturating_sub(s));
+        st.record_end(now.saturating_sub(tl.arrival), processing);
+        st.snapshot.requests.on_end(tl, now, reason);
+    }
+
+    fn account_cpu(&mut self, spent: Duration, device_busy: bool) {
+        self.pending.cpu += spent;
+        if device_busy {
+            self.pending.cpu_hidden += spent;
+        }
+    }
+
+    /// Ends every live request (shutdown) and stops the device worker.
+    fn abort_everything(&mut self) {
+        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        for id in ids {
+            if let Ok(delta) = self.sched.finish_request(id, FinishReason::Aborted(tandem_core::AbortCause::Client)) {
+                self.dispatch_alone(delta);
+            }
+        }
+        self.device.stop();
+        let shared = Arc::clone(&self.shared);
+        self.flush_pending(&mut lock(&shared.stats));
+    }
+}
