@@ -134,6 +134,17 @@ impl PromptSet {
         Self { shape_seed: seed, run: 0 }
     }
 
+    /// The prompts of run `run_index` (counted over every sweep point, repeat and
+    /// configuration of a benchmark), repeat `run_num` (1-based): cold by default — lengths from
+    /// the repeat's seed, tokens of the run's own — or, with `reuse`, one fixed set.
+    pub fn for_run(seed: u64, reuse: bool, run_num: usize, run_index: u64) -> Self {
+        if reuse {
+            Self::fixed(seed)
+        } else {
+            Self { shape_seed: seed.wrapping_add(run_num.saturating_sub(1) as u64), run: run_index }
+        }
+    }
+
     fn token_seed(&self) -> u64 {
         // splitmix64 of (seed, run): nearby runs get unrelated streams.
         let mut z = self.shape_seed ^ self.run.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x70c3_5eed;
@@ -282,6 +293,23 @@ mod tests {
 
     fn toks(r: &BenchRequest) -> Vec<u32> {
         r.tokens().expect("token prompt").to_vec()
+    }
+
+    #[test]
+    fn every_run_gets_its_own_prompts_unless_reused() {
+        // Three runs of repeat 1 (two configurations, then a second sweep point), one of repeat 2.
+        let sets = [
+            PromptSet::for_run(9, false, 1, 0),
+            PromptSet::for_run(9, false, 1, 1),
+            PromptSet::for_run(9, false, 1, 2),
+            PromptSet::for_run(9, false, 2, 3),
+        ];
+        for (i, a) in sets.iter().enumerate() {
+            assert!(sets[i + 1..].iter().all(|b| b.run != a.run), "{sets:?}");
+        }
+        // One repeat shares its lengths (shape seed); the next repeat draws new ones.
+        assert_eq!((sets[0].shape_seed, sets[2].shape_seed, sets[3].shape_seed), (9, 9, 10));
+        assert_eq!(PromptSet::for_run(9, true, 2, 3), PromptSet::for_run(9, true, 1, 0));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //!   throughputs, percentiles, goodput).
 //! - [`system`]: NVML GPU figures when present, else the server's RSS and CPU; stream
 //!   utilisation and the run's prefix-cache hit rate from the engine or tandem's `/metrics`.
+//! - [`server`]: a `tandem serve` child per configuration of a `--compare-file`.
 //! - [`output`] and [`plot`]: CSV, JSON, the text report, seed 001's comparison table, SVG plots.
 
 pub mod arrival;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod output;
 pub mod plot;
 pub mod runner;
+pub mod server;
 pub mod sim;
 pub mod system;
 pub mod target;

@@ -195,26 +195,25 @@ fn average(runs: &[&RunResult]) -> Averaged {
 type Metric = (&'static str, Box<dyn Fn(&Averaged) -> Option<f64>>, Option<bool>, usize);
 
 fn metrics() -> Vec<Metric> {
-    let lat = |label, pick: fn(&Averaged) -> [Option<f64>; 4], i: usize, prec| -> Metric {
-        (label, Box::new(move |a: &Averaged| pick(a)[i]), Some(false), prec)
-    };
-    vec![
+    let mut rows: Vec<Metric> = vec![
         ("runs", Box::new(|a| Some(a.runs as f64)), None, 0),
         ("throughput (req/s)", Box::new(|a| Some(a.throughput)), Some(true), 2),
         ("output tokens/s", Box::new(|a| Some(a.output_throughput)), Some(true), 1),
         ("goodput (req/s)", Box::new(|a| a.goodput), Some(true), 2),
-        lat("TTFT avg (ms)", |a| a.ttft, 0, 1),
-        lat("TTFT p50 (ms)", |a| a.ttft, 1, 1),
-        lat("TTFT p95 (ms)", |a| a.ttft, 2, 1),
-        lat("TTFT p99 (ms)", |a| a.ttft, 3, 1),
-        lat("TPOT avg (ms)", |a| a.tpot, 0, 2),
-        lat("TPOT p50 (ms)", |a| a.tpot, 1, 2),
-        lat("TPOT p95 (ms)", |a| a.tpot, 2, 2),
-        lat("TPOT p99 (ms)", |a| a.tpot, 3, 2),
-        lat("E2E avg (ms)", |a| a.e2e, 0, 1),
-        lat("E2E p50 (ms)", |a| a.e2e, 1, 1),
-        lat("E2E p95 (ms)", |a| a.e2e, 2, 1),
-        lat("E2E p99 (ms)", |a| a.e2e, 3, 1),
+    ];
+    // mean, p50, p95, p99 of each latency, lower is better.
+    type Pick = fn(&Averaged) -> [Option<f64>; 4];
+    let latencies: [(Pick, [&'static str; 4], usize); 3] = [
+        (|a| a.ttft, ["TTFT avg (ms)", "TTFT p50 (ms)", "TTFT p95 (ms)", "TTFT p99 (ms)"], 1),
+        (|a| a.tpot, ["TPOT avg (ms)", "TPOT p50 (ms)", "TPOT p95 (ms)", "TPOT p99 (ms)"], 2),
+        (|a| a.e2e, ["E2E avg (ms)", "E2E p50 (ms)", "E2E p95 (ms)", "E2E p99 (ms)"], 1),
+    ];
+    for (pick, labels, prec) in latencies {
+        for (i, label) in labels.into_iter().enumerate() {
+            rows.push((label, Box::new(move |a: &Averaged| pick(a)[i]), Some(false), prec));
+        }
+    }
+    rows.extend::<Vec<Metric>>(vec![
         ("preemptions", Box::new(|a| a.preemptions), Some(false), 0),
         ("mean batch size", Box::new(|a| a.batch), Some(true), 1),
         ("peak KV usage (%)", Box::new(|a| a.peak_kv), None, 1),
@@ -222,7 +221,8 @@ fn metrics() -> Vec<Metric> {
         ("peak memory (MiB)", Box::new(|a| a.rss_mib), Some(false), 0),
         ("CPU (cores)", Box::new(|a| a.cpu), Some(false), 2),
         ("GPU utilisation (%)", Box::new(|a| a.gpu), Some(true), 1),
-    ]
+    ]);
+    rows
 }
 
 /// Seed 001's comparison, for benchmarks and simulations alike: each configuration (averaged

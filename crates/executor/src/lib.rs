@@ -47,35 +47,8 @@ impl KvSpec {
     }
 }
 
-/// Errors of this crate: loading a model, tokenizing, and running steps. A step error makes
-/// the engine fail that step's requests and go on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ExecError {
-    /// The device failed (out of memory, a kernel error, a lost device).
-    #[error("device error: {0}")]
-    Device(String),
-    /// The scheduler output refers to something the executor cannot honour.
-    #[error("invalid step: {0}")]
-    InvalidStep(String),
-    /// A model file is missing, truncated, malformed or of an unsupported kind.
-    #[error("model file {path}: {problem}")]
-    ModelFile { path: String, problem: String },
-    /// The tokenizer could not be built or failed on input.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    /// The chat template could not be parsed or rendered.
-    #[error("chat template: {0}")]
-    Template(String),
-    /// A weights format name that is not one of `auto`, `f32`, `q8`.
-    #[error("unknown weight format `{0}` (expected auto, f32 or q8)")]
-    UnknownWeightFormat(String),
-}
-
-impl From<candle_core::Error> for ExecError {
-    fn from(e: candle_core::Error) -> Self {
-        ExecError::Device(e.to_string())
-    }
-}
+mod error;
+pub use error::{ErrorSource, ExecError};
 
 /// Runs scheduler steps. Implementations own the device state (weights, KV pool).
 pub trait Executor: Send {

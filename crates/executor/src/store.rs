@@ -27,7 +27,7 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("tandem")
 }
 
-fn fetch_err(problem: impl Into<String>) -> ExecError {
+fn fetch_err(problem: impl Into<crate::ErrorSource>) -> ExecError {
     ExecError::ModelFile { path: DEFAULT_MODEL_PACKAGE.into(), problem: problem.into() }
 }
 

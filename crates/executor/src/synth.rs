@@ -111,18 +111,19 @@ pub fn write_hf_model(
     seed: u64,
     tokenizer: Option<&TextTokenizer>,
 ) -> Result<(), ExecError> {
-    let io = |e: std::io::Error| ExecError::ModelFile { path: dir.display().to_string(), problem: e.to_string() };
+    let io = |e: std::io::Error| ExecError::ModelFile { path: dir.display().to_string(), problem: e.into() };
     if let Some(t) = tokenizer {
         if t.vocab_size() > shape.vocab {
             return Err(ExecError::ModelFile {
                 path: dir.display().to_string(),
-                problem: format!("the tokenizer has {} tokens but the shape only {}", t.vocab_size(), shape.vocab),
+                problem: format!("the tokenizer has {} tokens but the shape only {}", t.vocab_size(), shape.vocab)
+                    .into(),
             });
         }
     }
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let normal = Normal::new(0.0f32, 0.02).map_err(|e| ExecError::Device(e.to_string()))?;
+    let normal = Normal::new(0.0f32, 0.02).map_err(|e| ExecError::Device(e.to_string().into()))?;
     let mut random = |dims: &[usize]| -> Result<Tensor, ExecError> {
         let n: usize = dims.iter().product();
         let v: Vec<f32> = (0..n).map(|_| normal.sample(&mut rng)).collect();
@@ -249,8 +250,10 @@ const LLAMA2_CHAT: &str = "{% for m in messages %}{% if m.role == 'user' %}{{ bo
 pub fn write_gguf_model(path: &Path, shape: &SynthShape, seed: u64, vocab: &SpmVocab) -> Result<(), ExecError> {
     use candle_core::quantized::gguf_file::{self, Value};
     use candle_core::quantized::{GgmlDType, QTensor};
-    let bad =
-        |e: &dyn std::fmt::Display| ExecError::ModelFile { path: path.display().to_string(), problem: e.to_string() };
+    let bad = |e: &dyn std::fmt::Display| ExecError::ModelFile {
+        path: path.display().to_string(),
+        problem: e.to_string().into(),
+    };
     let shape = SynthShape { vocab: vocab.tokens.len(), model_type: "llama", ..shape.clone() };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let normal = Normal::new(0.0f32, 0.02).map_err(|e| bad(&e))?;

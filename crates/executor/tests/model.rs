@@ -149,7 +149,7 @@ fn bad_model_files_are_clear_errors() {
     let missing = dir.join("nope.gguf");
     match load_model(&missing) {
         Err(ExecError::ModelFile { path, problem }) => {
-            assert!(path.contains("nope.gguf") && problem.contains("no such file"))
+            assert!(path.contains("nope.gguf") && problem.to_string().contains("no such file"))
         }
         other => panic!("{other:?}"),
     }
@@ -167,7 +167,7 @@ fn bad_model_files_are_clear_errors() {
     let no_config = dir.join("hfdir");
     std::fs::create_dir_all(&no_config).unwrap();
     assert!(
-        matches!(load_model(&no_config), Err(ExecError::ModelFile { problem, .. }) if problem.contains("config.json"))
+        matches!(load_model(&no_config), Err(ExecError::ModelFile { problem, .. }) if problem.to_string().contains("config.json"))
     );
     let _ = std::fs::remove_dir_all(dir);
 }

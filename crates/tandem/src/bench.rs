@@ -6,18 +6,17 @@
 //! `--compare NAME:key=value,...` a fresh engine with those scheduler overrides).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use clap::Args;
 use tandem_bench::output::{comparison_table, report, write_csv, write_json};
 use tandem_bench::plot::{latency_cdfs, rate_sweep};
+use tandem_bench::server::ServerProcess;
 use tandem_bench::{
     run, Arrival, DatasetSpec, EngineTarget, HttpTarget, Probe, PromptSet, RunResult, RunSpec, Slo, Target,
     WorkloadSpec,
 };
 use tandem_executor::text::TextTokenizer;
-use tokio::io::AsyncBufReadExt;
 
 use crate::model::{start_with, ModelArgs};
 
@@ -189,43 +188,6 @@ fn dataset(a: &BenchArgs) -> Result<DatasetSpec, String> {
     }
 }
 
-/// A started `tandem serve` child, stopped on drop.
-struct ServerChild {
-    child: tokio::process::Child,
-    base_url: String,
-}
-
-impl ServerChild {
-    async fn start(c: &ServerConfig) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(exe)
-            .args(["serve", "--port", "0"])
-            .args(&c.args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start tandem serve: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = lines.next_line().await.map_err(|e| e.to_string())?.unwrap_or_default();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .ok_or_else(|| format!("configuration `{}`: serve did not start: {line:?}", c.name))?
-            .to_string();
-        Ok(Self { child, base_url: url })
-    }
-
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait()).await;
-        let _ = self.child.start_kill();
-    }
-}
-
 pub fn run_cli(a: BenchArgs) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(bench(a))
@@ -272,7 +234,7 @@ async fn bench(a: BenchArgs) -> Result<(), String> {
         };
         for run_num in 1..=a.repeat.max(1) {
             for c in &configs {
-                let set = prompt_set(a.seed, a.reuse_prompts, run_num, run_index);
+                let set = PromptSet::for_run(a.seed, a.reuse_prompts, run_num, run_index);
                 run_index += 1;
                 let spec = RunSpec {
                     name: c.name().to_string(),
@@ -311,7 +273,8 @@ async fn run_config(
             Ok(run(Arc::new(Target::Http(t)), probe, spec, &a.percentiles, slo).await)
         }
         Config::Server(sc) => {
-            let server = ServerChild::start(sc).await?;
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let server = ServerProcess::start(&exe, &sc.name, &sc.args).await.map_err(|e| e.to_string())?;
             let mut t = HttpTarget::new(&server.base_url, None, None).map_err(|e| e.to_string())?;
             t.resolve_model().await.map_err(|e| e.to_string())?;
             let probe = Probe::Remote(t.clone());
@@ -331,16 +294,6 @@ async fn run_config(
             let target = Target::Engine(Box::new(EngineTarget::new(engine, tokenizer.or(Some(running.tokenizer)))));
             Ok(run(Arc::new(target), probe, spec, &a.percentiles, slo).await)
         }
-    }
-}
-
-/// The prompts of run `run_index` (counted over every sweep point, repeat and configuration):
-/// cold by default — lengths from the repeat's seed, tokens of the run's own — or one fixed set.
-fn prompt_set(seed: u64, reuse: bool, run_num: usize, run_index: u64) -> PromptSet {
-    if reuse {
-        PromptSet::fixed(seed)
-    } else {
-        PromptSet { shape_seed: seed.wrapping_add(run_num as u64 - 1), run: run_index }
     }
 }
 
@@ -370,24 +323,7 @@ fn write_outputs(a: &BenchArgs, runs: &[RunResult]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_rate, prompt_set};
-
-    #[test]
-    fn every_run_gets_its_own_prompts_unless_reused() {
-        // Three runs of repeat 1 (two configurations, then a second sweep point), one of repeat 2.
-        let sets = [
-            prompt_set(9, false, 1, 0),
-            prompt_set(9, false, 1, 1),
-            prompt_set(9, false, 1, 2),
-            prompt_set(9, false, 2, 3),
-        ];
-        for (i, a) in sets.iter().enumerate() {
-            assert!(sets[i + 1..].iter().all(|b| b.run != a.run), "{sets:?}");
-        }
-        // One repeat shares its lengths (shape seed); the next repeat draws new ones.
-        assert_eq!((sets[0].shape_seed, sets[2].shape_seed, sets[3].shape_seed), (9, 9, 10));
-        assert_eq!(prompt_set(9, true, 2, 3), prompt_set(9, true, 1, 0));
-    }
+    use super::parse_rate;
 
     #[test]
     fn rates_are_positive_numbers_or_inf() {

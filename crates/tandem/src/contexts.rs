@@ -108,7 +108,7 @@ pub fn registry_from_file(file: &Path, device: DeviceKind) -> Result<Arc<ModelRe
 }
 
 fn context_spec(m: &ModelEntry, source: &ModelSource) -> Result<ContextSpec, String> {
-    let tier: QosTier = m.tier.parse()?;
+    let tier: QosTier = m.tier.parse().map_err(|e: tandem_core::contexts::ContextError| e.to_string())?;
     if tier == QosTier::Burstable && m.base_memory_mb.is_none() {
         return Err("a burstable model needs base_memory_mb".into());
     }

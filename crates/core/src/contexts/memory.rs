@@ -329,35 +329,41 @@ impl DeviceMemory {
     }
 
     /// The accounting rules; `Err` names the first one broken.
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), crate::InvariantViolation> {
         let total = self.total_bytes();
         let s = self.stats();
         if s.allocated_bytes > total {
-            return Err(format!("allocated {} > total {total}", s.allocated_bytes));
+            return Err(crate::InvariantViolation(format!("allocated {} > total {total}", s.allocated_bytes)));
         }
         if s.reserved_bytes > total {
-            return Err(format!("reserved {} > total {total}", s.reserved_bytes));
+            return Err(crate::InvariantViolation(format!("reserved {} > total {total}", s.reserved_bytes)));
         }
         let mut borrowed = 0;
         for e in self.entries.values() {
             if let Some(b) = e.loaded {
                 if b > e.spec.max_bytes || b < e.spec.min_bytes() {
-                    return Err(format!(
+                    return Err(crate::InvariantViolation(format!(
                         "`{}` holds {b}, outside [{}, {}]",
                         e.spec.name,
                         e.spec.min_bytes(),
                         e.spec.max_bytes
-                    ));
+                    )));
                 }
                 if e.spec.tier != QosTier::BestEffort {
                     borrowed += b.saturating_sub(e.spec.reserved_bytes());
                 }
             } else if e.running > 0 {
-                return Err(format!("`{}` is unloaded with {} running", e.spec.name, e.running));
+                return Err(crate::InvariantViolation(format!(
+                    "`{}` is unloaded with {} running",
+                    e.spec.name, e.running
+                )));
             }
         }
         if s.reserved_bytes + borrowed > total {
-            return Err(format!("reservations {} + borrowed {borrowed} > total {total}", s.reserved_bytes));
+            return Err(crate::InvariantViolation(format!(
+                "reservations {} + borrowed {borrowed} > total {total}",
+                s.reserved_bytes
+            )));
         }
         Ok(())
     }

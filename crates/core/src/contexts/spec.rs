@@ -23,14 +23,14 @@ impl QosTier {
 }
 
 impl FromStr for QosTier {
-    type Err = String;
+    type Err = ContextError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ContextError> {
         match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
             "guaranteed" => Ok(QosTier::Guaranteed),
             "burstable" => Ok(QosTier::Burstable),
             "besteffort" => Ok(QosTier::BestEffort),
-            other => Err(format!("unknown QoS tier `{other}` (guaranteed, burstable, best-effort)")),
+            _ => Err(ContextError::UnknownTier(s.to_string())),
         }
     }
 }
@@ -124,4 +124,6 @@ pub enum ContextError {
     Denied { name: String, requested: u64, available: u64 },
     #[error("context `{0}` is not loaded")]
     NotLoaded(String),
+    #[error("unknown QoS tier `{0}` (guaranteed, burstable, best-effort)")]
+    UnknownTier(String),
 }

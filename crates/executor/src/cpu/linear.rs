@@ -21,7 +21,7 @@ impl Linear {
     /// From an f32 tensor laid out `in × out`.
     pub fn f32(w: Tensor) -> Result<Self, ExecError> {
         if w.rank() != 2 {
-            return Err(ExecError::Device(format!("a linear weight must be 2-D, got {:?}", w.dims())));
+            return Err(ExecError::Device(format!("a linear weight must be 2-D, got {:?}", w.dims()).into()));
         }
         Ok(Linear::F32(w.contiguous()?))
     }
@@ -69,7 +69,7 @@ impl Linear {
     pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>, ExecError> {
         let (k, _) = self.dims();
         if x.len() != m * k {
-            return Err(ExecError::Device(format!("linear input has {} values, expected {m} × {k}", x.len())));
+            return Err(ExecError::Device(format!("linear input has {} values, expected {m} × {k}", x.len()).into()));
         }
         match self {
             Linear::F32(w) => {

@@ -34,7 +34,7 @@ pub struct LlamaConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
-fn bad(path: &str, problem: impl Into<String>) -> ExecError {
+fn bad(path: &str, problem: impl Into<crate::ErrorSource>) -> ExecError {
     ExecError::ModelFile { path: path.to_string(), problem: problem.into() }
 }
 

@@ -41,8 +41,8 @@ impl ModelFiles {
     }
 }
 
-fn bad(path: &Path, problem: impl std::fmt::Display) -> ExecError {
-    ExecError::ModelFile { path: path.display().to_string(), problem: problem.to_string() }
+fn bad(path: &Path, problem: impl Into<crate::ErrorSource>) -> ExecError {
+    ExecError::ModelFile { path: path.display().to_string(), problem: problem.into() }
 }
 
 /// Weights by our internal names (`embed`, `norm`, `lm_head`, `L.q`, `L.q_bias`, ...), each as

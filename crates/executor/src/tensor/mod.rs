@@ -21,7 +21,7 @@ pub fn cuda_device() -> Result<candle_core::Device, crate::ExecError> {
             // candle's error text carries a backtrace: keep its first line.
             Ok(Err(e)) => {
                 let e = e.to_string();
-                Err(crate::ExecError::Device(format!("no CUDA device: {}", e.lines().next().unwrap_or(""))))
+                Err(crate::ExecError::Device(format!("no CUDA device: {}", e.lines().next().unwrap_or("")).into()))
             }
             Err(_) => Err(crate::ExecError::Device("no CUDA driver on this machine".into())),
         }

@@ -39,7 +39,7 @@ impl ChatTemplate {
     fn env(&self) -> Result<Environment<'_>, ExecError> {
         let mut env = Environment::new();
         env.add_function("raise_exception", raise_exception);
-        env.add_template("chat", &self.source).map_err(|e| ExecError::Template(e.to_string()))?;
+        env.add_template("chat", &self.source).map_err(|e| ExecError::Template(e.into()))?;
         Ok(env)
     }
 
@@ -52,14 +52,14 @@ impl ChatTemplate {
         eos_token: Option<&str>,
     ) -> Result<String, ExecError> {
         let env = self.env()?;
-        let t = env.get_template("chat").map_err(|e| ExecError::Template(e.to_string()))?;
+        let t = env.get_template("chat").map_err(|e| ExecError::Template(e.into()))?;
         t.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => bos_token.unwrap_or(""),
             eos_token => eos_token.unwrap_or(""),
         })
-        .map_err(|e| ExecError::Template(e.to_string()))
+        .map_err(|e| ExecError::Template(e.into()))
     }
 }
 

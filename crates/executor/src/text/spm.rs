@@ -33,8 +33,8 @@ pub(super) const USER_DEFINED: i32 = 4;
 
 const SPACE: &str = "▁";
 
-fn tk(e: impl std::fmt::Display) -> ExecError {
-    ExecError::Tokenizer(e.to_string())
+fn tk(e: impl Into<crate::ErrorSource>) -> ExecError {
+    ExecError::Tokenizer(e.into())
 }
 
 /// The merges SentencePiece's scores imply, best first.

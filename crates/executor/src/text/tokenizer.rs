@@ -34,8 +34,8 @@ pub struct TextTokenizer {
     bos_to_add: Option<u32>,
 }
 
-fn tk(e: impl std::fmt::Display) -> ExecError {
-    ExecError::Tokenizer(e.to_string())
+fn tk(e: impl Into<crate::ErrorSource>) -> ExecError {
+    ExecError::Tokenizer(e.into())
 }
 
 fn strings(v: &gguf_file::Value) -> Result<Vec<String>, ExecError> {
@@ -110,7 +110,7 @@ impl TextTokenizer {
         let path = dir.join("tokenizer.json");
         let tok = Tokenizer::from_file(&path).map_err(|e| ExecError::ModelFile {
             path: path.display().to_string(),
-            problem: format!("cannot load the tokenizer: {e}"),
+            problem: format!("cannot load the tokenizer: {e}").into(),
         })?;
         let tc: Option<serde_json::Value> =
             std::fs::read_to_string(dir.join("tokenizer_config.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
