@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::metrics::{percent_change, Stats};
-use crate::runner::{config_names, RunResult};
+use crate::runner::RunResult;
 use crate::BenchError;
 use serde::Serialize;
 
@@ -229,9 +229,32 @@ fn metrics() -> Vec<Metric> {
 /// over its repeats) side by side, then the change of each against the first (positive =
 /// better: higher throughput, lower latency). A row no configuration measured is left out.
 pub fn comparison_table(runs: &[RunResult]) -> String {
-    let names = config_names(runs);
-    let avg: Vec<Averaged> =
-        names.iter().map(|n| average(&runs.iter().filter(|r| r.name == *n).collect::<Vec<_>>())).collect();
+    // A rate sweep compares each configuration at each rate.
+    let mut rates: Vec<Option<f64>> = Vec::new();
+    for r in runs {
+        if !rates.contains(&r.request_rate) {
+            rates.push(r.request_rate);
+        }
+    }
+    let column = |r: &RunResult| match r.request_rate {
+        _ if rates.len() < 2 => r.name.clone(),
+        Some(rate) => format!("{} @{rate}", r.name),
+        None => format!("{} @inf", r.name),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for r in runs {
+        if !names.contains(&column(r)) {
+            names.push(column(r));
+        }
+    }
+    let avg: Vec<Averaged> = names
+        .iter()
+        .map(|n| {
+            let mut a = average(&runs.iter().filter(|r| column(r) == *n).collect::<Vec<_>>());
+            a.name = n.clone();
+            a
+        })
+        .collect();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(8).max(12);
     let rows: Vec<Metric> = metrics().into_iter().filter(|m| avg.iter().any(|a| m.1(a).is_some())).collect();
     let mut s = String::new();
@@ -321,6 +344,17 @@ mod tests {
         assert!(t.contains("+50.0%"), "{t}");
         // Nothing measured CPU or GPU here: no such rows.
         assert!(!t.contains("GPU utilisation") && !t.contains("CPU (cores)"), "{t}");
+    }
+
+    #[test]
+    fn a_sweep_compares_each_rate_apart() {
+        // One configuration at 2 req/s (latency 2 s) and all at once (4 s): two columns, not
+        // one averaged over both.
+        let mut slow = run("x", 1, 2.0);
+        slow.request_rate = Some(2.0);
+        let t = comparison_table(&[slow, run("x", 1, 4.0)]);
+        assert!(t.contains("x @2") && t.contains("x @inf"), "{t}");
+        assert!(t.contains("2000.0") && t.contains("4000.0") && !t.contains("3000.0"), "{t}");
     }
 
     #[test]

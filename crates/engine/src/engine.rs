@@ -36,7 +36,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { scheduler: SchedulerConfig::default(), max_queued: 1024, async_scheduling: true, gate: None }
+        Self {
+            scheduler: SchedulerConfig::default(),
+            max_queued: crate::build::MAX_QUEUED,
+            async_scheduling: true,
+            gate: None,
+        }
     }
 }
 

@@ -246,6 +246,16 @@ async fn bench(a: BenchArgs) -> Result<(), String> {
                 };
                 let r = run_config(&a, c, &spec, &slo, tokenizer.clone()).await?;
                 print!("{}", report(&r));
+                if let Some(h) = r.system.prefix_cache_hit_rate().filter(|h| *h > 0.0 && !a.reuse_prompts) {
+                    if a.dataset != "shared-prefix" {
+                        eprintln!(
+                            "note: {:.0}% of this run's prompt tokens were served from the prefix cache: the server \
+                             has seen these prompts before (a run of an earlier `tandem bench` with the same --seed?); \
+                             give each invocation its own --seed for cold figures",
+                            h * 100.0
+                        );
+                    }
+                }
                 runs.push(r);
             }
         }
