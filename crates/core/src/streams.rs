@@ -4,7 +4,8 @@
 //! The seed schedules each stream with the *full* token budget and then merges the two lists
 //! back into one batch. Here the step is scheduled once, under one budget, and only then
 //! partitioned: the micro-batches together never feed more than `max_num_batched_tokens`, and
-//! they really are run separately (concurrently on GPU streams).
+//! the CPU executor runs them at the same time, each on its own lane of cores (the tensor
+//! executor still runs a step fused; the simulator models the overlap).
 //!
 //! Assignment strategies:
 //! - `RoundRobin`: sequence `i` goes to stream `i mod N`.

@@ -196,3 +196,17 @@ fn penalties_see_the_same_history_batched_chunked_and_preempted() {
         assert_eq!(together, alone, "penalized tokens batched, chunked and preempted by {mode:?}");
     }
 }
+
+#[test]
+fn parallel_streams_run_apart_and_give_the_one_stream_tokens_for_every_assignment() {
+    // Two streams, each micro-batch on its own lane of cores, for each assignment strategy: the
+    // greedy tokens of the 8 prompts (chunked prefills and decodes mixed) are the one-stream run's.
+    use tandem_core::{StreamAssignment, StreamConfig};
+    let ps = prompts();
+    let (one, _) = run(WeightFormat::Q8, base(), &ps, MAX_TOKENS);
+    for assignment in [StreamAssignment::RoundRobin, StreamAssignment::Smart, StreamAssignment::Balanced] {
+        let streams = StreamConfig { num_streams: 2, assignment, ..StreamConfig::default() };
+        let (two, _) = run(WeightFormat::Q8, SchedulerConfig { streams, ..base() }, &ps, MAX_TOKENS);
+        assert_eq!(two, one, "{assignment}");
+    }
+}

@@ -18,17 +18,12 @@ pub mod text;
 
 use tandem_core::{ModelOutput, SchedulerOutput, StreamConfig};
 
-/// Each micro-batch's busy time when the whole step ran fused in `device` time: its share by
-/// fed tokens (what executors that run a step as one forward report per stream).
-pub fn busy_by_tokens(out: &SchedulerOutput, device: std::time::Duration) -> Vec<std::time::Duration> {
-    let total = out.num_batched_tokens.max(1) as f64;
-    out.micro_batches
-        .iter()
-        .map(|r| {
-            let n: usize = out.seqs[r.clone()].iter().map(|s| s.tokens.len()).sum();
-            std::time::Duration::from_secs_f64(device.as_secs_f64() * n as f64 / total)
-        })
-        .collect()
+/// Per-stream busy time of a step that ran as one fused forward on the first stream: all of
+/// `device` there, nothing on the others (they ran nothing apart).
+pub fn fused_busy(out: &SchedulerOutput, device: std::time::Duration) -> Vec<std::time::Duration> {
+    let mut busy = vec![std::time::Duration::ZERO; out.micro_batches.len().max(1)];
+    busy[0] = device;
+    busy
 }
 
 /// The KV cache geometry an executor needs, from which a memory budget becomes a block count.

@@ -16,22 +16,27 @@ pub(crate) trait PackedForward {
     fn sampling(&mut self) -> &mut SamplingState;
     /// The step's swap-outs, then its swap-ins.
     fn swap(&mut self, out: &SchedulerOutput) -> Result<(), ExecError>;
-    /// One logits vector per sample row of `p` (`p` has at least one token).
-    fn forward(&mut self, p: &Packed<'_>) -> Result<Vec<Vec<f32>>, ExecError>;
+    /// One logits vector per sample row of `p` (`p` has at least one token), and each stream's
+    /// measured busy time when the micro-batches of `out` ran apart (`None`: one fused forward).
+    fn forward(&mut self, p: &Packed<'_>, out: &SchedulerOutput) -> Result<Forwarded, ExecError>;
 }
+
+/// Logits per sample row, and per-stream busy time where measured.
+pub(crate) type Forwarded = (Vec<Vec<f32>>, Option<Vec<std::time::Duration>>);
 
 /// Runs one step on a real executor: the contract's order (swap-out, swap-in, then the model),
 /// placeholders filled from the last samples, every sampling request answered, the step timed.
-/// The micro-batches run as one fused forward, so each is reported busy for its token share.
+/// Streams report their measured busy time; a fused step is all on the first stream.
 pub(crate) fn execute_packed(e: &mut impl PackedForward, out: &SchedulerOutput) -> Result<ModelOutput, ExecError> {
     let started = std::time::Instant::now();
     e.sampling().forget(&out.finished);
     e.swap(out)?;
     let p = pack(out, &e.sampling().last);
-    let logits = if p.ids.is_empty() { Vec::new() } else { e.forward(&p)? };
+    let (logits, busy) = if p.ids.is_empty() { (Vec::new(), None) } else { e.forward(&p, out)? };
     let mut output = e.sampling().sample_all(out, &p.ids, &logits)?;
     let device = started.elapsed();
-    output.timing = tandem_core::StepTiming { device, stream_busy: crate::busy_by_tokens(out, device) };
+    let stream_busy = busy.unwrap_or_else(|| crate::fused_busy(out, device));
+    output.timing = tandem_core::StepTiming { device, stream_busy };
     Ok(output)
 }
 

@@ -12,7 +12,7 @@
 
 use tandem_core::BlockId;
 
-use super::kv_cache::PagedKvCache;
+use super::kv_cache::KvView;
 
 /// `o += w · v`, element-wise.
 #[inline(always)]
@@ -47,7 +47,7 @@ pub fn has_avx2_fma() -> bool {
 /// queries `q` (`n × heads × head_dim`), read through `table` in layer `layer` of `cache`.
 #[derive(Clone, Copy)]
 pub struct AttnCall<'a> {
-    pub cache: &'a PagedKvCache,
+    pub cache: &'a KvView<'a>,
     pub layer: usize,
     pub table: &'a [BlockId],
     pub start: usize,
@@ -198,6 +198,7 @@ fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::PagedKvCache;
 
     #[test]
     fn one_key_gives_its_value_and_two_equal_keys_average() {
@@ -209,14 +210,14 @@ mod tests {
         let mut out = vec![0.0; 2];
         let mut scratch = Vec::new();
         attend_sequence(
-            AttnCall { cache: &c, layer: 0, table: &table, start: 0, q: &[1.0, 1.0], shape: s },
+            AttnCall { cache: &c.view(), layer: 0, table: &table, start: 0, q: &[1.0, 1.0], shape: s },
             &mut out,
             &mut scratch,
         );
         assert_eq!(out, vec![10.0, 20.0]); // softmax of one score is 1
         c.write(0, &table, 1, &[1.0, 0.0], &[30.0, 40.0]);
         attend_sequence(
-            AttnCall { cache: &c, layer: 0, table: &table, start: 1, q: &[1.0, 1.0], shape: s },
+            AttnCall { cache: &c.view(), layer: 0, table: &table, start: 1, q: &[1.0, 1.0], shape: s },
             &mut out,
             &mut scratch,
         );
@@ -241,7 +242,11 @@ mod tests {
             c.write(0, &table, p, &k[p * kv_dim..(p + 1) * kv_dim], &v[p * kv_dim..(p + 1) * kv_dim]);
         }
         let mut out = vec![0.0; q.len()];
-        attend_sequence(AttnCall { cache: &c, layer: 0, table: &table, start, q, shape }, &mut out, &mut Vec::new());
+        attend_sequence(
+            AttnCall { cache: &c.view(), layer: 0, table: &table, start, q, shape },
+            &mut out,
+            &mut Vec::new(),
+        );
         out
     }
 

@@ -1,14 +1,15 @@
 //! [`CpuExecutor`]: runs scheduler steps with a [`LlamaModel`] over a [`PagedKvCache`].
 //!
-//! All of a step's sequences run as one packed forward: on two cores there is nothing to gain
-//! from running micro-batches apart, so each micro-batch is reported busy for its share (by fed
-//! tokens) of the fused step's time.
+//! With one stream a step's sequences run as one packed forward on all cores. With several
+//! (`streams=N`), each micro-batch of the step runs at the same time on its own lane of cores
+//! (`streams.rs`), and each lane's busy time is measured there.
 
 use tandem_core::{ModelOutput, SchedulerOutput};
 
 use super::kv_cache::PagedKvCache;
+use super::streams::Lanes;
 use crate::model::LlamaModel;
-use crate::step_io::{execute_packed, Packed, PackedForward, SamplingState};
+use crate::step_io::{execute_packed, Forwarded, Packed, PackedForward, SamplingState};
 use crate::{ExecError, Executor, KvSpec};
 
 /// The CPU executor.
@@ -17,6 +18,7 @@ pub struct CpuExecutor {
     model: LlamaModel,
     cache: PagedKvCache,
     sampling: SamplingState,
+    lanes: Lanes,
 }
 
 impl CpuExecutor {
@@ -24,7 +26,7 @@ impl CpuExecutor {
     pub fn new(model: LlamaModel, block_size: usize, num_blocks: usize, num_host_blocks: usize) -> Self {
         let c = &model.config;
         let cache = PagedKvCache::new(c.layers, c.kv_dim(), block_size, num_blocks, num_host_blocks);
-        Self { model, cache, sampling: SamplingState::new() }
+        Self { model, cache, sampling: SamplingState::new(), lanes: Lanes::default() }
     }
 
     /// Device blocks that fit in `bytes` of KV memory for this model.
@@ -35,6 +37,11 @@ impl CpuExecutor {
 
     pub fn model(&self) -> &LlamaModel {
         &self.model
+    }
+
+    /// Steps whose micro-batches shared a written KV block and so ran fused instead of apart.
+    pub fn serialized_steps(&self) -> u64 {
+        self.lanes.serialized_steps
     }
 }
 
@@ -48,8 +55,14 @@ impl PackedForward for CpuExecutor {
         self.cache.swap_in(&out.swap_in)
     }
 
-    fn forward(&mut self, p: &Packed<'_>) -> Result<Vec<Vec<f32>>, ExecError> {
-        self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)
+    fn forward(&mut self, p: &Packed<'_>, out: &SchedulerOutput) -> Result<Forwarded, ExecError> {
+        let view = self.cache.view();
+        if let Some(r) = self.lanes.run(&self.model, &view, p, out) {
+            let (logits, busy) = r?;
+            return Ok((logits, Some(busy)));
+        }
+        // SAFETY: one forward on the view.
+        Ok((unsafe { self.model.forward_on(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &view) }?, None))
     }
 }
 
@@ -70,15 +83,24 @@ impl Executor for CpuExecutor {
         true
     }
 
+    /// One lane of cores per stream (a lane that cannot start leaves the steps fused, which
+    /// the reported busy times show: everything on the first stream).
+    fn set_streams(&mut self, streams: &tandem_core::StreamConfig) {
+        if streams.num_streams.max(1) != self.lanes.len().max(1) {
+            self.lanes = Lanes::new(streams.num_streams).unwrap_or_default();
+        }
+    }
+
     fn describe(&self) -> String {
         let c = &self.model.config;
         format!(
-            "cpu: {} ({} layers, hidden {}, {} weights, {} blocks)",
+            "cpu: {} ({} layers, hidden {}, {} weights, {} blocks, {} stream lane(s))",
             c.architecture,
             c.layers,
             c.hidden,
             self.model.weight_format(),
-            self.cache.num_blocks()
+            self.cache.num_blocks(),
+            self.lanes.len().max(1)
         )
     }
 }

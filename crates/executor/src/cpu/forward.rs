@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::attention::{attend_sequence, AttnCall, AttnShape};
-use super::kv_cache::PagedKvCache;
+use super::kv_cache::{KvView, PagedKvCache};
 use crate::model::{LlamaModel, RopeStyle, SeqSlice};
 use crate::ExecError;
 
@@ -68,6 +68,24 @@ impl LlamaModel {
         sample_rows: &[usize],
         cache: &mut PagedKvCache,
     ) -> Result<Vec<Vec<f32>>, ExecError> {
+        let view = cache.view();
+        // SAFETY: the view is used by this forward alone.
+        unsafe { self.forward_on(ids, positions, seqs, sample_rows, &view) }
+    }
+
+    /// [`Self::forward`] over a view other forwards may share (one per execution stream).
+    ///
+    /// # Safety
+    /// Forwards running at once on one view must write disjoint blocks (the blocks holding the
+    /// positions they feed), none of which another of them reads.
+    pub(crate) unsafe fn forward_on(
+        &self,
+        ids: &[u32],
+        positions: &[usize],
+        seqs: &[SeqSlice<'_>],
+        sample_rows: &[usize],
+        cache: &KvView<'_>,
+    ) -> Result<Vec<Vec<f32>>, ExecError> {
         let c = &self.config;
         let t = ids.len();
         c.check_step(ids, positions)?;
@@ -101,7 +119,16 @@ impl LlamaModel {
                 let rows = s.start_row..s.start_row + s.len;
                 for (r, &pos) in rows.clone().zip(&positions[rows]) {
                     let base = r * row;
-                    cache.write(li, s.table, pos, &qkv[base + qd..base + qd + kvd], &qkv[base + qd + kvd..base + row]);
+                    // SAFETY: this forward's own blocks (the caller's contract).
+                    unsafe {
+                        cache.write(
+                            li,
+                            s.table,
+                            pos,
+                            &qkv[base + qd..base + qd + kvd],
+                            &qkv[base + qd + kvd..base + row],
+                        )
+                    };
                 }
             }
             // Work items of at most ATTN_CHUNK tokens of one sequence, spread over the cores.
@@ -117,7 +144,7 @@ impl LlamaModel {
                     first += len;
                 }
             }
-            let cache_ref: &PagedKvCache = cache;
+            let cache_ref: &KvView<'_> = cache;
             let qkv_ref = &qkv;
             let run = |scratch: &mut Vec<f32>, (s, first, len, out): (&SeqSlice<'_>, usize, usize, &mut [f32])| {
                 let mut q = Vec::with_capacity(len * qd);

@@ -13,7 +13,7 @@ use tandem_core::{BlockId, HostBlockId};
 
 use crate::ExecError;
 
-/// K/V storage for every layer, in blocks.
+/// K/V storage for every layer, in blocks. Forwards read and write it through a [`KvView`].
 #[derive(Debug)]
 pub struct PagedKvCache {
     block_size: usize,
@@ -57,6 +57,19 @@ impl PagedKvCache {
 
     fn offset(&self, block: BlockId, slot: usize) -> usize {
         (block.index() * self.block_size + slot) * self.kv_dim
+    }
+
+    /// A view of the device tier for forwards, several of which may run at once (one per
+    /// execution stream): see [`KvView::write`] for what they must keep apart.
+    pub(crate) fn view(&mut self) -> KvView<'_> {
+        KvView {
+            k: self.k.iter_mut().map(|l| l.as_mut_ptr()).collect(),
+            v: self.v.iter_mut().map(|l| l.as_mut_ptr()).collect(),
+            block_size: self.block_size,
+            kv_dim: self.kv_dim,
+            num_blocks: self.num_blocks,
+            _cache: std::marker::PhantomData,
+        }
     }
 
     /// Checks every block of a table is in range.
@@ -139,6 +152,79 @@ impl PagedKvCache {
     }
 }
 
+/// The device tier of a [`PagedKvCache`] borrowed exclusively by one step, shared by the
+/// step's forwards (one per execution stream, on their own threads). Reads are safe; a write is
+/// `unsafe`: the forwards sharing a view must write disjoint blocks and never read a block
+/// another one writes — the scheduler's invariant that a block written in a step belongs to
+/// that sequence alone (shared prefix blocks are full and read-only), which the CPU executor
+/// checks for every step before it runs micro-batches at once.
+pub(crate) struct KvView<'a> {
+    k: Vec<*mut f32>,
+    v: Vec<*mut f32>,
+    block_size: usize,
+    kv_dim: usize,
+    num_blocks: usize,
+    _cache: std::marker::PhantomData<&'a mut PagedKvCache>,
+}
+
+// SAFETY: the pointers are into buffers the view borrows exclusively for its lifetime; access
+// from several threads follows `write`'s contract.
+unsafe impl Send for KvView<'_> {}
+unsafe impl Sync for KvView<'_> {}
+
+impl KvView<'_> {
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    fn block_len(&self) -> usize {
+        self.block_size * self.kv_dim
+    }
+
+    /// Checks every block of a table is in range.
+    pub fn check_table(&self, table: &[BlockId]) -> Result<(), ExecError> {
+        match table.iter().find(|b| b.index() >= self.num_blocks) {
+            Some(b) => Err(ExecError::InvalidStep(format!("block {} beyond the pool of {}", b.0, self.num_blocks))),
+            None => Ok(()),
+        }
+    }
+
+    /// Block `block`'s keys in layer `layer`, channel-major: `kv_dim × block_size`.
+    #[inline]
+    pub fn key_block(&self, layer: usize, block: BlockId) -> &[f32] {
+        let n = self.block_len();
+        assert!(block.index() < self.num_blocks);
+        // SAFETY: in bounds (checked); no forward writes a block another reads (`write`).
+        unsafe { std::slice::from_raw_parts(self.k[layer].add(block.index() * n), n) }
+    }
+
+    /// Block `block`'s values in layer `layer`, token-major: `block_size × kv_dim`.
+    #[inline]
+    pub fn value_block(&self, layer: usize, block: BlockId) -> &[f32] {
+        let n = self.block_len();
+        assert!(block.index() < self.num_blocks);
+        // SAFETY: as for `key_block`.
+        unsafe { std::slice::from_raw_parts(self.v[layer].add(block.index() * n), n) }
+    }
+
+    /// Stores the K and V rows of the token at `pos` of a sequence with block table `table`.
+    ///
+    /// # Safety
+    /// No other thread may read or write the block holding `pos` while this view is shared.
+    pub unsafe fn write(&self, layer: usize, table: &[BlockId], pos: usize, k: &[f32], v: &[f32]) {
+        let (block, slot) = (table[pos / self.block_size], pos % self.block_size);
+        assert!(block.index() < self.num_blocks && k.len() == self.kv_dim && v.len() == self.kv_dim);
+        let n = self.block_len();
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
+        let keys = unsafe { std::slice::from_raw_parts_mut(self.k[layer].add(block.index() * n), n) };
+        for (c, &x) in k.iter().enumerate() {
+            keys[c * self.block_size + slot] = x;
+        }
+        let values = unsafe { std::slice::from_raw_parts_mut(self.v[layer].add(block.index() * n), n) };
+        values[slot * self.kv_dim..(slot + 1) * self.kv_dim].copy_from_slice(v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +244,21 @@ mod tests {
         assert_eq!(c.key_at(0, &[BlockId(1), BlockId(1)], 1), vec![1.0, 2.0]);
         assert!(c.swap_in(&[(HostBlockId(1), BlockId(0))]).is_err(), "host block 1 does not exist");
         assert!(c.check_table(&[BlockId(3)]).is_err());
+    }
+
+    #[test]
+    fn a_view_reads_and_writes_the_same_blocks() {
+        let mut c = PagedKvCache::new(1, 2, 2, 3, 0);
+        let table = [BlockId(2), BlockId(0)];
+        {
+            let view = c.view();
+            // SAFETY: one thread.
+            unsafe { view.write(0, &table, 3, &[1.0, 2.0], &[3.0, 4.0]) };
+            assert_eq!(view.key_block(0, BlockId(0)), &[0.0, 1.0, 0.0, 2.0]);
+            assert_eq!(view.value_block(0, BlockId(0)), &[0.0, 0.0, 3.0, 4.0]);
+            assert!(view.check_table(&[BlockId(3)]).is_err());
+        }
+        // What the view wrote, the cache holds.
+        assert_eq!(c.key_at(0, &[BlockId(0), BlockId(0)], 1), vec![1.0, 2.0]);
     }
 }

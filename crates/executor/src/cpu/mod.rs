@@ -14,6 +14,7 @@ mod forward;
 mod kv_cache;
 mod linear;
 pub mod q8;
+mod streams;
 
 pub use executor::CpuExecutor;
 pub use kv_cache::PagedKvCache;

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use tandem_core::{HostBlockId, ModelOutput, SchedulerOutput};
 
 use super::model::{TensorKvCache, TensorModel};
-use crate::step_io::{execute_packed, Packed, PackedForward, SamplingState};
+use crate::step_io::{execute_packed, Forwarded, Packed, PackedForward, SamplingState};
 use crate::{ExecError, Executor, KvSpec};
 
 /// One block's K and V rows for every layer, on the host.
@@ -90,8 +90,9 @@ impl PackedForward for TensorExecutor {
         self.swap_in(&out.swap_in)
     }
 
-    fn forward(&mut self, p: &Packed<'_>) -> Result<Vec<Vec<f32>>, ExecError> {
-        self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)
+    fn forward(&mut self, p: &Packed<'_>, _: &SchedulerOutput) -> Result<Forwarded, ExecError> {
+        // One fused forward on one device stream (CUDA streams per micro-batch: issue 19).
+        Ok((self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)?, None))
     }
 }
 
