@@ -5,14 +5,19 @@ Usage: python check.py PATH/TO/tandem
 Starts `tandem serve --port 0 --api-key ...`, reads the address it prints, and checks models,
 completions, chat, streaming (with usage), stop strings, n > 1 and the error cases through the
 client's own types (NotFoundError, BadRequestError, AuthenticationError); then sends SIGTERM and
-expects exit status 0. Exits non-zero on the first failed check.
+expects exit status 0. Also reads `/metrics` with `prometheus_client`'s own text parser: the
+`vllm:` families the Gateway API Inference Extension's endpoint picker reads, with values that
+match the requests sent. Exits non-zero on the first failed check.
 """
 
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
 KEY = "ci-test-key"
 
@@ -108,12 +113,46 @@ def run(base):
     except openai.BadRequestError as e:
         check(e.status_code == 400, f"negative max_tokens -> BadRequestError 400: {e}")
 
+    check_metrics(base)
+
     wrong = openai.OpenAI(base_url=base, api_key="wrong", max_retries=0)
     try:
         wrong.models.list()
         check(False, "a wrong key is refused")
     except openai.AuthenticationError as e:
         check(e.status_code == 401, f"wrong key -> AuthenticationError 401: {e}")
+
+
+def scrape(root):
+    with urllib.request.urlopen(root + "/metrics", timeout=30) as r:
+        return r.headers.get("Content-Type", ""), r.read().decode()
+
+
+def check_metrics(base):
+    root = base[: -len("/v1")]
+    # The engine's gauges may lag the last response by a step: poll briefly for the idle state.
+    for _ in range(100):
+        ctype, text = scrape(root)
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        running = [s.value for s in families["vllm:num_requests_running"].samples]
+        if running == [0.0]:
+            break
+        time.sleep(0.02)
+    check(ctype.startswith("text/plain; version=0.0.4"), f"/metrics is Prometheus text 0.0.4: {ctype}")
+    # What the endpoint picker and vLLM dashboards read (the parser drops counters' `_total`).
+    for name in ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:cache_config_info", "vllm:prefix_cache_queries", "vllm:prefix_cache_hits",
+                 "vllm:generation_tokens", "vllm:prompt_tokens", "vllm:time_to_first_token_seconds",
+                 "vllm:e2e_request_latency_seconds", "vllm:num_preemptions"]:
+        check(name in families, f"{name} parsed from /metrics: {sorted(families)}")
+    value = lambda name, suffix="": [s.value for s in families[name].samples if s.name == name + suffix]
+    # Every request above has finished: nothing runs or waits, and tokens were generated.
+    check(value("vllm:num_requests_running") == [0.0], f"vllm:num_requests_running 0: {value('vllm:num_requests_running')}")
+    check(value("vllm:generation_tokens", "_total")[0] >= 8, f"vllm:generation_tokens counted: {value('vllm:generation_tokens', '_total')}")
+    usage = value("vllm:kv_cache_usage_perc")[0]
+    check(0.0 <= usage <= 1.0, f"vllm:kv_cache_usage_perc is a fraction: {usage}")
+    info = families["vllm:cache_config_info"].samples[0].labels
+    check(info.get("block_size") == "16" and int(info.get("num_gpu_blocks", "0")) > 0, f"vllm:cache_config_info labels: {info}")
 
 
 def main():

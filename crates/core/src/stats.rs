@@ -8,6 +8,8 @@ pub struct SchedulerStats {
     pub running: usize,
     /// Waiting requests whose KV sits in the host tier.
     pub swapped: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
     pub kv_blocks_total: usize,
     /// Device blocks referenced by some request.
     pub kv_blocks_used: usize,

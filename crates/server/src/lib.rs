@@ -3,10 +3,12 @@
 //! until `shutdown` resolves (mini-redis's shape), then stops accepting and lets in-flight
 //! requests finish.
 //!
-//! Routes: `GET /health`, `GET /ready`, `GET /metrics` (Prometheus), `GET /v1/models`, `POST /v1/completions`,
-//! `POST /v1/chat/completions`, `GET /v1/stats`, `POST /v1/batching`. With an API key, `/v1/*`
-//! needs `Authorization: Bearer <key>` (401 otherwise); `/health`, `/ready` and `/metrics` stay open (as in vLLM). Errors
-//! are OpenAI-shaped JSON with the right status.
+//! Routes: `GET /health`, `GET /ready`, `GET /metrics` (Prometheus), `GET /v1/models`,
+//! `GET /v1/contexts`, `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/stats`,
+//! `POST /v1/batching`, and vLLM's `POST /tokenize` and `POST /detokenize`. With an API key,
+//! `/v1/*`, `/tokenize` and `/detokenize` need `Authorization: Bearer <key>` (401 otherwise);
+//! `/health`, `/ready` and `/metrics` stay open (as in vLLM). Errors are OpenAI-shaped JSON
+//! with the right status.
 
 mod error;
 mod generation;
@@ -14,6 +16,7 @@ mod metrics;
 mod openai;
 mod routes;
 mod state;
+mod tokenize;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(routes::chat))
         .route("/v1/stats", get(routes::stats))
         .route("/v1/batching", post(routes::set_batching))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::auth));
     Router::new()
         .route("/health", get(routes::health))

@@ -2,8 +2,11 @@
 //! encoded by `prometheus-client` from a snapshot taken at scrape time (its `Collector`
 //! pattern, as an exporter of someone else's counters does).
 //!
-//! Family names follow vLLM's (`vllm:` → `tandem:`), with the label `model_name`, so
-//! dashboards and `vllm bench`-style scrapers written for vLLM read tandem too:
+//! Every family is `tandem:NAME`; the families whose meaning and labels are vLLM's are also
+//! served as `vllm:NAME` ([`VLLM_FAMILIES`], the one place that decides it), label `model_name`,
+//! so vLLM dashboards, `vllm bench`-style scrapers and model-aware routers (the Gateway API
+//! Inference Extension's endpoint picker) read tandem too, plus vLLM's
+//! `vllm:cache_config_info{block_size,num_gpu_blocks}` and `vllm:num_preemptions` (all modes):
 //! `num_requests_running`/`waiting`, `kv_cache_usage_perc`, `prefix_cache_queries`/`hits`,
 //! `num_preemptions`, `prompt_tokens`/`generation_tokens`, `request_success{finished_reason}`,
 //! and the histograms `time_to_first_token_seconds`, `inter_token_latency_seconds`,
@@ -28,8 +31,62 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tandem_engine::{EngineStats, Histogram, ProcessUsage};
 
-/// The content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the OpenMetrics exposition (when the scraper's `Accept` asks for it).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the Prometheus text format 0.0.4 (the default, as vLLM serves).
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The tandem families also served under vLLM's name (`tandem:X` → `vllm:X`): same meaning,
+/// same labels.
+pub const VLLM_FAMILIES: [&str; 17] = [
+    "num_requests_running",
+    "num_requests_waiting",
+    "kv_cache_usage_perc",
+    "prefix_cache_queries",
+    "prefix_cache_hits",
+    "prompt_tokens",
+    "generation_tokens",
+    "request_success",
+    "time_to_first_token_seconds",
+    "inter_token_latency_seconds",
+    "request_time_per_output_token_seconds",
+    "e2e_request_latency_seconds",
+    "request_queue_time_seconds",
+    "request_prefill_time_seconds",
+    "request_decode_time_seconds",
+    "request_prompt_tokens",
+    "request_generation_tokens",
+];
+
+/// The names a family is served under: its own, and vLLM's when it is one of vLLM's.
+fn names(name: &str) -> Vec<String> {
+    let mut v = vec![name.to_string()];
+    if let Some(base) = name.strip_prefix("tandem:").filter(|b| VLLM_FAMILIES.contains(b)) {
+        v.push(format!("vllm:{base}"));
+    }
+    v
+}
+
+/// The OpenMetrics text turned into the Prometheus text format 0.0.4: no `# EOF` or `# UNIT`
+/// lines, and a counter's `# HELP`/`# TYPE` name its `_total` samples.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
 
 /// The multi-model part of a scrape: each context and the device's memory.
 #[derive(Debug, Clone)]
@@ -68,17 +125,21 @@ struct Writer<'a, 'e> {
 impl Writer<'_, '_> {
     /// A gauge; counts (`usize`) print as integers, fractions (`f64`) as floats.
     fn gauge<V: EncodeGaugeValue>(&mut self, name: &str, help: &str, f: impl Fn(&EngineStats) -> V) -> Fmt {
-        let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (model, st) in self.models {
-            ConstGauge::new(f(st)).encode(m.encode_family(&[("model_name", model.as_str())])?)?;
+        for name in names(name) {
+            let mut m = self.enc.encode_descriptor(&name, help, None, MetricType::Gauge)?;
+            for (model, st) in self.models {
+                ConstGauge::new(f(st)).encode(m.encode_family(&[("model_name", model.as_str())])?)?;
+            }
         }
         Ok(())
     }
 
     fn counter(&mut self, name: &str, help: &str, f: impl Fn(&EngineStats) -> u64) -> Fmt {
-        let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (model, st) in self.models {
-            ConstCounter::new(f(st)).encode(m.encode_family(&[("model_name", model.as_str())])?)?;
+        for name in names(name) {
+            let mut m = self.enc.encode_descriptor(&name, help, None, MetricType::Counter)?;
+            for (model, st) in self.models {
+                ConstCounter::new(f(st)).encode(m.encode_family(&[("model_name", model.as_str())])?)?;
+            }
         }
         Ok(())
     }
@@ -91,25 +152,29 @@ impl Writer<'_, '_> {
         label: &str,
         f: impl Fn(&EngineStats) -> Vec<(&'static str, u64)>,
     ) -> Fmt {
-        let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (model, st) in self.models {
-            for (l, v) in f(st) {
-                ConstCounter::new(v).encode(m.encode_family(&[("model_name", model.as_str()), (label, l)])?)?;
+        for name in names(name) {
+            let mut m = self.enc.encode_descriptor(&name, help, None, MetricType::Counter)?;
+            for (model, st) in self.models {
+                for (l, v) in f(st) {
+                    ConstCounter::new(v).encode(m.encode_family(&[("model_name", model.as_str()), (label, l)])?)?;
+                }
             }
         }
         Ok(())
     }
 
     fn histogram(&mut self, name: &str, help: &str, f: impl Fn(&EngineStats) -> &Histogram) -> Fmt {
-        let mut m = self.enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
-        for (model, st) in self.models {
-            let h = f(st);
-            m.encode_family(&[("model_name", model.as_str())])?.encode_histogram::<NoLabelSet>(
-                h.sum,
-                h.count,
-                &h.buckets(),
-                None,
-            )?;
+        for name in names(name) {
+            let mut m = self.enc.encode_descriptor(&name, help, None, MetricType::Histogram)?;
+            for (model, st) in self.models {
+                let h = f(st);
+                m.encode_family(&[("model_name", model.as_str())])?.encode_histogram::<NoLabelSet>(
+                    h.sum,
+                    h.count,
+                    &h.buckets(),
+                    None,
+                )?;
+            }
         }
         Ok(())
     }
@@ -245,6 +310,22 @@ impl Collector for Snapshot {
         w.counters("tandem:num_preemptions", "Preemptions, by mode.", "mode", |st| {
             vec![("recompute", st.scheduler.preemptions_recompute), ("swap", st.scheduler.preemptions_swap)]
         })?;
+        w.counter("vllm:num_preemptions", "Preemptions (all modes).", |st| {
+            st.scheduler.preemptions_recompute + st.scheduler.preemptions_swap
+        })?;
+        {
+            let mut m = w.enc.encode_descriptor(
+                "vllm:cache_config_info",
+                "The KV cache's configuration.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (model, st) in w.models {
+                let (bs, blocks) = (st.scheduler.block_size.to_string(), st.scheduler.kv_blocks_total.to_string());
+                let labels = [("model_name", model.as_str()), ("block_size", &bs), ("num_gpu_blocks", &blocks)];
+                ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
         w.counter("tandem:prompt_tokens", "Prompt tokens of requests that ran.", |st| st.requests.prompt_tokens_total)?;
         w.counter("tandem:generation_tokens", "Tokens generated.", |st| st.requests.generation_tokens_total)?;
         w.counters("tandem:request_success", "Requests finished, by reason.", "finished_reason", |st| {
@@ -323,5 +404,25 @@ mod tests {
         assert!(text.contains("tandem:time_to_first_token_seconds_bucket{le=\"+Inf\",model_name=\"m\"} 1"), "{text}");
         assert!(text.contains("tandem:time_to_first_token_seconds_count{model_name=\"m\"} 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+        // The same figures under vLLM's names, with vLLM's labels.
+        assert!(text.contains("vllm:num_requests_running{model_name=\"m\"} 3"), "{text}");
+        assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"m\"} 0.25"), "{text}");
+        assert!(text.contains("vllm:num_preemptions_total{model_name=\"m\"} 2"), "{text}");
+        assert!(text.contains("vllm:time_to_first_token_seconds_count{model_name=\"m\"} 1"), "{text}");
+        assert!(!text.contains("vllm:stream_utilization"), "tandem's own families keep their name only");
+        // 20 blocks of (the default) 0 tokens here: the labels carry the pool's configuration.
+        assert!(
+            text.contains("vllm:cache_config_info{model_name=\"m\",block_size=\"0\",num_gpu_blocks=\"20\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_prometheus_text_format_names_counters_by_their_samples() {
+        let om = "# HELP a:x Things.\n# TYPE a:x counter\na:x_total{m=\"1\"} 3\n# HELP a:g G.\n# TYPE a:g gauge\n# UNIT a:g seconds\na:g 1.5\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a:x_total Things.\n# TYPE a:x_total counter\na:x_total{m=\"1\"} 3\n# HELP a:g G.\n# TYPE a:g gauge\na:g 1.5\n"
+        );
     }
 }

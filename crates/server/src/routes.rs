@@ -24,7 +24,7 @@ use crate::openai::{parse, ChatBody, Common, CompletionBody, GenRequest, PromptI
 use crate::state::{AppState, Models};
 use tandem_engine::ModelLease;
 
-type Shared = State<Arc<AppState>>;
+pub(crate) type Shared = State<Arc<AppState>>;
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -41,7 +41,8 @@ pub async fn ready(State(s): Shared) -> Json<serde_json::Value> {
 
 /// Prometheus scrape (see [`crate::metrics`]): every loaded model's engine, the contexts, and
 /// the process.
-pub async fn metrics(State(s): Shared) -> Result<Response, ApiError> {
+/// `GET /metrics`: the Prometheus text format 0.0.4, or OpenMetrics when `Accept` asks for it.
+pub async fn metrics(State(s): Shared, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
     let (models, contexts) = match &s.models {
         Models::One(m) => (vec![(m.name.clone(), m.engine.stats())], None),
         Models::Many(r) => (
@@ -51,7 +52,12 @@ pub async fn metrics(State(s): Shared) -> Result<Response, ApiError> {
     };
     let text =
         crate::metrics::render(models, contexts).map_err(|_| ApiError::Internal("cannot encode the metrics".into()))?;
-    Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("application/openmetrics-text") {
+        return Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::OPENMETRICS)], text).into_response());
+    }
+    let text = crate::metrics::to_prometheus_text(&text);
+    Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::PROMETHEUS_TEXT)], text).into_response())
 }
 
 pub async fn models(State(s): Shared) -> Json<serde_json::Value> {
@@ -59,7 +65,12 @@ pub async fn models(State(s): Shared) -> Json<serde_json::Value> {
         .models
         .list()
         .into_iter()
-        .map(|(id, len)| json!({"id": id, "object": "model", "created": 0, "owned_by": "tandem", "max_model_len": len}))
+        // vLLM's fields: `root` (what the model was served from; its name here), `parent`
+        // (the base of a LoRA adapter: none), `max_model_len` (null while a context is unloaded).
+        .map(|(id, len)| {
+            json!({"id": id, "object": "model", "created": 0, "owned_by": "tandem", "root": id, "parent": null,
+                   "max_model_len": len, "permission": []})
+        })
         .collect();
     Json(json!({"object": "list", "data": data}))
 }
@@ -216,7 +227,7 @@ pub async fn not_found() -> ApiError {
 }
 
 /// The body, or a 413/400 as OpenAI-shaped JSON.
-fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     b.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) => ApiError::TooLarge(crate::MAX_BODY_BYTES),
         other => ApiError::Invalid { message: other.body_text(), param: None },

@@ -71,7 +71,42 @@ async fn health_ready_and_models() {
     assert_eq!(http("GET", "/ready", "").await.0, 200);
     let (code, body) = http("GET", "/v1/models", "").await;
     assert_eq!(code, 200);
-    assert_eq!(json(&body)["data"][0]["id"], "smollm2");
+    let m = &json(&body)["data"][0];
+    assert_eq!(m["id"], "smollm2");
+    // vLLM's fields, which `vllm bench serve` reads.
+    assert_eq!((&m["root"], &m["parent"]), (&serde_json::json!("smollm2"), &serde_json::Value::Null), "{m}");
+    assert!(m["max_model_len"].as_u64().unwrap() > 0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokenize_round_trips_through_detokenize_and_counts_chat_prompts() {
+    let (code, body) =
+        http("POST", "/tokenize", r#"{"prompt": "The capital of France is Paris.", "return_token_strs": true}"#).await;
+    assert_eq!(code, 200, "{body}");
+    let t = json(&body);
+    let tokens = t["tokens"].as_array().unwrap();
+    assert_eq!(t["count"].as_u64().unwrap() as usize, tokens.len());
+    assert_eq!(t["token_strs"].as_array().unwrap().len(), tokens.len());
+    assert!(t["max_model_len"].as_u64().unwrap() > 0);
+    let (code, body) = http("POST", "/detokenize", &serde_json::json!({"tokens": tokens}).to_string()).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["prompt"], "The capital of France is Paris.");
+    // Chat messages count as the chat endpoint counts them: through the model's template.
+    let msgs = r#"[{"role": "user", "content": "Hi there"}]"#;
+    let (_, body) = http("POST", "/tokenize", &format!(r#"{{"messages": {msgs}}}"#)).await;
+    let count = json(&body)["count"].as_u64().unwrap();
+    let (_, body) = http("POST", "/v1/chat/completions", &format!(r#"{{"messages": {msgs}, "max_tokens": 1}}"#)).await;
+    assert_eq!(json(&body)["usage"]["prompt_tokens"].as_u64(), Some(count), "{body}");
+    // Bad input is a 400 naming the problem.
+    for (path, body, needle) in [
+        ("/detokenize", r#"{"tokens": [99999999]}"#, "outside the vocabulary"),
+        ("/tokenize", r#"{"prompt": "a", "messages": []}"#, "exactly one"),
+        ("/tokenize", r#"{"prompt": "a", "bogus": 1}"#, "bogus"),
+    ] {
+        let (code, text) = http("POST", path, body).await;
+        assert_eq!(code, 400, "{path} {body}: {text}");
+        assert!(text.contains(needle), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -363,6 +398,10 @@ async fn an_api_key_guards_v1_but_not_health() {
     assert_eq!(json(&body)["error"]["type"], "authentication_error");
     assert_eq!(http_to(&addr, "GET", "/v1/models", "", "Authorization: Bearer wrong\r\n").await.0, 401);
     assert_eq!(http_to(&addr, "GET", "/v1/models", "", "Authorization: Bearer sekrit\r\n").await.0, 200);
+    // The tokenizer endpoints reveal the vocabulary: guarded too.
+    let tokenize = r#"{"prompt": "hi"}"#;
+    assert_eq!(http_to(&addr, "POST", "/tokenize", tokenize, "").await.0, 401);
+    assert_eq!(http_to(&addr, "POST", "/tokenize", tokenize, "Authorization: Bearer sekrit\r\n").await.0, 200);
     assert_eq!(http_to(&addr, "GET", "/health", "", "").await.0, 200);
     assert_eq!(http_to(&addr, "GET", "/metrics", "", "").await.0, 200);
 }
@@ -414,17 +453,27 @@ async fn metrics_count_a_finished_request_in_prometheus_format() {
     assert!(sample(&after, "tandem:e2e_request_latency_seconds_sum{model_name=\"smollm2\"}") > 0.0);
     assert!(sample(&after, "tandem:stream_utilization{model_name=\"smollm2\",stream=\"0\"}") > 0.0);
     assert!(sample(&after, "process_resident_memory_bytes") > 1e6);
-    assert!(after.ends_with("# EOF\n"), "{after}");
+    // The default is Prometheus' text format 0.0.4 (no OpenMetrics `# EOF`), vLLM's families
+    // alongside tandem's with the same values.
+    assert!(!after.contains("# EOF"), "{after}");
+    assert!(sample(&after, "vllm:generation_tokens_total{model_name=\"smollm2\"}") >= tokens_before + 6.0, "{after}");
+    assert!(after.contains("vllm:cache_config_info{model_name=\"smollm2\",block_size=\"16\""), "{after}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn metrics_are_served_with_the_openmetrics_content_type() {
+async fn metrics_are_served_as_prometheus_text_or_openmetrics_when_asked() {
     let addr = &server().0;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    assert!(raw.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{raw}");
+    let scrape = |accept: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        raw
+    };
+    let plain = scrape("").await;
+    assert!(plain.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{plain}");
+    let om = scrape("Accept: application/openmetrics-text; version=1.0.0\r\n").await;
+    assert!(om.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{om}");
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
 }

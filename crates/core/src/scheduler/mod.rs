@@ -374,6 +374,7 @@ impl Scheduler {
             waiting: self.waiting.len(),
             running: self.running.len(),
             swapped: self.num_swapped,
+            block_size: self.cfg.block_size,
             kv_blocks_total: pool.num_blocks(),
             kv_blocks_used: pool.num_used(),
             kv_blocks_cached: pool.num_cached(),

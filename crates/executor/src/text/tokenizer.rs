@@ -171,6 +171,12 @@ impl TextTokenizer {
         })
     }
 
+    /// Token ids of `text` as written: special tokens in it recognised, no BOS added (vLLM's
+    /// `add_special_tokens: false`).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, ExecError> {
+        Ok(self.tok.encode(text, false).map_err(tk)?.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens omitted.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ExecError> {
         self.tok.decode(ids, true).map_err(tk)
