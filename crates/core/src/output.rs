@@ -47,6 +47,9 @@ pub struct ScheduledSeq {
     /// has seen while the executor only sees what is fed (vLLM sends new requests' prompts the
     /// same way). Empty otherwise; never counted as fed.
     pub context: Range<usize>,
+    /// Range into [`SchedulerOutput::banned_ids`]: tokens the sampler must not pick this step
+    /// (EOS and stop tokens of a request below its `min_tokens`). Empty for most sequences.
+    pub banned: Range<usize>,
 }
 
 /// Stands in `token_ids` for a token still being sampled on the device.
@@ -85,12 +88,19 @@ pub struct SchedulerOutput {
     pub preempted: Vec<RequestId>,
     /// Sum of fed tokens; never above the token budget.
     pub num_batched_tokens: usize,
+    /// All banned tokens, concatenated in `seqs` order (see [`ScheduledSeq::banned`]).
+    pub banned_ids: Vec<TokenId>,
 }
 
 impl SchedulerOutput {
     /// The tokens to feed for `seq`.
     pub fn tokens(&self, seq: &ScheduledSeq) -> &[TokenId] {
         &self.token_ids[seq.tokens.clone()]
+    }
+
+    /// The tokens `seq` must not sample this step.
+    pub fn banned(&self, seq: &ScheduledSeq) -> &[TokenId] {
+        self.banned_ids.get(seq.banned.clone()).unwrap_or_default()
     }
 
     /// The block table of `seq`.

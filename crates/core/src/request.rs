@@ -30,6 +30,9 @@ pub struct SamplerParams {
     /// OpenAI's presence and frequency penalties over generated tokens (0 = off).
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// vLLM's min-p: tokens less likely than `min_p` × the most likely one are not sampled
+    /// (0 = off).
+    pub min_p: f32,
 }
 
 impl SamplerParams {
@@ -51,6 +54,7 @@ impl Default for SamplerParams {
             repetition_penalty: 1.0,
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
+            min_p: 0.0,
         }
     }
 }
@@ -64,13 +68,22 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<TokenId>,
     /// When true the model's EOS tokens do not stop generation (benchmarks use this).
     pub ignore_eos: bool,
+    /// Fewer tokens than this are never ended by EOS or a stop token: the scheduler bans them
+    /// from sampling until then ([`crate::ScheduledSeq::banned`]), as vLLM's `min_tokens`.
+    pub min_tokens: usize,
     /// Carried untouched to the executor.
     pub sampler: SamplerParams,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { max_tokens: 16, stop_token_ids: Vec::new(), ignore_eos: false, sampler: SamplerParams::default() }
+        Self {
+            max_tokens: 16,
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            min_tokens: 0,
+            sampler: SamplerParams::default(),
+        }
     }
 }
 

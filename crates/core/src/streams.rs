@@ -189,6 +189,7 @@ mod tests {
             num_generated: 0,
             feeds_last_sample: false,
             context: 0..0,
+            banned: 0..0,
         }
     }
 

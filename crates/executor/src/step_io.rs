@@ -158,9 +158,22 @@ impl SamplingState {
             }
             let row = rows.next().ok_or_else(|| ExecError::Device("missing logits row".into()))?;
             let seed = self.nonce ^ s.id.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-            let tok = match &history {
-                Some(h) => sample(&penalize(row, &s.sampler, h), &s.sampler, s.num_generated, seed),
-                None => sample(row, &s.sampler, s.num_generated, seed),
+            let banned = out.banned(s);
+            let tok = match (&history, banned.is_empty()) {
+                (None, true) => sample(row, &s.sampler, s.num_generated, seed),
+                _ => {
+                    let mut adjusted = match &history {
+                        Some(h) => penalize(row, &s.sampler, h),
+                        None => row.clone(),
+                    };
+                    // Tokens the request may not end with yet (`min_tokens`).
+                    for &b in banned {
+                        if let Some(x) = adjusted.get_mut(b as usize) {
+                            *x = f32::NEG_INFINITY;
+                        }
+                    }
+                    sample(&adjusted, &s.sampler, s.num_generated, seed)
+                }
             };
             self.last.insert(s.id, tok);
             sampled.push(Some(tok));

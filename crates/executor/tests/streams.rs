@@ -34,6 +34,7 @@ fn step(prefills: &[(u64, usize, u32)], micro_batches: Vec<std::ops::Range<usize
             num_generated: 0,
             feeds_last_sample: false,
             context: 0..0,
+            banned: 0..0,
         });
         out.num_batched_tokens += n;
     }

@@ -64,6 +64,8 @@ impl Choice {
         r.params.sampler = req.sampler;
         r.params.sampler.seed = req.sampler.seed.map(|s| s.wrapping_add((index % req.n.max(1)) as u64));
         r.params.ignore_eos = req.ignore_eos;
+        r.params.min_tokens = req.min_tokens;
+        r.params.stop_token_ids = req.stop_token_ids.clone();
         r.priority = req.priority;
         Ok(Self {
             index,

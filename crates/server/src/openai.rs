@@ -55,6 +55,12 @@ pub struct Common {
     pub frequency_penalty: Option<f64>,
     /// Extension (vLLM): repetition penalty over prompt and generated tokens, > 0 (1 = off).
     pub repetition_penalty: Option<f64>,
+    /// Extension (vLLM): no EOS or stop token before this many tokens (0..=max_tokens).
+    pub min_tokens: Option<i64>,
+    /// Extension (vLLM): token ids that end the generation (finish reason `stop`).
+    pub stop_token_ids: Option<Vec<i64>>,
+    /// Extension (vLLM): drop tokens less likely than `min_p` × the most likely one (0..=1).
+    pub min_p: Option<f64>,
     // OpenAI features tandem does not implement: accepted when inactive (null, false, 0, empty,
     // as clients often send defaults), refused with a 400 naming them otherwise — never
     // silently ignored.
@@ -150,6 +156,8 @@ pub struct GenRequest {
     pub max_tokens: usize,
     pub sampler: SamplerParams,
     pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub min_tokens: usize,
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
@@ -257,6 +265,29 @@ impl Common {
             Some(x) if x.is_finite() && x > 0.0 => x as f32,
             Some(_) => return Err(ApiError::invalid("repetition_penalty", "repetition_penalty must be above 0")),
         };
+        let min_tokens = match self.min_tokens {
+            None => 0,
+            Some(m) if m >= 0 && m as u64 <= max_tokens as u64 => m as usize,
+            Some(m) => {
+                return Err(ApiError::invalid(
+                    "min_tokens",
+                    format!("min_tokens must be between 0 and max_tokens ({max_tokens}), got {m}"),
+                ))
+            }
+        };
+        let stop_token_ids = self
+            .stop_token_ids
+            .iter()
+            .flatten()
+            .map(|&t| {
+                u32::try_from(t).map_err(|_| ApiError::invalid("stop_token_ids", format!("{t} is not a token id")))
+            })
+            .collect::<Result<Vec<u32>, _>>()?;
+        let min_p = match self.min_p {
+            None => 0.0,
+            Some(x) if x.is_finite() && (0.0..=1.0).contains(&x) => x as f32,
+            Some(_) => return Err(ApiError::invalid("min_p", "min_p must be between 0 and 1")),
+        };
         let stop = match &self.stop {
             None => Vec::new(),
             Some(StopInput::One(s)) => vec![s.clone()],
@@ -276,8 +307,11 @@ impl Common {
                 repetition_penalty,
                 presence_penalty,
                 frequency_penalty,
+                min_p,
             },
             stop,
+            stop_token_ids,
+            min_tokens,
             n,
             stream: self.stream.unwrap_or(false),
             include_usage: self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),

@@ -79,6 +79,49 @@ async fn health_ready_and_models() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn min_tokens_and_stop_token_ids_take_effect() {
+    let ask = |extra: &str| {
+        format!(
+            r#"{{"messages": [{{"role": "user", "content": "What is 2+2? Answer with just the number."}}], "max_tokens": 40, "temperature": 0{extra}}}"#
+        )
+    };
+    let usage = |body: &str| {
+        let v = json(body);
+        (
+            v["usage"]["completion_tokens"].as_u64().unwrap(),
+            v["choices"][0]["finish_reason"].as_str().unwrap().to_string(),
+        )
+    };
+    // Greedy, the model answers briefly and ends its turn.
+    let (code, body) = http("POST", "/v1/chat/completions", &ask("")).await;
+    assert_eq!(code, 200, "{body}");
+    let (short, finish) = usage(&body);
+    assert_eq!(finish, "stop", "{body}");
+    assert!(short < 12, "{body}");
+    // min_tokens 12: the end of turn is banned until then, so the answer is at least 12 long.
+    let (_, body) = http("POST", "/v1/chat/completions", &ask(r#", "min_tokens": 12"#)).await;
+    assert!(usage(&body).0 >= 12, "{body}");
+    // Past EOS (ignore_eos) the model runs to max_tokens, unless a stop token id ends it: the
+    // end-of-turn token as a stop token gives back the short answer.
+    let (_, body) = http("POST", "/tokenize", r#"{"prompt": "<|im_end|>", "add_special_tokens": false}"#).await;
+    let im_end = json(&body)["tokens"][0].as_u64().unwrap();
+    let (_, body) = http("POST", "/v1/chat/completions", &ask(r#", "ignore_eos": true"#)).await;
+    assert_eq!(usage(&body), (40, "length".to_string()), "{body}");
+    let stop = format!(r#", "ignore_eos": true, "stop_token_ids": [{im_end}]"#);
+    let (_, body) = http("POST", "/v1/chat/completions", &ask(&stop)).await;
+    assert_eq!(usage(&body), (short, "stop".to_string()), "{body}");
+    // Out of range: 400s naming the parameter.
+    for (extra, param) in [
+        (r#", "min_tokens": 41"#, "min_tokens"),
+        (r#", "min_p": 1.5"#, "min_p"),
+        (r#", "stop_token_ids": [-1]"#, "stop_token_ids"),
+    ] {
+        let (code, body) = http("POST", "/v1/chat/completions", &ask(extra)).await;
+        assert_eq!((code, json(&body)["error"]["param"].as_str()), (400, Some(param)), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tokenize_round_trips_through_detokenize_and_counts_chat_prompts() {
     let (code, body) =
         http("POST", "/tokenize", r#"{"prompt": "The capital of France is Paris.", "return_token_strs": true}"#).await;

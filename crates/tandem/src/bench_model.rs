@@ -56,6 +56,7 @@ fn step(n: usize, per_seq: usize, start: usize, fed: usize, sample: bool) -> Sch
             num_generated: 0,
             feeds_last_sample: false,
             context: 0..0,
+            banned: 0..0,
         });
     }
     out.num_batched_tokens = n * fed;

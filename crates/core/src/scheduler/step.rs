@@ -395,6 +395,15 @@ impl Scheduler {
             let context = c0..out.token_ids.len();
             let b0 = out.block_ids.len();
             out.block_ids.extend_from_slice(seq.kv.blocks());
+            let generated = known - seq.prompt_len;
+            let n0 = out.banned_ids.len();
+            if sample && generated < seq.params.min_tokens {
+                if !seq.params.ignore_eos {
+                    out.banned_ids.extend_from_slice(&self.cfg.eos_token_ids);
+                }
+                out.banned_ids.extend_from_slice(&seq.params.stop_token_ids);
+            }
+            let banned = n0..out.banned_ids.len();
             out.seqs.push(ScheduledSeq {
                 id: seq.id,
                 tokens: t0..t0 + n,
@@ -402,9 +411,10 @@ impl Scheduler {
                 blocks: b0..out.block_ids.len(),
                 sample,
                 sampler: seq.params.sampler,
-                num_generated: known - seq.prompt_len,
+                num_generated: generated,
                 feeds_last_sample: placeholder,
                 context,
+                banned,
             });
             entries.push((slot, seq.epoch, seq.kv_generation));
         }

@@ -414,6 +414,34 @@ fn deadlines_reject_waiting_and_abort_running_requests() {
 }
 
 #[test]
+fn min_tokens_bans_eos_and_stop_tokens_until_reached() {
+    // EOS 0, stop token 7, min_tokens 2: the first two samples carry the ban [0, 7] and an EOS
+    // sampled anyway (an executor that ignored the ban) does not end the request; the third
+    // sample carries no ban, and EOS ends it.
+    let cfg = SchedulerConfig { eos_token_ids: vec![0], ..small(16) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    let mut r = req(1, 2, 10, 0);
+    r.params.min_tokens = 2;
+    r.params.stop_token_ids = vec![7];
+    s.add_request(r).unwrap();
+    for n in 0..2 {
+        let (out, deltas) = step(&mut s, n, 0);
+        assert_eq!(out.banned(&out.seqs[0]), &[0, 7], "sample {n}");
+        assert_eq!(deltas[0].finish, None, "sample {n}: below min_tokens");
+    }
+    let (out, deltas) = step(&mut s, 2, 0);
+    assert!(out.banned(&out.seqs[0]).is_empty());
+    assert_eq!(deltas[0].finish, Some(FinishReason::Stopped(StopCause::Eos(0))));
+    // With ignore_eos only the stop tokens are banned.
+    let mut s = Scheduler::new(SchedulerConfig { eos_token_ids: vec![0], ..small(16) }).unwrap();
+    let mut r = req(2, 2, 10, 0);
+    (r.params.min_tokens, r.params.ignore_eos, r.params.stop_token_ids) = (1, true, vec![7]);
+    s.add_request(r).unwrap();
+    let (out, _) = step(&mut s, 0, 5);
+    assert_eq!(out.banned(&out.seqs[0]), &[7]);
+}
+
+#[test]
 fn stop_conditions_eos_stop_tokens_length_and_pool_cap() {
     let cfg = SchedulerConfig { eos_token_ids: vec![0], ..small(16) };
     let mut s = Scheduler::new(cfg.clone()).unwrap();

@@ -119,8 +119,13 @@ impl Scheduler {
     }
 }
 
-/// EOS (unless ignored), then stop tokens, then length.
+/// EOS (unless ignored), then stop tokens, then length; for the first `min_tokens` generated
+/// tokens (the ones the sampler was banned from ending with), only length.
 fn stop_reason(eos: &[TokenId], seq: &super::seq::Seq, token: TokenId) -> Option<FinishReason> {
+    let below_min = seq.tokens.len().saturating_sub(seq.prompt_len) <= seq.params.min_tokens;
+    if below_min {
+        return (seq.tokens.len() >= seq.max_len).then_some(FinishReason::Length);
+    }
     if !seq.params.ignore_eos && eos.contains(&token) {
         Some(FinishReason::Stopped(StopCause::Eos(token)))
     } else if seq.params.stop_token_ids.contains(&token) {

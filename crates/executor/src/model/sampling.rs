@@ -60,7 +60,7 @@ pub fn sample(logits: &[f32], p: &SamplerParams, index: usize, fallback_seed: u6
     let inv_t = 1.0 / p.temperature;
     let mut rng = ChaCha8Rng::seed_from_u64(mix(p.seed.unwrap_or(fallback_seed), p.stream_offset + index));
     let k = if p.top_k == 0 { logits.len() } else { (p.top_k as usize).min(logits.len()) };
-    let filtered = k < logits.len() || p.top_p < 1.0;
+    let filtered = k < logits.len() || p.top_p < 1.0 || p.min_p > 0.0;
     if !filtered {
         // Plain softmax sampling by inverse CDF in vocabulary order.
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -78,6 +78,12 @@ pub fn sample(logits: &[f32], p: &SamplerParams, index: usize, fallback_seed: u6
     let mut idx = most_likely(logits, k);
     let max = logits[idx[0] as usize];
     let mut probs: Vec<f32> = idx.iter().map(|&i| ((logits[i as usize] - max) * inv_t).exp()).collect();
+    if p.min_p > 0.0 {
+        // Relative to the most likely token (probs[0] = 1 before normalising), as vLLM.
+        let keep = probs.iter().position(|&x| x < p.min_p).unwrap_or(probs.len()).max(1);
+        probs.truncate(keep);
+        idx.truncate(keep);
+    }
     let total: f32 = probs.iter().sum();
     probs.iter_mut().for_each(|x| *x /= total);
     if p.top_p < 1.0 {
@@ -109,6 +115,20 @@ mod tests {
 
     fn params(temperature: f32, top_k: u32, top_p: f32, seed: Option<u64>) -> SamplerParams {
         SamplerParams { temperature, top_k, top_p, seed, ..SamplerParams::default() }
+    }
+
+    #[test]
+    fn min_p_keeps_only_tokens_near_the_most_likely() {
+        // At temperature 1, logits [2, 2 − ln 2, 2 − ln 4, 0]: probabilities relative to the
+        // best are 1, 0.5, 0.25, e^−2 ≈ 0.14. min_p 0.3 keeps tokens 0 and 1 only; without it,
+        // 200 draws reach token 2 or 3 too.
+        let logits = [2.0, 2.0 - std::f32::consts::LN_2, 2.0 - 2.0 * std::f32::consts::LN_2, 0.0];
+        let draws = |min_p: f32| {
+            let p = SamplerParams { min_p, ..params(1.0, 0, 1.0, Some(9)) };
+            (0..200).map(|i| sample(&logits, &p, i, 0)).collect::<std::collections::HashSet<_>>()
+        };
+        assert_eq!(draws(0.3), [0, 1].into_iter().collect());
+        assert!(draws(0.0).iter().any(|&t| t >= 2));
     }
 
     #[test]

@@ -29,5 +29,6 @@ pub(crate) fn test_seq(id: u64, fed: usize, start: usize, sample: bool) -> tande
         num_generated: 0,
         feeds_last_sample: false,
         context: 0..0,
+        banned: 0..0,
     }
 }
