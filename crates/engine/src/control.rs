@@ -7,11 +7,11 @@ use tandem_core::{BatchingKind, FinishReason, NewRequest, RequestId, StreamConfi
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::EngineError;
-use crate::handle::RequestEvent;
+use crate::handle::{PromptCached, RequestEvent};
 
 /// Messages to the step loop.
 pub(crate) enum Control {
-    Add(NewRequest, UnboundedSender<RequestEvent>),
+    Add(NewRequest, UnboundedSender<RequestEvent>, PromptCached),
     Abort(RequestId),
     Finish(RequestId, FinishReason),
     SetBatching(BatchingKind, mpsc::Sender<Result<(), EngineError>>),

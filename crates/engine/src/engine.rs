@@ -106,11 +106,12 @@ impl Engine {
         req.arrival = self.epoch.elapsed();
         let id = req.id;
         let (tx, rx) = unbounded_channel();
-        if self.control.send(Control::Add(req, tx)).is_err() {
+        let cached = Arc::new(AtomicUsize::new(usize::MAX));
+        if self.control.send(Control::Add(req, tx, cached.clone())).is_err() {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(EngineError::NotRunning);
         }
-        Ok(RequestHandle::new(id, rx, self.control.clone()))
+        Ok(RequestHandle::new(id, rx, self.control.clone(), cached))
     }
 
     /// How long a refused client should wait: the queue drained at the recent throughput.

@@ -48,6 +48,9 @@ pub struct Generation {
     handle: RequestHandle,
     text: TokenText,
     done: bool,
+    /// The first submission's prefix-cache hit, kept across a requeue (whose resubmitted
+    /// prompt includes generated text).
+    first_cached: Option<usize>,
 }
 
 /// What one engine event means for the generation.
@@ -60,7 +63,16 @@ impl Generation {
     /// Submits `request` to `model`'s engine; `stop` strings end it.
     pub fn start(model: Arc<ModelLease>, request: NewRequest, stop: Vec<String>) -> Result<Self, EngineError> {
         let handle = model.engine.submit(request.clone())?;
-        Ok(Self { model, request, generated: Vec::new(), requeues: 0, handle, text: TokenText::new(stop), done: false })
+        Ok(Self {
+            model,
+            request,
+            generated: Vec::new(),
+            requeues: 0,
+            handle,
+            text: TokenText::new(stop),
+            done: false,
+            first_cached: None,
+        })
     }
 
     pub fn id(&self) -> RequestId {
@@ -75,6 +87,11 @@ impl Generation {
     /// Tokens generated so far, across requeues.
     pub fn tokens(&self) -> usize {
         self.generated.len()
+    }
+
+    /// Prompt tokens the prefix cache served at the request's first admission.
+    pub fn prompt_cached_tokens(&self) -> usize {
+        self.first_cached.or_else(|| self.handle.prompt_cached_tokens()).unwrap_or(0)
     }
 
     /// Times the request was resubmitted after an eviction.
@@ -171,6 +188,7 @@ impl Generation {
         r.params.sampler.stream_offset = self.request.params.sampler.stream_offset + self.generated.len();
         match lease.engine.submit(r) {
             Ok(h) => {
+                self.first_cached = self.first_cached.or_else(|| self.handle.prompt_cached_tokens());
                 self.handle = h;
                 self.model = lease;
                 None

@@ -28,6 +28,10 @@ impl RequestEvent {
     }
 }
 
+/// Where the step loop leaves how many prompt tokens the prefix cache served (`usize::MAX`:
+/// not known yet), read by the handle.
+pub(crate) type PromptCached = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
 /// A submitted request: read its events with [`Self::next`] (async) or [`Self::blocking_next`].
 #[derive(Debug)]
 pub struct RequestHandle {
@@ -35,11 +39,23 @@ pub struct RequestHandle {
     events: UnboundedReceiver<RequestEvent>,
     control: Sender<Control>,
     ended: bool,
+    cached: PromptCached,
 }
 
 impl RequestHandle {
-    pub(crate) fn new(id: RequestId, events: UnboundedReceiver<RequestEvent>, control: Sender<Control>) -> Self {
-        Self { id, events, control, ended: false }
+    pub(crate) fn new(
+        id: RequestId,
+        events: UnboundedReceiver<RequestEvent>,
+        control: Sender<Control>,
+        cached: PromptCached,
+    ) -> Self {
+        Self { id, events, control, ended: false, cached }
+    }
+
+    /// Prompt tokens served from the prefix cache when the request was admitted (known before
+    /// its first event).
+    pub fn prompt_cached_tokens(&self) -> Option<usize> {
+        Some(self.cached.load(std::sync::atomic::Ordering::Relaxed)).filter(|&n| n != usize::MAX)
     }
 
     pub fn id(&self) -> RequestId {

@@ -20,7 +20,7 @@ use crate::control::Control;
 use crate::device::{DeviceResult, DeviceWorker};
 use crate::engine::{lock, Shared};
 use crate::error::EngineError;
-use crate::handle::RequestEvent;
+use crate::handle::{PromptCached, RequestEvent};
 use crate::metrics::Timeline;
 use crate::stats::StatsAccumulator;
 
@@ -28,6 +28,7 @@ use crate::stats::StatsAccumulator;
 struct Tracked {
     events: UnboundedSender<RequestEvent>,
     timeline: Timeline,
+    cached: PromptCached,
 }
 
 /// A step handed to the device worker (or answered at once when empty).
@@ -168,12 +169,12 @@ impl StepLoop {
 
     fn handle(&mut self, msg: Control) {
         match msg {
-            Control::Add(req, events) => {
+            Control::Add(req, events, cached) => {
                 let id = req.id;
                 let timeline = Timeline { arrival: req.arrival, prompt_len: req.prompt.len(), ..Timeline::default() };
                 match self.sched.add_request(req) {
                     Ok(()) => {
-                        self.requests.insert(id, Tracked { events, timeline });
+                        self.requests.insert(id, Tracked { events, timeline, cached });
                         self.pending.accepted += 1;
                     }
                     Err(e) => {
@@ -217,6 +218,11 @@ impl StepLoop {
             if let Some(t) = self.requests.get_mut(&s.id) {
                 if t.timeline.started.is_none() {
                     t.timeline.started = Some(now);
+                    // Admitted now: what the prefix cache served is known (and the request is
+                    // live, which it may no longer be when its first token comes back).
+                    if let Some(n) = self.sched.prompt_cached_tokens(s.id) {
+                        t.cached.store(n, Ordering::Relaxed);
+                    }
                     self.shared.queued.fetch_sub(1, Ordering::SeqCst);
                     self.pending.waits.push(now.saturating_sub(t.timeline.arrival));
                 }

@@ -43,6 +43,8 @@ pub struct Collected {
     pub finish: &'static str,
     pub tokens: usize,
     pub logprobs: Vec<TokenLogprob>,
+    /// Prompt tokens served from the prefix cache.
+    pub cached: usize,
 }
 
 /// One token's log-probability report, with the token as text.
@@ -122,6 +124,11 @@ impl Choice {
         }
     }
 
+    /// Prompt tokens the prefix cache served for this choice's request.
+    pub fn prompt_cached_tokens(&self) -> usize {
+        self.generation.prompt_cached_tokens()
+    }
+
     fn delta(&mut self, text: String, finish: Option<&'static str>) -> Delta {
         Delta { text, finish, logprobs: std::mem::take(&mut self.logprobs) }
     }
@@ -148,7 +155,8 @@ impl Choice {
             text.push_str(&d.text);
             logprobs.extend(d.logprobs);
             if let Some(finish) = d.finish {
-                return Ok(Collected { index: self.index, text, finish, tokens: self.tokens, logprobs });
+                let cached = self.prompt_cached_tokens();
+                return Ok(Collected { index: self.index, text, finish, tokens: self.tokens, logprobs, cached });
             }
         }
         Err(ApiError::Internal("the stream ended without a finish".into()))

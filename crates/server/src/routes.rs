@@ -300,14 +300,18 @@ async fn respond(
     let Some(g) = gens.into_iter().next() else { return Err(ApiError::invalid("prompt", "no prompt")) };
     let id = s.response_id(if chat { "chatcmpl" } else { "cmpl" });
     if g.stream {
-        return Ok(stream_response(s, g, prompt_tokens, choices, chat, id, model).into_response());
+        return Ok(stream_response(g, prompt_tokens, choices, chat, id, model).into_response());
     }
     let results = futures_util::future::join_all(choices.into_iter().map(|c| c.collect())).await;
     let mut out = Vec::new();
-    let mut completion_tokens = 0;
+    let (mut completion_tokens, mut cached) = (0, 0);
     for r in results {
         let c = r?;
         completion_tokens += c.tokens;
+        // Each prompt once (its first choice), as `prompt_tokens` counts it.
+        if c.index % g.n == 0 {
+            cached += c.cached;
+        }
         let logprobs = g.logprobs.map(|_| logprobs_json(&c.logprobs, chat, 0));
         out.push(if chat {
             json!({"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs, "finish_reason": c.finish})
@@ -321,9 +325,15 @@ async fn respond(
         "created": now_secs(),
         "model": model,
         "choices": out,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "usage": usage(prompt_tokens, completion_tokens, cached),
     }))
     .into_response())
+}
+
+/// OpenAI's `usage`, with the prompt tokens the prefix cache served.
+fn usage(prompt: usize, completion: usize, cached: usize) -> serde_json::Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+           "prompt_tokens_details": {"cached_tokens": cached}})
 }
 
 /// Log-probabilities in OpenAI's shape: chat's `{"content": [{token, logprob, bytes,
@@ -364,7 +374,6 @@ fn logprobs_json(lps: &[TokenLogprob], chat: bool, offset: usize) -> serde_json:
 /// SSE: one chunk per text delta of any choice, the usage chunk if asked, then `[DONE]`.
 /// Dropping the stream (client gone) drops every choice's handle, aborting its request.
 fn stream_response(
-    s: Arc<AppState>,
     g: GenRequest,
     prompt_tokens: usize,
     choices: Vec<Choice>,
@@ -373,18 +382,25 @@ fn stream_response(
     model: String,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let generated = Arc::new(AtomicUsize::new(0));
+    let cached = Arc::new(AtomicUsize::new(0));
+    let n = g.n.max(1);
     let created = now_secs();
     let object = if chat { "chat.completion.chunk" } else { "text_completion" };
     let per_choice = choices.into_iter().map(|c| {
-        let (s, generated) = (s.clone(), generated.clone());
-        // (choice, state, counter, first chunk, text length so far for completions' text_offset)
-        stream::unfold((c, s, generated, true, 0usize), |(mut c, s, generated, first, offset)| async move {
+        // Token and cached-prompt counters shared by every choice, for the usage chunk.
+        let counters = (generated.clone(), cached.clone());
+        // (choice, (state, counters), first chunk, text length so far for completions' text_offset)
+        stream::unfold((c, counters, true, 0usize), move |(mut c, counters, first, offset)| async move {
+            let (generated, cached) = &counters;
             let before = c.tokens;
             let d = c.next().await?;
             generated.fetch_add(c.tokens - before, Ordering::Relaxed);
+            if c.index % n == 0 && d.as_ref().is_ok_and(|d| d.finish.is_some()) {
+                cached.fetch_add(c.prompt_cached_tokens(), Ordering::Relaxed);
+            }
             let next_offset = offset + d.as_ref().map_or(0, |d| d.text.len());
             let item = d.map(|d| (c.index, d, first, offset));
-            Some((item, (c, s, generated, false, next_offset)))
+            Some((item, (c, counters, false, next_offset)))
         })
         .boxed()
     });
@@ -417,7 +433,7 @@ fn stream_response(
         }
         let completion = generated.load(Ordering::Relaxed);
         let usage = json!({"id": id2, "object": object, "created": created, "model": model2, "choices": [],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}});
+            "usage": usage(prompt_tokens, completion, cached.load(Ordering::Relaxed))});
         vec![Ok(Event::default().data(usage.to_string())), done]
     })
     .flat_map(stream::iter);

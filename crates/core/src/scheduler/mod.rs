@@ -251,6 +251,7 @@ impl Scheduler {
             kv: SeqBlocks::default(),
             pending_samples: 0,
             started: false,
+            prompt_cached: 0,
             max_len,
             kv_generation: 0,
             preempted_at_step: None,
@@ -350,6 +351,13 @@ impl Scheduler {
 
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Prompt tokens of live request `id` served from the prefix cache when it was first
+    /// admitted; `None` for an unknown request or one not admitted yet.
+    pub fn prompt_cached_tokens(&self, id: RequestId) -> Option<usize> {
+        let seq = self.slots.get(*self.by_id.get(&id)? as usize)?.as_ref()?;
+        seq.started.then_some(seq.prompt_cached)
     }
 
     pub fn num_running(&self) -> usize {

@@ -39,6 +39,9 @@ pub(crate) struct Seq {
     pub pending_samples: u8,
     /// Scheduled at least once.
     pub started: bool,
+    /// Prompt tokens the prefix cache served at the first admission (OpenAI's
+    /// `usage.prompt_tokens_details.cached_tokens`).
+    pub prompt_cached: usize,
     /// Final length bound: `min(prompt + max_tokens, effective max model len)`.
     pub max_len: usize,
     /// Bumped at every preemption, so late updates do not cache blocks of a dropped table.

@@ -270,6 +270,9 @@ impl Scheduler {
             self.kv.swap_in(&mut seq.kv, &mut plan.swap_in) && self.kv.allocate_slots(&mut seq.kv, &[], total).is_some()
         } else {
             seq.num_computed = hit.num_tokens;
+            if !seq.started {
+                seq.prompt_cached = hit.num_tokens;
+            }
             self.stats.prefix_cache_queries += prompt_len as u64;
             self.stats.prefix_cache_hits += hit.num_tokens as u64;
             self.kv.allocate_slots(&mut seq.kv, &hit.blocks, total).is_some()
