@@ -2,7 +2,8 @@
 //! waiting, 16-token blocks, ~1k-token contexts, prefix caching on (so full blocks are hashed
 //! as they fill). The fake model output is built inside the timed loop, like an executor would.
 //!
-//! `cargo bench -p tandem-core --bench step`. Target: <= 30 µs per step at batch 256.
+//! `cargo bench -p tandem-core --bench step`. Target: <= 30 µs per step at batch 256. Also the
+//! prefix-cache hash of one 16-token block (`-- hash_block`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -77,5 +78,15 @@ fn bench_decode_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decode_step);
+/// The prefix-cache key of one 16-token block (SHA-256 over the parent hash and the tokens):
+/// what each full block of a prompt costs to hash.
+fn bench_block_hash(c: &mut Criterion) {
+    let tokens: Vec<u32> = (0..16).map(|i| 1_000 + i * 37).collect();
+    let parent = tandem_core::kv::hash_block(None, &tokens);
+    c.bench_function("hash_block/16_tokens", |b| {
+        b.iter(|| tandem_core::kv::hash_block(black_box(Some(parent)), black_box(&tokens)))
+    });
+}
+
+criterion_group!(benches, bench_decode_step, bench_block_hash);
 criterion_main!(benches);

@@ -101,6 +101,9 @@ pub struct NewRequest {
     /// If set, a request not finished by then ends with [`AbortCause::Deadline`] (or, if it never
     /// started, [`RejectReason::DeadlineExceeded`]).
     pub deadline: Option<Time>,
+    /// vLLM's `cache_salt`: the request shares prefix-cache blocks only with requests of the
+    /// same salt (`None`: with every unsalted request).
+    pub cache_salt: Option<String>,
 }
 
 impl NewRequest {
@@ -113,6 +116,7 @@ impl NewRequest {
             priority: 0,
             arrival,
             deadline: None,
+            cache_salt: None,
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct Common {
     pub stop_token_ids: Option<Vec<i64>>,
     /// Extension (vLLM): drop tokens less likely than `min_p` × the most likely one (0..=1).
     pub min_p: Option<f64>,
+    /// Extension (vLLM): share prefix-cache blocks only with requests of the same salt.
+    pub cache_salt: Option<String>,
     // OpenAI features tandem does not implement: accepted when inactive (null, false, 0, empty,
     // as clients often send defaults), refused with a 400 naming them otherwise — never
     // silently ignored.
@@ -158,6 +160,7 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub min_tokens: usize,
+    pub cache_salt: Option<String>,
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
@@ -288,6 +291,9 @@ impl Common {
             Some(x) if x.is_finite() && (0.0..=1.0).contains(&x) => x as f32,
             Some(_) => return Err(ApiError::invalid("min_p", "min_p must be between 0 and 1")),
         };
+        if self.cache_salt.as_ref().is_some_and(|s| s.is_empty()) {
+            return Err(ApiError::invalid("cache_salt", "cache_salt must not be empty"));
+        }
         let stop = match &self.stop {
             None => Vec::new(),
             Some(StopInput::One(s)) => vec![s.clone()],
@@ -312,6 +318,7 @@ impl Common {
             stop,
             stop_token_ids,
             min_tokens,
+            cache_salt: self.cache_salt.clone(),
             n,
             stream: self.stream.unwrap_or(false),
             include_usage: self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),

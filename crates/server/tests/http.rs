@@ -101,6 +101,14 @@ async fn usage_reports_the_prompt_tokens_served_from_the_prefix_cache() {
         .find(|v| v["usage"].is_object())
         .expect("a usage chunk");
     assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 48, "{usage}");
+    // Under a cache salt, the same prompt starts cold, and is shared only within the salt.
+    let salted = |salt: &str| serde_json::json!({"prompt": ids, "max_tokens": 1, "cache_salt": salt}).to_string();
+    let (_, first) = http("POST", "/v1/completions", &salted("tenant-a")).await;
+    assert_eq!(cached(&first), Some(0), "{first}");
+    let (_, again) = http("POST", "/v1/completions", &salted("tenant-a")).await;
+    assert_eq!(cached(&again), Some(48), "{again}");
+    let (_, other) = http("POST", "/v1/completions", &salted("tenant-b")).await;
+    assert_eq!(cached(&other), Some(0), "{other}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,12 +11,21 @@ use rustc_hash::FxHashMap;
 use super::free_list::FreeList;
 use super::hash::BlockHash;
 use crate::error::InvariantViolation;
-use crate::types::BlockId;
+use crate::types::{BlockId, TokenId};
+
+/// What a cached block was computed from, confirmed on every hit: a hash match alone is not
+/// trusted.
+#[derive(Debug, Clone, PartialEq)]
+struct Proof {
+    parent: Option<BlockHash>,
+    tokens: Box<[TokenId]>,
+}
 
 #[derive(Debug, Clone)]
 pub struct BlockPool {
     ref_cnt: Vec<u32>,
     hash: Vec<Option<BlockHash>>,
+    proof: Vec<Option<Proof>>,
     free: FreeList,
     cached: FxHashMap<BlockHash, BlockId>,
     evictions: u64,
@@ -27,6 +36,7 @@ impl BlockPool {
         Self {
             ref_cnt: vec![0; num_blocks],
             hash: vec![None; num_blocks],
+            proof: vec![None; num_blocks],
             free: FreeList::full(num_blocks),
             cached: FxHashMap::default(),
             evictions: 0,
@@ -69,6 +79,7 @@ impl BlockPool {
         for _ in 0..n {
             let Some(i) = self.free.pop_front() else { return false };
             let b = BlockId(i);
+            self.proof[b.index()] = None;
             if let Some(h) = self.hash[b.index()].take() {
                 if self.cached.get(&h) == Some(&b) {
                     self.cached.remove(&h);
@@ -84,6 +95,12 @@ impl BlockPool {
     /// The cached block holding this hash, if any (reference count unchanged).
     pub fn lookup(&self, h: BlockHash) -> Option<BlockId> {
         self.cached.get(&h).copied()
+    }
+
+    /// Whether cached block `b` was computed from `tokens` after the block hashed `parent`
+    /// (a hit is confirmed with this before its KV is reused).
+    pub fn verify(&self, b: BlockId, parent: Option<BlockHash>, tokens: &[TokenId]) -> bool {
+        matches!(self.proof.get(b.index()), Some(Some(p)) if p.parent == parent && *p.tokens == *tokens)
     }
 
     /// Takes one more reference to a block found by [`Self::lookup`]; a free one leaves the
@@ -125,10 +142,19 @@ impl BlockPool {
         }
     }
 
+    /// [`Self::register`], keeping what the block was computed from for [`Self::verify`].
+    pub fn register_proven(&mut self, b: BlockId, h: BlockHash, parent: Option<BlockHash>, tokens: &[TokenId]) {
+        self.register(b, h);
+        if self.hash.get(b.index()) == Some(&Some(h)) && self.cached.get(&h) == Some(&b) {
+            self.proof[b.index()] = Some(Proof { parent, tokens: tokens.into() });
+        }
+    }
+
     /// Forgets every cached hash (e.g. after the executor's weights change).
     pub fn reset_prefix_cache(&mut self) {
         self.cached.clear();
         self.hash.iter_mut().for_each(|h| *h = None);
+        self.proof.iter_mut().for_each(|p| *p = None);
     }
 
     /// Checks the pool's own invariants; `Err` describes the first violation.

@@ -21,11 +21,27 @@ pub struct SeqBlocks {
     pub(crate) hashes: Vec<BlockHash>,
     /// `blocks[..num_cached]` have been offered to the prefix cache.
     pub(crate) num_cached: usize,
+    /// The parent of the first block: the request's cache-salt root (`None`: unsalted).
+    pub(crate) salt: Option<BlockHash>,
     /// Host blocks holding the sequence while it is swapped out.
     pub(crate) host: Vec<HostBlockId>,
 }
 
 impl SeqBlocks {
+    /// The KV state of a new request; with a `cache_salt`, its blocks are shared only with
+    /// requests of the same salt.
+    pub fn salted(cache_salt: Option<&str>) -> Self {
+        Self { salt: cache_salt.map(super::hash::salt_root), ..Self::default() }
+    }
+
+    /// The parent hash of block `i`.
+    fn parent(&self, i: usize) -> Option<BlockHash> {
+        match i {
+            0 => self.salt,
+            _ => Some(self.hashes[i - 1]),
+        }
+    }
+
     pub fn blocks(&self) -> &[BlockId] {
         &self.blocks
     }
@@ -87,7 +103,7 @@ impl KvCacheManager {
         let full = upto.min(tokens.len()) / self.block_size;
         while seq.hashes.len() < full {
             let i = seq.hashes.len();
-            let parent = i.checked_sub(1).map(|p| seq.hashes[p]);
+            let parent = seq.parent(i);
             seq.hashes.push(hash_block(parent, &tokens[i * self.block_size..(i + 1) * self.block_size]));
         }
     }
@@ -100,7 +116,15 @@ impl KvCacheManager {
         }
         let max_blocks = (tokens.len() - 1) / self.block_size;
         self.extend_hashes(seq, tokens, max_blocks * self.block_size);
-        let blocks: Vec<BlockId> = seq.hashes[..max_blocks].iter().map_while(|h| self.pool.lookup(*h)).collect();
+        // A hit is taken only if the block was computed from these very tokens after the same
+        // parent: a hash match alone is never trusted.
+        let bs = self.block_size;
+        let blocks: Vec<BlockId> = (0..max_blocks)
+            .map_while(|i| {
+                let b = self.pool.lookup(seq.hashes[i])?;
+                self.pool.verify(b, seq.parent(i), &tokens[i * bs..(i + 1) * bs]).then_some(b)
+            })
+            .collect();
         let num_tokens = blocks.len() * self.block_size;
         PrefixHit { blocks, num_tokens }
     }
@@ -139,8 +163,9 @@ impl KvCacheManager {
             return;
         }
         self.extend_hashes(seq, tokens, full * self.block_size);
+        let bs = self.block_size;
         for i in seq.num_cached..full {
-            self.pool.register(seq.blocks[i], seq.hashes[i]);
+            self.pool.register_proven(seq.blocks[i], seq.hashes[i], seq.parent(i), &tokens[i * bs..(i + 1) * bs]);
         }
         seq.num_cached = full;
     }
@@ -252,6 +277,43 @@ mod tests {
         kv.free(&mut b);
         assert_eq!(kv.num_free(), 8);
         kv.pool().check().unwrap();
+    }
+
+    #[test]
+    fn a_hash_match_is_not_trusted_without_the_blocks_tokens() {
+        // Block 0 computed for tokens A, but registered under the hash of tokens B — what a
+        // hash collision (or a forged key) would give. A request for B must not reuse it.
+        let mut kv = KvCacheManager::new(8, 0, 4, true);
+        let (a_toks, b_toks): (Vec<TokenId>, Vec<TokenId>) = (vec![1, 2, 3, 4, 9], vec![5, 6, 7, 8, 9]);
+        let mut a = SeqBlocks::default();
+        kv.allocate_slots(&mut a, &[], 5);
+        let forged = hash_block(None, &b_toks[..4]);
+        kv.pool.register_proven(a.blocks[0], forged, None, &a_toks[..4]);
+        let mut b = SeqBlocks::default();
+        assert_eq!(kv.find_prefix(&mut b, &b_toks).num_tokens, 0, "tokens differ: no hit");
+        // The same block proven with B's own tokens is a hit.
+        let mut kv = KvCacheManager::new(8, 0, 4, true);
+        let mut c = SeqBlocks::default();
+        kv.allocate_slots(&mut c, &[], 5);
+        kv.cache_computed(&mut c, &b_toks, 5);
+        assert_eq!(kv.find_prefix(&mut SeqBlocks::default(), &b_toks).num_tokens, 4);
+        kv.pool().check().unwrap();
+    }
+
+    #[test]
+    fn a_cache_salt_keeps_tenants_apart() {
+        // The same 8 tokens computed under salt "a": found again under "a", not unsalted and
+        // not under "b".
+        let mut kv = KvCacheManager::new(8, 0, 4, true);
+        let prompt = toks(9);
+        let mut a = SeqBlocks::salted(Some("a"));
+        kv.allocate_slots(&mut a, &[], 9);
+        kv.cache_computed(&mut a, &prompt, 9);
+        let hit =
+            |kv: &KvCacheManager, salt: Option<&str>| kv.find_prefix(&mut SeqBlocks::salted(salt), &prompt).num_tokens;
+        assert_eq!(hit(&kv, Some("a")), 8);
+        assert_eq!(hit(&kv, None), 0);
+        assert_eq!(hit(&kv, Some("b")), 0);
     }
 
     #[test]

@@ -13,6 +13,6 @@ mod host_pool;
 mod manager;
 
 pub use block_pool::BlockPool;
-pub use hash::{hash_block, BlockHash};
+pub use hash::{hash_block, salt_root, BlockHash};
 pub use host_pool::HostPool;
 pub use manager::{KvCacheManager, PrefixHit, SeqBlocks};

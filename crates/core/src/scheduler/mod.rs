@@ -248,7 +248,7 @@ impl Scheduler {
             deadline: req.deadline,
             rank: self.queue.rank(req.priority, req.arrival),
             state: RequestState::Waiting,
-            kv: SeqBlocks::default(),
+            kv: SeqBlocks::salted(req.cache_salt.as_deref()),
             pending_samples: 0,
             started: false,
             prompt_cached: 0,
