@@ -56,6 +56,24 @@ pub struct ScheduledSeq {
 pub const PLACEHOLDER_TOKEN: TokenId = TokenId::MAX;
 
 impl ScheduledSeq {
+    /// A sequence feeding `tokens` (a range of the output's `token_ids`) from `start_pos`
+    /// through `blocks`, with default sampling, no history and nothing banned: for code that
+    /// builds steps by hand (executor tests, `tandem bench-model`).
+    pub fn new(id: RequestId, tokens: Range<usize>, start_pos: usize, blocks: Range<usize>, sample: bool) -> Self {
+        Self {
+            id,
+            tokens,
+            start_pos,
+            blocks,
+            sample,
+            sampler: SamplerParams::default(),
+            num_generated: 0,
+            feeds_last_sample: false,
+            context: 0..0,
+            banned: 0..0,
+        }
+    }
+
     pub fn num_tokens(&self) -> usize {
         self.tokens.len()
     }
@@ -93,6 +111,27 @@ pub struct SchedulerOutput {
 }
 
 impl SchedulerOutput {
+    /// Appends a sequence feeding `tokens` from `start_pos` through block table `table` (see
+    /// [`ScheduledSeq::new`]); the step's plan (`micro_batches`, `num_batched_tokens`) stays
+    /// the caller's to set. For code that builds steps by hand.
+    pub fn push_seq(
+        &mut self,
+        id: RequestId,
+        tokens: impl IntoIterator<Item = TokenId>,
+        start_pos: usize,
+        table: impl IntoIterator<Item = BlockId>,
+        sample: bool,
+    ) -> &mut ScheduledSeq {
+        let t0 = self.token_ids.len();
+        self.token_ids.extend(tokens);
+        let b0 = self.block_ids.len();
+        self.block_ids.extend(table);
+        let seq = ScheduledSeq::new(id, t0..self.token_ids.len(), start_pos, b0..self.block_ids.len(), sample);
+        self.seqs.push(seq);
+        let last = self.seqs.len() - 1;
+        &mut self.seqs[last]
+    }
+
     /// The tokens to feed for `seq`.
     pub fn tokens(&self, seq: &ScheduledSeq) -> &[TokenId] {
         &self.token_ids[seq.tokens.clone()]

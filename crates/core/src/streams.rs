@@ -175,22 +175,10 @@ pub fn assign_streams(seqs: &[ScheduledSeq], cfg: &StreamConfig) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::SamplerParams;
     use crate::types::RequestId;
 
     fn seq(id: u64, fed: usize, start: usize) -> ScheduledSeq {
-        ScheduledSeq {
-            id: RequestId(id),
-            tokens: 0..fed,
-            start_pos: start,
-            blocks: 0..0,
-            sample: true,
-            sampler: SamplerParams::default(),
-            num_generated: 0,
-            feeds_last_sample: false,
-            context: 0..0,
-            banned: 0..0,
-        }
+        ScheduledSeq::new(RequestId(id), 0..fed, start, 0..0, true)
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use tandem_core::{BlockId, RequestId, SamplerParams, ScheduledSeq, SchedulerOutput, StreamConfig};
+use tandem_core::{BlockId, RequestId, SchedulerOutput, StreamConfig};
 use tandem_executor::cpu::CpuExecutor;
 use tandem_executor::model::{load_model_as, LlamaModel, WeightFormat};
 use tandem_executor::store::default_model;
@@ -20,22 +20,9 @@ fn model() -> LlamaModel {
 fn step(prefills: &[(u64, usize, u32)], micro_batches: Vec<std::ops::Range<usize>>) -> SchedulerOutput {
     let mut out = SchedulerOutput::default();
     for &(id, n, first_block) in prefills {
-        let t0 = out.token_ids.len();
-        out.token_ids.extend((0..n).map(|j| (100 + (id as usize * 31 + j * 7) % 20_000) as u32));
-        let b0 = out.block_ids.len();
-        out.block_ids.extend((0..n.div_ceil(16) as u32).map(|b| BlockId(first_block + b)));
-        out.seqs.push(ScheduledSeq {
-            id: RequestId(id),
-            tokens: t0..t0 + n,
-            start_pos: 0,
-            blocks: b0..out.block_ids.len(),
-            sample: true,
-            sampler: SamplerParams::default(),
-            num_generated: 0,
-            feeds_last_sample: false,
-            context: 0..0,
-            banned: 0..0,
-        });
+        let tokens = (0..n).map(|j| (100 + (id as usize * 31 + j * 7) % 20_000) as u32);
+        let table = (0..n.div_ceil(16) as u32).map(|b| BlockId(first_block + b));
+        out.push_seq(RequestId(id), tokens, 0, table, true);
         out.num_batched_tokens += n;
     }
     out.micro_batches = micro_batches;

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use clap::Args;
-use tandem_core::{BlockId, RequestId, SamplerParams, ScheduledSeq, SchedulerOutput};
+use tandem_core::{BlockId, RequestId, SchedulerOutput};
 use tandem_engine::build::{executor_for, kv_bytes_for_tokens, DeviceKind, ModelSource, BLOCK_SIZE as BS};
 use tandem_executor::model::WeightFormat;
 
@@ -42,22 +42,9 @@ pub struct BenchModelArgs {
 fn step(n: usize, per_seq: usize, start: usize, fed: usize, sample: bool) -> SchedulerOutput {
     let mut out = SchedulerOutput::default();
     for i in 0..n {
-        let t0 = out.token_ids.len();
-        out.token_ids.extend((0..fed).map(|j| ((i * 131 + start + j) % 40_000 + 100) as u32));
-        let b0 = out.block_ids.len();
-        out.block_ids.extend((0..per_seq).map(|b| BlockId((i * per_seq + b) as u32)));
-        out.seqs.push(ScheduledSeq {
-            id: RequestId(i as u64),
-            tokens: t0..t0 + fed,
-            start_pos: start,
-            blocks: b0..out.block_ids.len(),
-            sample,
-            sampler: SamplerParams::default(),
-            num_generated: 0,
-            feeds_last_sample: false,
-            context: 0..0,
-            banned: 0..0,
-        });
+        let tokens = (0..fed).map(|j| ((i * 131 + start + j) % 40_000 + 100) as u32);
+        let table = (0..per_seq).map(|b| BlockId((i * per_seq + b) as u32));
+        out.push_seq(RequestId(i as u64), tokens, start, table, sample);
     }
     out.num_batched_tokens = n * fed;
     out.micro_batches.push(0..n);

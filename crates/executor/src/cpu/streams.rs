@@ -173,7 +173,7 @@ impl Lanes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_core::{RequestId, SamplerParams, ScheduledSeq};
+    use tandem_core::RequestId;
 
     #[test]
     fn cores_are_shared_out_with_at_least_one_per_lane() {
@@ -184,22 +184,7 @@ mod tests {
     }
 
     fn seq(out: &mut SchedulerOutput, id: u64, start_pos: usize, fed: usize, table: &[u32]) {
-        let t0 = out.token_ids.len();
-        out.token_ids.extend(std::iter::repeat_n(7, fed));
-        let b0 = out.block_ids.len();
-        out.block_ids.extend(table.iter().map(|&b| BlockId(b)));
-        out.seqs.push(ScheduledSeq {
-            id: RequestId(id),
-            tokens: t0..t0 + fed,
-            start_pos,
-            blocks: b0..out.block_ids.len(),
-            sample: true,
-            sampler: SamplerParams::default(),
-            num_generated: 0,
-            feeds_last_sample: false,
-            context: 0..0,
-            banned: 0..0,
-        });
+        out.push_seq(RequestId(id), std::iter::repeat_n(7, fed), start_pos, table.iter().map(|&b| BlockId(b)), true);
     }
 
     #[test]

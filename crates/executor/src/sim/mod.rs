@@ -19,16 +19,5 @@ pub use shape::ModelShape;
 /// A scheduled sequence feeding `fed` tokens from `start`, for this crate's tests.
 #[cfg(test)]
 pub(crate) fn test_seq(id: u64, fed: usize, start: usize, sample: bool) -> tandem_core::ScheduledSeq {
-    tandem_core::ScheduledSeq {
-        id: tandem_core::RequestId(id),
-        tokens: 0..fed,
-        start_pos: start,
-        blocks: 0..0,
-        sample,
-        sampler: tandem_core::SamplerParams::default(),
-        num_generated: 0,
-        feeds_last_sample: false,
-        context: 0..0,
-        banned: 0..0,
-    }
+    tandem_core::ScheduledSeq::new(tandem_core::RequestId(id), 0..fed, start, 0..0, sample)
 }
