@@ -23,7 +23,8 @@ use crate::registry::{ModelLoader, ServedModel};
 
 /// Tokens per KV block, for every real executor (vLLM's default on GPUs too).
 pub const BLOCK_SIZE: usize = 16;
-/// Requests an engine queues before refusing more (HTTP 429).
+/// Requests an engine queues (accepted, not yet running) before refusing more (HTTP 429), by
+/// default.
 pub const MAX_QUEUED: usize = 1024;
 
 /// Where a model runs.
@@ -96,6 +97,9 @@ pub enum BuildError {
     /// The engine's threads did not start.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A size that cannot work (a queue of no requests).
+    #[error("{0}")]
+    Sizing(&'static str),
     /// The multi-model loader has no file for this context.
     #[error("no model file for context `{0}`")]
     NoSource(String),
@@ -139,11 +143,19 @@ pub struct Sizing {
     pub max_num_batched_tokens: usize,
     /// Scheduler overrides, `key=value` (see `tandem_core::config_text`).
     pub overrides: Vec<String>,
+    /// Requests accepted but not yet running before `submit` refuses (HTTP 429).
+    pub max_queued: usize,
 }
 
 impl Default for Sizing {
     fn default() -> Self {
-        Self { kv_bytes: 512 << 20, max_num_seqs: 64, max_num_batched_tokens: 512, overrides: Vec::new() }
+        Self {
+            kv_bytes: 512 << 20,
+            max_num_seqs: 64,
+            max_num_batched_tokens: 512,
+            overrides: Vec::new(),
+            max_queued: MAX_QUEUED,
+        }
     }
 }
 
@@ -195,6 +207,9 @@ pub fn start_loaded(
     sizing: &Sizing,
     gate: Option<GateHandle>,
 ) -> Result<Running, BuildError> {
+    if sizing.max_queued == 0 {
+        return Err(BuildError::Sizing("--max-queued-requests must be at least 1"));
+    }
     let max_position = loaded.model.config.max_position;
     let (executor, blocks) = executor_for(source.device, loaded.model, sizing.kv_bytes)?;
     let max_model_len = max_position.min(blocks * BLOCK_SIZE).max(2);
@@ -209,8 +224,10 @@ pub fn start_loaded(
     };
     scheduler.apply_overrides(&sizing.overrides)?;
     let describe = format!("{} from {}", executor.describe(), source.path.display());
-    let engine =
-        Engine::start(EngineConfig { scheduler, max_queued: MAX_QUEUED, async_scheduling: true, gate }, executor)?;
+    let engine = Engine::start(
+        EngineConfig { scheduler, max_queued: sizing.max_queued, async_scheduling: true, gate },
+        executor,
+    )?;
     Ok(Running { engine, tokenizer: loaded.tokenizer, describe, name: source.name(), max_model_len })
 }
 

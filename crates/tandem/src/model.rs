@@ -32,6 +32,10 @@ pub struct ModelArgs {
     /// Token budget of one step.
     #[arg(long, default_value_t = 512)]
     pub max_num_batched_tokens: usize,
+    /// Requests accepted but not yet running before new ones are refused with HTTP 429 and a
+    /// Retry-After (vLLM's scheduler has no bound; TGI's `--max-concurrent-requests` is one).
+    #[arg(long, default_value_t = tandem_engine::build::MAX_QUEUED)]
+    pub max_queued_requests: usize,
     /// Scheduler overrides, `key=value` (repeatable or comma-separated): batching, streams,
     /// assignment, min_parallel, fusion, capacity, queue, preemption, max_num_seqs,
     /// max_num_batched_tokens. E.g. `--set batching=fixed:4 --set streams=2`.
@@ -52,6 +56,7 @@ impl ModelArgs {
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
             overrides: self.overrides.iter().chain(extra).cloned().collect(),
+            max_queued: self.max_queued_requests,
         }
     }
 }

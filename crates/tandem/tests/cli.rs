@@ -168,6 +168,43 @@ impl Drop for Served {
     }
 }
 
+/// One HTTP/1.1 request to `url`'s host: the raw response.
+fn raw_http(url: &str, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    // One request may wait; fixed batches of 4 (flushed after 400 ms) keep the first one
+    // waiting, so a second one finds the queue full.
+    let server = Served::start(&["--max-queued-requests", "1", "--set", "batching=fixed:4:400ms"]);
+    let body = r#"{"prompt": "Hello", "max_tokens": 2}"#;
+    let url = server.url.clone();
+    let first = std::thread::spawn(move || raw_http(&url, "POST", "/v1/completions", body));
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let second = raw_http(&server.url, "POST", "/v1/completions", body);
+    assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+    assert!(second.to_ascii_lowercase().contains("retry-after: "), "{second}");
+    assert!(second.contains("\"error\"") && second.contains("queue"), "{second}");
+    let first = first.join().unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "the queued request still runs: {first}");
+    // A queue of no requests cannot serve anything: refused at start.
+    let (code, _, stderr) = tandem(&["serve", "--port", "0", "--max-queued-requests", "0"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--max-queued-requests must be at least 1"), "{stderr}");
+}
+
 #[test]
 fn bench_against_a_live_server_writes_plausible_csv_and_json() {
     let server = Served::start(&[]);
