@@ -106,7 +106,6 @@ pub async fn read(probe: &Probe) -> Reading {
                 return Reading::default();
             };
             let one = |n: &str| prom_values(&text, n).first().copied();
-            let pre = prom_values(&text, "tandem:num_preemptions_total");
             Reading {
                 prefix_queries: prom_sum(
                     &text,
@@ -119,7 +118,7 @@ pub async fn read(probe: &Probe) -> Reading {
                 cpu: one("process_cpu_seconds_total"),
                 streams: prom_values(&text, "tandem:stream_utilization"),
                 batch: one("tandem:mean_batch_size"),
-                preemptions: (!pre.is_empty()).then(|| pre.iter().sum::<f64>() as u64),
+                preemptions: prom_sum(&text, &["tandem:num_preemptions_total"]),
             }
         }
     }

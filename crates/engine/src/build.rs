@@ -11,7 +11,7 @@ use std::str::FromStr;
 use tandem_core::contexts::ContextSpec;
 use tandem_core::SchedulerConfig;
 use tandem_executor::cpu::CpuExecutor;
-use tandem_executor::model::{load_model_as, LlamaConfig, LlamaModel, LoadedModel, WeightFormat};
+use tandem_executor::model::{load_model_as, model_bytes, LlamaConfig, LlamaModel, LoadedModel, WeightFormat};
 use tandem_executor::tensor::TensorDevice;
 use tandem_executor::text::TextTokenizer;
 use tandem_executor::{ExecError, Executor};
@@ -132,6 +132,12 @@ impl ModelSource {
     /// Loads the weights and tokenizer in the format the device takes.
     pub fn load(&self) -> Result<LoadedModel, BuildError> {
         Ok(load_model_as(&self.path, self.device.weights_for(self.weights)?)?)
+    }
+
+    /// The model's shape and the bytes its weights will take once loaded for the device,
+    /// read from the file's metadata without loading it.
+    pub fn footprint(&self) -> Result<(LlamaConfig, u64), BuildError> {
+        Ok(model_bytes(&self.path, self.device.weights_for(self.weights)?)?)
     }
 }
 

@@ -107,10 +107,10 @@ impl Generation {
                 Step::Emit(e) => return Some(e),
                 Step::Requeue => {
                     let lease = Arc::clone(&self.model);
+                    let model = lease.name.clone();
                     // Reloading a model takes seconds and blocks: off the async workers.
                     let again = tokio::task::spawn_blocking(move || lease.reacquire()).await;
-                    let again = again
-                        .unwrap_or_else(|e| Err(EngineError::Load { model: String::new(), reason: e.to_string() }));
+                    let again = again.unwrap_or_else(|e| Err(EngineError::Load { model, reason: e.to_string() }));
                     if let Some(e) = self.resubmit(again) {
                         return Some(e);
                     }

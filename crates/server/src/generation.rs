@@ -23,7 +23,6 @@ pub struct Choice {
     first_token: Option<Instant>,
     /// Log-probabilities of tokens not yet reported in a delta.
     logprobs: Vec<TokenLogprob>,
-    pub tokens: usize,
     done: bool,
 }
 
@@ -77,7 +76,6 @@ impl Choice {
             started: Instant::now(),
             first_token: None,
             logprobs: Vec::new(),
-            tokens: 0,
             done: false,
         })
     }
@@ -102,7 +100,6 @@ impl Choice {
                     });
                 }
                 GenerationEvent::Text { text, .. } => {
-                    self.tokens = self.generation.tokens();
                     self.first_token.get_or_insert_with(Instant::now);
                     if !text.is_empty() {
                         return Some(Ok(self.delta(text, None)));
@@ -110,8 +107,7 @@ impl Choice {
                 }
                 GenerationEvent::Finished { reason, text } => {
                     self.done = true;
-                    self.tokens = self.generation.tokens();
-                    if self.tokens > 0 {
+                    if self.tokens() > 0 {
                         self.first_token.get_or_insert_with(Instant::now);
                     }
                     self.log_end(reason.as_openai());
@@ -123,6 +119,11 @@ impl Choice {
                 }
             }
         }
+    }
+
+    /// Tokens generated so far.
+    pub fn tokens(&self) -> usize {
+        self.generation.tokens()
     }
 
     /// Prompt tokens the prefix cache served for this choice's request.
@@ -140,7 +141,7 @@ impl Choice {
         tracing::info!(
             request = self.generation.id().0,
             prompt_tokens = self.prompt_tokens,
-            completion_tokens = self.tokens,
+            completion_tokens = self.tokens(),
             ttft_ms = self.first_token.map(|t| ms(t - self.started)),
             e2e_ms = ms(self.started.elapsed()),
             finish,
@@ -157,7 +158,7 @@ impl Choice {
             logprobs.extend(d.logprobs);
             if let Some(finish) = d.finish {
                 let cached = self.prompt_cached_tokens();
-                return Ok(Collected { index: self.index, text, finish, tokens: self.tokens, logprobs, cached });
+                return Ok(Collected { index: self.index, text, finish, tokens: self.tokens(), logprobs, cached });
             }
         }
         Err(ApiError::Internal("the stream ended without a finish".into()))
@@ -171,7 +172,7 @@ impl Drop for Choice {
             // handle (next) aborts the request in the engine.
             tracing::info!(
                 request = self.generation.id().0,
-                completion_tokens = self.tokens,
+                completion_tokens = self.tokens(),
                 "client disconnected; request aborted"
             );
         }

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use tandem_core::SamplerParams;
+use tandem_executor::text::ChatMessage;
 
 use crate::error::ApiError;
 
@@ -179,6 +180,12 @@ pub const MAX_N: usize = 16;
 /// Most prompts in one completions request, and most choices (prompts × n) in all.
 pub const MAX_PROMPTS: usize = 64;
 pub const MAX_CHOICES: usize = 256;
+
+/// Chat messages as the tokenizer's template takes them (content parts joined; a non-text part
+/// is a 400).
+pub fn chat_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
+    msgs.iter().map(|m| Ok(ChatMessage::new(&m.role, &m.text()?))).collect()
+}
 
 /// Parses a JSON body, turning serde's message into a 400.
 pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {

@@ -16,11 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
-use tandem_executor::text::ChatMessage;
 
 use crate::error::ApiError;
 use crate::generation::{Choice, TokenLogprob};
-use crate::openai::{parse, ChatBody, Common, CompletionBody, GenRequest, PromptInput, MAX_CHOICES, MAX_PROMPTS};
+use crate::openai::{
+    chat_messages, parse, ChatBody, Common, CompletionBody, GenRequest, PromptInput, MAX_CHOICES, MAX_PROMPTS,
+};
 use crate::state::{AppState, Models};
 use tandem_engine::ModelLease;
 
@@ -274,8 +275,7 @@ pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
-    let messages: Vec<ChatMessage> =
-        req.messages.iter().map(|m| Ok(ChatMessage::new(&m.role, &m.text()?))).collect::<Result<_, ApiError>>()?;
+    let messages = chat_messages(&req.messages)?;
     let m = model_for(&s, &req.common).await?;
     let text = m.tokenizer.apply_chat_template(&messages).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let g = req.common.validate(encode(&m, &text)?, m.max_model_len)?;
@@ -392,9 +392,9 @@ fn stream_response(
         // (choice, (state, counters), first chunk, text length so far for completions' text_offset)
         stream::unfold((c, counters, true, 0usize), move |(mut c, counters, first, offset)| async move {
             let (generated, cached) = &counters;
-            let before = c.tokens;
+            let before = c.tokens();
             let d = c.next().await?;
-            generated.fetch_add(c.tokens - before, Ordering::Relaxed);
+            generated.fetch_add(c.tokens() - before, Ordering::Relaxed);
             if c.index % n == 0 && d.as_ref().is_ok_and(|d| d.finish.is_some()) {
                 cached.fetch_add(c.prompt_cached_tokens(), Ordering::Relaxed);
             }

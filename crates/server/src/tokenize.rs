@@ -8,10 +8,9 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-use tandem_executor::text::ChatMessage;
 
 use crate::error::ApiError;
-use crate::openai::{parse, ChatMessageIn};
+use crate::openai::{chat_messages, parse, ChatMessageIn};
 use crate::routes::{body, Shared};
 
 fn yes() -> bool {
@@ -48,31 +47,22 @@ pub async fn tokenize(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Res
     let req: TokenizeBody = parse(&body(b)?)?;
     let m = s.models.acquire(req.model.as_deref()).await?;
     let tok = &m.tokenizer;
-    let ids = match (&req.prompt, &req.messages) {
-        (Some(p), None) => {
-            if req.add_special_tokens.unwrap_or(true) {
-                tok.encode(p)
-            } else {
-                tok.encode_plain(p)
-            }
-        }
+    // The text, and whether BOS is added by default (a prompt: yes; a rendered template
+    // writes its own).
+    let (text, special) = match (&req.prompt, &req.messages) {
+        (Some(p), None) => (p.clone(), true),
         (None, Some(msgs)) => {
-            let messages: Vec<ChatMessage> =
-                msgs.iter().map(|x| Ok(ChatMessage::new(&x.role, &x.text()?))).collect::<Result<_, ApiError>>()?;
             let template =
                 tok.chat_template().ok_or_else(|| ApiError::invalid("messages", "the model has no chat template"))?;
             let text = template
-                .render(&messages, req.add_generation_prompt, tok.bos_token(), tok.eos_token())
+                .render(&chat_messages(msgs)?, req.add_generation_prompt, tok.bos_token(), tok.eos_token())
                 .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-            if req.add_special_tokens.unwrap_or(false) {
-                tok.encode(&text)
-            } else {
-                tok.encode_plain(&text)
-            }
+            (text, false)
         }
         _ => return Err(ApiError::invalid("prompt", "give exactly one of `prompt` and `messages`")),
-    }
-    .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+    };
+    let ids = if req.add_special_tokens.unwrap_or(special) { tok.encode(&text) } else { tok.encode_plain(&text) }
+        .map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
     let strs = req.return_token_strs.then(|| ids.iter().map(|&t| tok.token_text(t)).collect::<Vec<_>>());
     Ok(Json(json!({"count": ids.len(), "max_model_len": m.max_model_len, "tokens": ids, "token_strs": strs})))
 }

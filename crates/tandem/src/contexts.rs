@@ -30,7 +30,7 @@ use serde::Deserialize;
 use tandem_core::contexts::{ContextSpec, QosTier, TierRule};
 use tandem_engine::build::{kv_bytes_for_tokens, DeviceKind, DeviceLoader, ModelSource, Sizing};
 use tandem_engine::ModelRegistry;
-use tandem_executor::model::{model_bytes, WeightFormat};
+use tandem_executor::model::WeightFormat;
 
 const MIB: u64 = 1 << 20;
 /// The smallest KV cache a context loads with: room for this many tokens.
@@ -115,8 +115,7 @@ fn context_spec(m: &ModelEntry, source: &ModelSource) -> Result<ContextSpec, Str
     if !(m.keep_alive_s >= 0.0 && m.keep_alive_s.is_finite()) {
         return Err(format!("keep_alive_s must be a non-negative number, got {}", m.keep_alive_s));
     }
-    let weights = source.device.weights_for(source.weights).map_err(|e| e.to_string())?;
-    let (config, weight_bytes) = model_bytes(&source.path, weights).map_err(|e| e.to_string())?;
+    let (config, weight_bytes) = source.footprint().map_err(|e| e.to_string())?;
     let min_kv_bytes = kv_bytes_for_tokens(&config, source.device, MIN_KV_TOKENS);
     let spec = ContextSpec {
         name: m.name.clone(),

@@ -136,6 +136,31 @@ pub(crate) fn sim_result(
     SimResult { run, scheduler, wall: started.elapsed() }
 }
 
+/// Adds the requests of `w` that have arrived by `now`, from `*next` on (a refused one is
+/// recorded as failed), and marks the scheduler draining once every request has arrived.
+pub(crate) fn admit_arrivals(
+    sched: &mut Scheduler,
+    w: &Workload,
+    next: &mut usize,
+    lines: &mut Timelines,
+    now: Duration,
+) {
+    while *next < w.len() && at(w.times[*next]) <= now {
+        if let Err(e) = sched.add_request(new_request(*next, w.times[*next], &w.requests[*next])) {
+            lines.reject(*next, e.to_string());
+        }
+        *next += 1;
+    }
+    sched.set_draining(*next >= w.len());
+}
+
+/// Where the clock of a simulation waiting on a batching timer or an arrival moves: 1 ms on,
+/// or the next arrival if sooner, and at least 1 µs on.
+pub(crate) fn idle_tick(now: Duration, next_arrival: Option<Duration>) -> Duration {
+    let tick = now + Duration::from_millis(1);
+    next_arrival.map_or(tick, |t| t.min(tick)).max(now + Duration::from_micros(1))
+}
+
 /// Most consecutive empty steps before a simulation is declared stuck.
 const MAX_IDLE_STEPS: u64 = 50_000_000;
 
@@ -156,13 +181,7 @@ pub fn simulate(cfg: &SimConfig, workload: &Workload) -> Result<SimResult, Bench
     let (mut busy, mut device, mut batch_sum, mut steps, mut peak_kv) =
         (Vec::<Duration>::new(), Duration::ZERO, 0u64, 0u64, 0f64);
     loop {
-        while next < workload.len() && at(workload.times[next]) <= now {
-            if let Err(e) = sched.add_request(new_request(next, workload.times[next], &workload.requests[next])) {
-                lines.reject(next, e.to_string());
-            }
-            next += 1;
-        }
-        sched.set_draining(next >= workload.len());
+        admit_arrivals(&mut sched, workload, &mut next, &mut lines, now);
         if sched.is_idle() {
             match workload.times.get(next) {
                 Some(&t) => {
@@ -180,8 +199,7 @@ pub fn simulate(cfg: &SimConfig, workload: &Workload) -> Result<SimResult, Bench
                 return Err(BenchError::Simulation(format!("simulation {} made no progress", cfg.name)));
             }
             // Waiting on a batching timer or an arrival: move time forward.
-            let tick = now + Duration::from_millis(1);
-            now = workload.times.get(next).map_or(tick, |&t| at(t).min(tick).max(now + Duration::from_micros(1)));
+            now = idle_tick(now, workload.times.get(next).map(|&t| at(t)));
             continue;
         }
         idle = 0;

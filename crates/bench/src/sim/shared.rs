@@ -15,7 +15,7 @@ use tandem_core::{ModelOutput, Scheduler, SchedulerConfig};
 use tandem_executor::sim::{ClockMode, DeviceProfile, ModelShape, SimExecutor};
 use tandem_executor::Executor;
 
-use super::{at, new_request, sim_result, simulate, SimConfig, SimResult, Timelines, MAX_IDLE_STEPS};
+use super::{admit_arrivals, at, idle_tick, sim_result, simulate, SimConfig, SimResult, Timelines, MAX_IDLE_STEPS};
 use crate::system::SystemStats;
 use crate::workload::Workload;
 use crate::BenchError;
@@ -52,14 +52,7 @@ struct Running<'a> {
 
 impl Running<'_> {
     fn admit(&mut self, now: Duration) {
-        let w = &self.ctx.workload;
-        while self.next < w.len() && at(w.times[self.next]) <= now {
-            if let Err(e) = self.sched.add_request(new_request(self.next, w.times[self.next], &w.requests[self.next])) {
-                self.lines.reject(self.next, e.to_string());
-            }
-            self.next += 1;
-        }
-        self.sched.set_draining(self.next >= w.len());
+        admit_arrivals(&mut self.sched, &self.ctx.workload, &mut self.next, &mut self.lines, now);
     }
 
     fn next_arrival(&self) -> Option<Duration> {
@@ -157,12 +150,7 @@ fn time_sliced(device: &DeviceProfile, contexts: &[SharedContext]) -> Result<Vec
             if stuck > MAX_IDLE_STEPS {
                 return Err(BenchError::Simulation("shared simulation made no progress".into()));
             }
-            let tick = now + Duration::from_millis(1);
-            now = run
-                .iter()
-                .filter_map(Running::next_arrival)
-                .fold(tick, Duration::min)
-                .max(now + Duration::from_micros(1));
+            now = idle_tick(now, run.iter().filter_map(Running::next_arrival).min());
         } else {
             stuck = 0;
         }

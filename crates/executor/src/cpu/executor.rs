@@ -12,6 +12,9 @@ use crate::model::LlamaModel;
 use crate::step_io::{execute_packed, Forwarded, Packed, PackedForward, SamplingState};
 use crate::{ExecError, Executor, KvSpec};
 
+/// Bytes of one K or V element in the CPU's KV cache.
+const F32: usize = std::mem::size_of::<f32>();
+
 /// The CPU executor.
 #[derive(Debug)]
 pub struct CpuExecutor {
@@ -32,7 +35,7 @@ impl CpuExecutor {
     /// Device blocks that fit in `bytes` of KV memory for this model.
     pub fn blocks_for_memory(model: &LlamaModel, block_size: usize, bytes: u64) -> usize {
         let c = &model.config;
-        (bytes / PagedKvCache::bytes_per_block(c.layers, c.kv_dim(), block_size)) as usize
+        (bytes / c.kv_bytes_per_block(block_size, F32)) as usize
     }
 
     pub fn model(&self) -> &LlamaModel {
@@ -71,7 +74,7 @@ impl Executor for CpuExecutor {
         let c = &self.model.config;
         KvSpec {
             block_size: self.cache.block_size(),
-            bytes_per_block: PagedKvCache::bytes_per_block(c.layers, c.kv_dim(), self.cache.block_size()),
+            bytes_per_block: c.kv_bytes_per_block(self.cache.block_size(), F32),
         }
     }
 

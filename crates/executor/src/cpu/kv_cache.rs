@@ -42,11 +42,6 @@ impl PagedKvCache {
         }
     }
 
-    /// Bytes one block takes on the device tier, all layers, K and V.
-    pub fn bytes_per_block(layers: usize, kv_dim: usize, block_size: usize) -> u64 {
-        (2 * layers * block_size * kv_dim * std::mem::size_of::<f32>()) as u64
-    }
-
     pub fn block_size(&self) -> usize {
         self.block_size
     }
@@ -74,21 +69,13 @@ impl PagedKvCache {
 
     /// Checks every block of a table is in range.
     pub fn check_table(&self, table: &[BlockId]) -> Result<(), ExecError> {
-        match table.iter().find(|b| b.index() >= self.num_blocks) {
-            Some(b) => Err(ExecError::InvalidStep(format!("block {} beyond the pool of {}", b.0, self.num_blocks))),
-            None => Ok(()),
-        }
+        check_in_pool(table, self.num_blocks)
     }
 
     /// Stores the K and V rows of the token at `pos` of a sequence with block table `table`.
     pub fn write(&mut self, layer: usize, table: &[BlockId], pos: usize, k: &[f32], v: &[f32]) {
-        let (block, slot) = (table[pos / self.block_size].index(), pos % self.block_size);
-        let keys = &mut self.k[layer][block * self.block_size * self.kv_dim..][..self.block_size * self.kv_dim];
-        for (c, &x) in k.iter().enumerate() {
-            keys[c * self.block_size + slot] = x;
-        }
-        let o = self.offset(table[pos / self.block_size], slot);
-        self.v[layer][o..o + self.kv_dim].copy_from_slice(v);
+        // SAFETY: `&mut self`: the view is this call's alone.
+        unsafe { self.view().write(layer, table, pos, k, v) }
     }
 
     /// Block `block`'s keys in layer `layer`, channel-major: `kv_dim × block_size`.
@@ -152,6 +139,14 @@ impl PagedKvCache {
     }
 }
 
+/// Every block of `table` is in a pool of `num_blocks`.
+fn check_in_pool(table: &[BlockId], num_blocks: usize) -> Result<(), ExecError> {
+    match table.iter().find(|b| b.index() >= num_blocks) {
+        Some(b) => Err(ExecError::InvalidStep(format!("block {} beyond the pool of {}", b.0, num_blocks))),
+        None => Ok(()),
+    }
+}
+
 /// The device tier of a [`PagedKvCache`] borrowed exclusively by one step, shared by the
 /// step's forwards (one per execution stream, on their own threads). Reads are safe; a write is
 /// `unsafe`: the forwards sharing a view must write disjoint blocks and never read a block
@@ -183,10 +178,7 @@ impl KvView<'_> {
 
     /// Checks every block of a table is in range.
     pub fn check_table(&self, table: &[BlockId]) -> Result<(), ExecError> {
-        match table.iter().find(|b| b.index() >= self.num_blocks) {
-            Some(b) => Err(ExecError::InvalidStep(format!("block {} beyond the pool of {}", b.0, self.num_blocks))),
-            None => Ok(()),
-        }
+        check_in_pool(table, self.num_blocks)
     }
 
     /// Block `block`'s keys in layer `layer`, channel-major: `kv_dim × block_size`.

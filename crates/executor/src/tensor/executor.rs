@@ -28,11 +28,6 @@ impl TensorExecutor {
         Ok(Self { model, cache, host: HashMap::new(), sampling: SamplingState::new() })
     }
 
-    /// Device bytes of one block (all layers, K and V) at `dtype_bytes` per element.
-    pub fn bytes_per_block(model: &TensorModel, block_size: usize, dtype_bytes: usize) -> u64 {
-        model.config.kv_bytes_per_block(block_size, dtype_bytes)
-    }
-
     fn block_rows(&self, block: usize) -> Result<Tensor, ExecError> {
         let bs = self.cache.block_size;
         let rows: Vec<u32> = (block * bs..(block + 1) * bs).map(|r| r as u32).collect();
@@ -101,7 +96,7 @@ impl Executor for TensorExecutor {
         let bytes = self.cache.k.first().map_or(4, |t| t.dtype().size_in_bytes());
         KvSpec {
             block_size: self.cache.block_size,
-            bytes_per_block: Self::bytes_per_block(&self.model, self.cache.block_size, bytes),
+            bytes_per_block: self.model.config.kv_bytes_per_block(self.cache.block_size, bytes),
         }
     }
 

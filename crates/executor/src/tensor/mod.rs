@@ -55,7 +55,7 @@ pub fn build(
     };
     let tm = TensorModel::from_cpu(&model, &dev, dtype)?;
     drop(model);
-    let per_block = TensorExecutor::bytes_per_block(&tm, block_size, dtype.size_in_bytes());
+    let per_block = tm.config.kv_bytes_per_block(block_size, dtype.size_in_bytes());
     let blocks = ((kv_bytes / per_block.max(1)) as usize).max(1);
     Ok((TensorExecutor::new(tm, block_size, blocks)?, blocks))
 }
