@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod common;
-use common::{http_to, json};
+use common::{http_to, json, usage_chunk};
 
 const MIB: u64 = 1 << 20;
 
@@ -152,12 +152,7 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(seen.contains("data: [DONE]"), "{seen}");
-    let usage = seen
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .find(|v| v["usage"].is_object())
-        .expect("a usage chunk");
+    let usage = usage_chunk(&seen);
     assert_eq!(usage["usage"]["completion_tokens"], TOKENS, "{usage}");
     assert!(seen.contains(r#""finish_reason":"length""#));
 

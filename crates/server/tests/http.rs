@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod common;
-use common::{http_to, json};
+use common::{http_to, json, usage_chunk};
 
 /// One server for the whole file, on its own runtime thread.
 fn server() -> &'static (String, Arc<AppState>) {
@@ -94,12 +94,7 @@ async fn usage_reports_the_prompt_tokens_served_from_the_prefix_cache() {
     let stream =
         serde_json::json!({"prompt": ids, "max_tokens": 1, "stream": true, "stream_options": {"include_usage": true}});
     let (_, sse) = http("POST", "/v1/completions", &stream.to_string()).await;
-    let usage = sse
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .find(|v| v["usage"].is_object())
-        .expect("a usage chunk");
+    let usage = usage_chunk(&sse);
     assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 48, "{usage}");
     // Under a cache salt, the same prompt starts cold, and is shared only within the salt.
     let salted = |salt: &str| serde_json::json!({"prompt": ids, "max_tokens": 1, "cache_salt": salt}).to_string();

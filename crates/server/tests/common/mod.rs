@@ -29,6 +29,15 @@ pub async fn http_to(addr: &str, method: &str, path: &str, body: &str, extra_hea
     (status, body)
 }
 
+/// The usage chunk of an SSE stream (`stream_options.include_usage`).
+pub fn usage_chunk(sse: &str) -> serde_json::Value {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .expect("a usage chunk")
+}
+
 /// The JSON object in a (possibly chunked) body: between the first '{' and the last '}'.
 pub fn json(body: &str) -> serde_json::Value {
     let (a, b) = (body.find('{').unwrap(), body.rfind('}').unwrap());
