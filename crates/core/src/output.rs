@@ -12,6 +12,11 @@
 //!    token's K/V at its position through the block table, and sample where `sample` is set.
 //!
 //! A device block freed by a swap-out may be reused by this very step (hence 1 before 2 and 3).
+//!
+//! With `sync=off` each output is one stream's step ([`SchedulerOutput::stream`]) and steps of
+//! different streams run at the same time: they never share a sequence, a block one of them
+//! writes belongs to that one alone (shared prefix blocks are full and only read), and their
+//! results may come back in any order.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -96,6 +101,11 @@ pub struct SchedulerOutput {
     /// Index ranges into `seqs`, one per execution stream (index = stream; a range may be
     /// empty); a single range when serial, none when nothing is scheduled.
     pub micro_batches: Vec<Range<usize>>,
+    /// Streams without synchronisation (`sync=off`): the one stream this step runs on (its
+    /// micro-batch is the range at that index, the others are empty). Such a step runs while
+    /// other streams' steps are in flight; none of its sequences is in another one. `None`
+    /// for a synchronised step, whose micro-batches run together.
+    pub stream: Option<usize>,
     /// Device → host copies to do first.
     pub swap_out: Vec<(BlockId, HostBlockId)>,
     /// Host → device copies to do second.

@@ -1,5 +1,6 @@
 //! Seeded randomized harness: random adds, aborts, stop strings, limit changes and steps
-//! (sometimes two in flight) against tiny KV pools that force preemption, under every capacity
+//! (sometimes two in flight; with streams unsynchronised, one per stream, completed in any
+//! order) against tiny KV pools that force preemption, under every capacity
 //! policy, queue policy and preemption mode. After every operation the scheduler's invariants
 //! are checked; every step is also executed by a fake device that *stores KV contents* (each
 //! position holds a hash of the token prefix that produced it), so a wrong block table, a bad
@@ -9,7 +10,7 @@
 //! 1,200,000 (`cargo test --release -p tandem-core --test random_ops -- --ignored`).
 //! `TANDEM_FUZZ_SEED` changes the seeds (a failure message names the case; rerun with its seed).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
@@ -200,6 +201,9 @@ struct Harness {
     steps: u64,
     inflight: Vec<SchedulerOutput>,
     max_wait_steps: u64,
+    /// Non-empty sync-off steps scheduled, and how many completed ahead of an older one.
+    stream_steps: u64,
+    out_of_order: u64,
 }
 
 impl Harness {
@@ -214,6 +218,8 @@ impl Harness {
             steps: 0,
             inflight: Vec::new(),
             max_wait_steps: 0,
+            stream_steps: 0,
+            out_of_order: 0,
         }
     }
 
@@ -292,10 +298,38 @@ impl Harness {
 
     fn schedule(&mut self) {
         self.now_ms += 1;
-        let out = self.s.schedule(Duration::from_millis(self.now_ms));
+        let now = Duration::from_millis(self.now_ms);
+        let streams = self.s.streams();
+        let out = if streams.synchronize {
+            self.s.schedule(now)
+        } else {
+            // Sync off: a free stream (picked at random) is given its next step.
+            let free: Vec<usize> = (0..streams.num_streams).filter(|&s| self.s.stream_is_free(s)).collect();
+            if free.is_empty() {
+                return;
+            }
+            let stream = free[self.rng.random_range(0..free.len())];
+            let out = self.s.schedule_stream(now, stream);
+            assert_eq!(out.stream, Some(stream));
+            if !out.seqs.is_empty() {
+                assert_eq!(out.micro_batches.len(), stream + 1, "one micro-batch, at its stream's index");
+            }
+            out
+        };
         let lim = self.s.limits();
         let (max_seqs, budget) = (lim.max_num_seqs, lim.max_num_batched_tokens);
         assert!(out.num_batched_tokens <= budget, "budget exceeded");
+        let (older_tokens, older_seqs) = self
+            .inflight
+            .iter()
+            .filter(|f| f.stream.is_some())
+            .fold((0, 0), |a, f| (a.0 + f.num_batched_tokens, a.1 + f.seqs.len()));
+        if !out.seqs.is_empty() {
+            assert!(older_tokens + out.num_batched_tokens <= budget, "more than one budget in flight on the streams");
+            assert!(older_seqs + out.seqs.len() <= max_seqs, "more than max_num_seqs in flight on the streams");
+        }
+        self.check_apart_from_inflight(&out);
+        self.stream_steps += u64::from(out.stream.is_some() && !out.seqs.is_empty());
         assert_eq!(out.num_batched_tokens, out.seqs.iter().map(|q| q.tokens.len()).sum::<usize>());
         assert!(out.seqs.len() <= max_seqs, "batch limit exceeded");
         let covered: usize = out.micro_batches.iter().map(|r| r.len()).sum();
@@ -319,11 +353,45 @@ impl Harness {
         self.inflight.push(out);
     }
 
+    /// No sequence of `out` is in another step in flight, and no block `out` writes is in
+    /// another one's tables, nor does `out` read a block another writes (steps in flight may run
+    /// at the same time under sync off). Synchronised steps pipeline on one device in order, so
+    /// only sync-off steps are checked against each other.
+    fn check_apart_from_inflight(&self, out: &SchedulerOutput) {
+        if out.stream.is_none() {
+            return;
+        }
+        let bs = self.s.config().block_size;
+        let written = |o: &SchedulerOutput| -> HashSet<u32> {
+            o.seqs
+                .iter()
+                .flat_map(|q| {
+                    let t = o.block_table(q);
+                    (q.start_pos / bs..(q.start_pos + q.tokens.len()).div_ceil(bs)).map(move |i| t[i].0)
+                })
+                .collect()
+        };
+        let all = |o: &SchedulerOutput| -> HashSet<u32> { o.block_ids.iter().map(|b| b.0).collect() };
+        let (mine_w, mine_all) = (written(out), all(out));
+        for other in self.inflight.iter().filter(|f| f.stream.is_some()) {
+            for q in &out.seqs {
+                assert!(!other.seqs.iter().any(|o| o.id == q.id), "{} in two steps in flight", q.id);
+            }
+            assert!(mine_w.is_disjoint(&all(other)), "step {} writes a block step {} holds", out.step, other.step);
+            assert!(written(other).is_disjoint(&mine_all), "step {} reads a block step {} writes", out.step, other.step);
+        }
+    }
+
+    /// Completes the oldest step in flight, or under sync off any stream step that has only
+    /// stream steps before it (they finish in any order).
     fn complete_oldest(&mut self) {
         if self.inflight.is_empty() {
             return;
         }
-        let out = self.inflight.remove(0);
+        let unordered = self.inflight.iter().take_while(|f| f.stream.is_some()).count();
+        let at = if unordered > 1 { self.rng.random_range(0..unordered) } else { 0 };
+        let out = self.inflight.remove(at);
+        self.out_of_order += u64::from(at > 0 && !out.seqs.is_empty());
         let deltas = if self.rng.random_bool(0.005) {
             // The device failed this step: its requests end, nothing else changes.
             let deltas = self.s.fail_step(&out, Duration::from_millis(self.now_ms)).unwrap();
@@ -397,14 +465,18 @@ impl Harness {
                     assignment,
                     min_requests_for_parallel: self.rng.random_range(1..4),
                     context_generation_fusion: self.rng.random_bool(0.5),
+                    synchronize: self.rng.random_bool(0.4),
                     ..StreamConfig::default()
                 };
                 self.s.set_streams(streams).unwrap();
             }
             43 => self.s.set_draining(self.rng.random_bool(0.5)),
-            31..=40 if self.inflight.len() < 2 => self.schedule(), // a second step in flight
+            // A second step in flight; under sync off, one per stream.
+            31..=40 if self.inflight.len() < 2.max(self.s.streams().num_streams) => self.schedule(),
             _ => {
-                if self.inflight.is_empty() {
+                // Under sync off the streams are usually all busy: keep a free one fed.
+                let sync = self.s.streams().synchronize;
+                if self.inflight.is_empty() || (!sync && self.rng.random_bool(0.5)) {
                     self.schedule();
                 }
                 self.complete_oldest();
@@ -440,12 +512,15 @@ fn run(total_ops: usize) {
     let cases = cases();
     let per_case = total_ops / cases.len();
     let mut preemptions = [0u64; 2];
+    let (mut stream_steps, mut out_of_order) = (0, 0);
     for (i, case) in cases.iter().enumerate() {
         let mut h = Harness::new(case, base_seed + i as u64);
         for _ in 0..per_case {
             h.op(8);
         }
         h.drain(case);
+        stream_steps += h.stream_steps;
+        out_of_order += h.out_of_order;
         let st = h.s.stats();
         preemptions[0] += st.preemptions_recompute;
         preemptions[1] += st.preemptions_swap;
@@ -464,6 +539,8 @@ fn run(total_ops: usize) {
         }
     }
     assert!(preemptions[0] > 0 && preemptions[1] > 0, "both recompute and swap exercised: {preemptions:?}");
+    eprintln!("{stream_steps} sync-off steps, {out_of_order} completed out of order");
+    assert!(stream_steps > 1000 && out_of_order > 100, "sync off exercised: {stream_steps} / {out_of_order}");
 }
 
 #[test]

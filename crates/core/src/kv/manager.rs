@@ -199,6 +199,27 @@ impl KvCacheManager {
         true
     }
 
+    /// [`Self::swap_out`] for a step that runs while other steps are being planned (streams
+    /// without synchronisation): the device blocks are not freed but handed back, still
+    /// allocated, for the caller to free once the step's copies are done; until then no other
+    /// step can be given them.
+    pub fn swap_out_held(&mut self, seq: &mut SeqBlocks, pairs: &mut Vec<(BlockId, HostBlockId)>) -> Option<SeqBlocks> {
+        debug_assert!(seq.host.is_empty());
+        if !self.host.allocate(seq.blocks.len(), &mut seq.host) {
+            return None;
+        }
+        pairs.extend(seq.blocks.iter().copied().zip(seq.host.iter().copied()));
+        seq.num_cached = 0;
+        Some(SeqBlocks { blocks: std::mem::take(&mut seq.blocks), ..SeqBlocks::default() })
+    }
+
+    /// The host blocks this scheduling step's swap-ins released, taken out of
+    /// [`Self::end_step`]'s hands: for a step whose copies run while later steps are planned,
+    /// they are freed when it completes (they come back in a holder for [`Self::free_host`]).
+    pub fn take_released_host(&mut self) -> SeqBlocks {
+        SeqBlocks { host: std::mem::take(&mut self.deferred_host_free), ..SeqBlocks::default() }
+    }
+
     /// Brings a swapped `seq` back, listing `(host, device)` copies in `pairs`. All or nothing.
     pub fn swap_in(&mut self, seq: &mut SeqBlocks, pairs: &mut Vec<(HostBlockId, BlockId)>) -> bool {
         debug_assert!(seq.blocks.is_empty());

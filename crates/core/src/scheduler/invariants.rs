@@ -4,7 +4,8 @@
 //! sequences whose table holds it (no leak, no double free); every host block in use belongs to
 //! exactly one swapped sequence; each live request is in exactly one of the waiting queue or the
 //! running list, in a state that matches; reserving capacity policies never promise more blocks
-//! than are free.
+//! than are free; a sequence marked in a sync-off step is running and that step is in flight,
+//! and the blocks of requests that ended in flight stay counted until their step returns.
 
 use std::collections::HashSet;
 
@@ -40,6 +41,12 @@ impl Scheduler {
             }
             for b in seq.kv.blocks() {
                 refs[b.index()] += 1;
+            }
+            if let Some(step) = seq.stream_step {
+                let listed = self.inflight.iter().any(|f| f.step == step && f.stream.is_some());
+                if !listed || seq.state != RequestState::Running {
+                    return fail(format!("{} is marked in stream step {step}, which is not in flight", seq.id));
+                }
             }
             for h in seq.kv.host_blocks() {
                 if !self.kv.host().is_in_use(*h) || std::mem::replace(&mut host_owner[h.index()], true) {
@@ -86,6 +93,9 @@ impl Scheduler {
                 ));
             }
         }
+        for b in self.deferred_blocks() {
+            refs[b.index()] += 1;
+        }
         for (b, &n) in refs.iter().enumerate() {
             if pool.ref_count(crate::types::BlockId(b as u32)) != n {
                 return fail(format!(
@@ -95,7 +105,9 @@ impl Scheduler {
             }
         }
         let host_used = self.kv.host().num_blocks() - self.kv.host().num_free();
-        let owned = host_owner.iter().filter(|&&o| o).count() + self.kv.deferred_host_blocks().len();
+        let owned = host_owner.iter().filter(|&&o| o).count()
+            + self.kv.deferred_host_blocks().len()
+            + self.deferred_free.iter().map(|(_, b)| b.host_blocks().len()).sum::<usize>();
         if host_used != owned {
             return fail(format!("{host_used} host blocks in use but {owned} owned"));
         }

@@ -16,6 +16,7 @@
 mod invariants;
 mod seq;
 mod step;
+mod stream_step;
 mod update;
 mod waiting;
 
@@ -39,6 +40,13 @@ use waiting::WaitingQueue;
 #[derive(Debug)]
 struct Inflight {
     step: u64,
+    /// The stream of a sync-off step (whose update may come back out of order), if it has
+    /// work for that stream (an empty step leaves its stream free).
+    stream: Option<usize>,
+    /// The step has work for the device (sequences or copies).
+    busy: bool,
+    /// Tokens the step feeds (a sync-off step's share of the one budget while it runs).
+    tokens: usize,
     /// Aligned with the output's `seqs`: (slot, epoch, kv_generation) at schedule time.
     entries: Vec<(Slot, u64, u32)>,
 }
@@ -68,6 +76,9 @@ pub struct Scheduler {
     running: Vec<Slot>,
     deadlines: BTreeSet<(Time, u64, Slot)>,
     inflight: VecDeque<Inflight>,
+    /// Blocks of requests that ended while a sync-off step still runs them: freed when that
+    /// step's update (or failure) arrives, so no other stream is given them while it writes.
+    deferred_free: Vec<(u64, SeqBlocks)>,
     finished_since_output: Vec<RequestId>,
     pending_deltas: Vec<RequestDelta>,
     to_release: Vec<Slot>,
@@ -121,6 +132,7 @@ impl Scheduler {
             running: Vec::new(),
             deadlines: BTreeSet::new(),
             inflight: VecDeque::new(),
+            deferred_free: Vec::new(),
             finished_since_output: Vec::new(),
             pending_deltas: Vec::new(),
             to_release: Vec::new(),
@@ -255,6 +267,7 @@ impl Scheduler {
             max_len,
             kv_generation: 0,
             preempted_at_step: None,
+            stream_step: None,
         };
         self.next_epoch += 1;
         let slot = match self.free_slots.pop() {
@@ -303,7 +316,10 @@ impl Scheduler {
         if let Some(k) = seq.deadline_key(slot) {
             self.deadlines.remove(&k);
         }
-        self.kv.free(&mut seq.kv);
+        match seq.stream_step {
+            Some(step) => self.deferred_free.push((step, std::mem::take(&mut seq.kv))),
+            None => self.kv.free(&mut seq.kv),
+        }
         self.kv.free_host(&mut seq.kv);
         let was_running = seq.state == RequestState::Running;
         seq.state = RequestState::Finished(reason);

@@ -47,6 +47,9 @@ pub(crate) struct Seq {
     /// Bumped at every preemption, so late updates do not cache blocks of a dropped table.
     pub kv_generation: u32,
     pub preempted_at_step: Option<u64>,
+    /// The sync-off stream step this sequence is in, until that step's update: no other step
+    /// schedules it meanwhile.
+    pub stream_step: Option<u64>,
 }
 
 impl Seq {

@@ -15,7 +15,7 @@ use std::mem;
 
 use super::seq::{Slot, WaitKey};
 use super::{Inflight, Scheduler};
-use crate::kv::PrefixHit;
+use crate::kv::{PrefixHit, SeqBlocks};
 use crate::output::{ScheduledSeq, SchedulerOutput, PLACEHOLDER_TOKEN};
 use crate::policy::{AdmissionView, BatchView, PreemptionMode, VictimView};
 use crate::request::{AbortCause, FinishReason, RejectReason, RequestDelta, RequestState};
@@ -27,23 +27,58 @@ const COALESCE_SCAN: usize = 64;
 
 /// What the step has decided so far.
 #[derive(Debug, Default)]
-struct Plan {
+pub(super) struct Plan {
     /// (slot, tokens to feed, is a prefill) in output order.
     entries: Vec<(Slot, usize, bool)>,
     budget: usize,
+    /// Most sequences the step may take.
+    max_entries: usize,
+    /// What a sync-off stream step may take (`None`: a synchronised step takes anything).
+    pick: Option<Pick>,
+    /// [`estimated_cost`] of the entries so far.
+    cost: f64,
     partial_prefills: usize,
     swap_out: Vec<(BlockId, HostBlockId)>,
     swap_in: Vec<(HostBlockId, BlockId)>,
     preempted: Vec<RequestId>,
+    /// Sync-off steps: blocks this step copies from or to, freed when it completes.
+    held: Vec<SeqBlocks>,
     /// A running request was preempted for lack of blocks: admit nothing this step.
     kv_pressure: bool,
 }
 
+/// The share of the runnable work a sync-off step for one stream takes (`stream_step.rs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Pick {
+    /// May take prefill chunks (and admit waiting requests).
+    pub prefill: bool,
+    /// May take decodes.
+    pub decode: bool,
+    /// Budget a prefill chunk must leave for the decodes other streams will run meanwhile.
+    pub reserve: usize,
+    /// Stop adding sequences once the step's estimated cost reaches this.
+    pub max_cost: f64,
+}
+
 impl Plan {
-    fn push(&mut self, slot: Slot, n: usize, prefill: bool) {
+    pub(super) fn new(budget: usize, max_entries: usize, pick: Option<Pick>) -> Self {
+        Self { budget, max_entries, pick, ..Self::default() }
+    }
+
+    fn push(&mut self, slot: Slot, n: usize, prefill: bool, start_pos: usize) {
         self.entries.push((slot, n, prefill));
         self.budget -= n;
         self.partial_prefills += prefill as usize;
+        self.cost += n as f64 + (start_pos + n) as f64 / 32.0;
+    }
+
+    /// Whether the step's pick lets it take one more sequence of this kind (the batch size is
+    /// checked apart: a full batch is room a preemption may make).
+    fn takes(&self, prefill: bool) -> bool {
+        match self.pick {
+            None => true,
+            Some(p) => (if prefill { p.prefill } else { p.decode }) && (self.entries.is_empty() || self.cost < p.max_cost),
+        }
     }
 
     /// Takes back `slot`'s entry, if it has one, returning its budget.
@@ -52,6 +87,7 @@ impl Plan {
             let (_, n, prefill) = self.entries.remove(i);
             self.budget += n;
             self.partial_prefills -= prefill as usize;
+            self.cost = (self.cost - n as f64).max(0.0); // the context term stays: an estimate
         }
     }
 }
@@ -72,13 +108,42 @@ impl Scheduler {
         self.expire_deadlines(now);
         let step = self.next_step;
         self.next_step += 1;
-        let mut plan = Plan { budget: self.limits.max_num_batched_tokens, ..Plan::default() };
+        let (budget, max_entries) = self.room_left();
+        let plan = Plan::new(budget, max_entries, None);
+        self.plan_step(plan, step, now, None)
+    }
+
+    /// Runs `plan` through the running list and the waiting queue and emits the step.
+    pub(super) fn plan_step(&mut self, mut plan: Plan, step: u64, now: Time, stream: Option<usize>) -> SchedulerOutput {
         let running_at_step_start = self.running.len();
         self.schedule_running(&mut plan, step);
-        if !plan.kv_pressure {
+        if !plan.kv_pressure && plan.pick.is_none_or(|p| p.prefill) {
             self.admit_waiting(&mut plan, step, now, running_at_step_start);
         }
-        self.materialize(plan, step)
+        let device_idle = !self.inflight.iter().any(|f| f.busy);
+        if plan.entries.is_empty() && plan.pick.is_some() && device_idle {
+            // The stream's share was empty and no stream is busy: take anything.
+            plan.pick = Some(Pick { prefill: true, decode: true, reserve: 0, max_cost: f64::INFINITY });
+            self.schedule_running(&mut plan, step);
+            if !plan.kv_pressure {
+                self.admit_waiting(&mut plan, step, now, running_at_step_start);
+            }
+        }
+        self.materialize(plan, step, stream)
+    }
+
+    /// The token budget and batch size a new step may still use: the limits less what the
+    /// sync-off steps in flight hold (together they never exceed one budget).
+    pub(super) fn room_left(&self) -> (usize, usize) {
+        let (mut tokens, mut seqs) = (0, 0);
+        for f in self.inflight.iter().filter(|f| f.stream.is_some()) {
+            tokens += f.tokens;
+            seqs += f.entries.len();
+        }
+        (
+            self.limits.max_num_batched_tokens.saturating_sub(tokens),
+            self.limits.max_num_seqs.saturating_sub(seqs),
+        )
     }
 
     /// Tokens to feed a request with `remaining` uncomputed tokens, or `None` if it cannot run
@@ -91,20 +156,26 @@ impl Scheduler {
         if prefill && plan.partial_prefills >= self.cfg.max_num_partial_prefills {
             return None;
         }
+        // A sync-off prefill chunk leaves room for the decodes the other streams run meanwhile.
+        let reserve = if prefill { plan.pick.map_or(0, |p| p.reserve) } else { 0 };
+        let budget = plan.budget.saturating_sub(reserve);
+        if budget == 0 {
+            return None;
+        }
         if !self.cfg.enable_chunked_prefill {
-            return (remaining <= plan.budget).then_some(remaining);
+            return (remaining <= budget).then_some(remaining);
         }
         let mut n = remaining;
         if self.limits.long_prefill_token_threshold > 0 {
             n = n.min(self.limits.long_prefill_token_threshold);
         }
-        Some(n.min(plan.budget))
+        Some(n.min(budget))
     }
 
     /// Tokens a running request could be fed now: its known tokens not yet computed. With one
     /// sample in flight, only a one-token placeholder decode, and only if the request cannot
     /// end by length on the pending token.
-    fn running_remaining(&self, slot: Slot) -> usize {
+    pub(super) fn running_remaining(&self, slot: Slot) -> usize {
         let seq = self.seq(slot);
         let remaining = seq.num_known() - seq.num_computed;
         match seq.pending_samples {
@@ -117,10 +188,12 @@ impl Scheduler {
     fn schedule_running(&mut self, plan: &mut Plan, step: u64) {
         let mut i = 0;
         // After `set_limits` lowers the batch size, more may be running than one step serves.
-        while i < self.running.len() && plan.budget > 0 && plan.entries.len() < self.limits.max_num_seqs {
+        while i < self.running.len() && plan.budget > 0 && plan.entries.len() < plan.max_entries {
             let slot = self.running[i];
             let remaining = self.running_remaining(slot);
-            let Some(n) = self.chunk(remaining, plan) else {
+            let in_flight = self.seq(slot).stream_step.is_some();
+            let chunk = if in_flight || !plan.takes(remaining > 1) { None } else { self.chunk(remaining, plan) };
+            let Some(n) = chunk else {
                 i += 1;
                 continue;
             };
@@ -128,7 +201,7 @@ impl Scheduler {
             loop {
                 let seq = self.slots[slot as usize].as_mut().expect("running slot");
                 if self.kv.allocate_slots(&mut seq.kv, &[], total).is_some() {
-                    plan.push(slot, n, remaining > 1);
+                    plan.push(slot, n, remaining > 1, total - n);
                     i += 1;
                     break;
                 }
@@ -164,7 +237,7 @@ impl Scheduler {
         let mut anchor: Option<usize> = None;
         let mut cursor: Option<WaitKey> = None;
         let mut skipped = 0usize;
-        while plan.budget > 0 && admitted < quota {
+        while plan.budget > 0 && admitted < quota && plan.takes(true) {
             let Some(cand) = self.waiting.next_after(cursor) else { break };
             let prompt_len = self.seq(cand.slot).prompt_len;
             if anchor.is_some_and(|a| !self.batching.joins(a, prompt_len)) {
@@ -175,7 +248,7 @@ impl Scheduler {
                 cursor = Some(cand);
                 continue;
             }
-            let outcome = if self.running.len() >= self.limits.max_num_seqs {
+            let outcome = if self.running.len() >= self.limits.max_num_seqs || plan.entries.len() >= plan.max_entries {
                 Admission::NoRoom
             } else {
                 self.try_admit(cand.slot, plan, step, running_at_step_start, &mut reserved)
@@ -285,16 +358,22 @@ impl Scheduler {
         seq.started = true;
         self.waiting.remove(&key, resumable);
         self.running.push(slot);
-        plan.push(slot, n, remaining > 1);
+        plan.push(slot, n, remaining > 1, computed);
         if let Some(r) = reserved.as_mut() {
             *r += blocks_to_completion - blocks_now;
         }
         Admission::Admitted
     }
 
-    /// The running request to preempt first, and its index in the running list.
+    /// The running request to preempt first, and its index in the running list (never one a
+    /// sync-off step in flight is running).
     fn worst_running(&self) -> Option<(Slot, usize)> {
-        self.running.iter().enumerate().max_by_key(|(_, &s)| self.seq(s).victim_key()).map(|(i, &s)| (s, i))
+        self.running
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| self.seq(s).stream_step.is_none())
+            .max_by_key(|(_, &s)| self.seq(s).victim_key())
+            .map(|(i, &s)| (s, i))
     }
 
     /// Preempts the worst running request for the waiting `cand`, if the queue policy allows
@@ -322,8 +401,19 @@ impl Scheduler {
         let host_free_blocks = self.kv.host().num_free();
         let seq = self.slots[slot as usize].as_mut().expect("running slot");
         let view = VictimView { computed_tokens: seq.num_computed, blocks: seq.kv.blocks().len(), host_free_blocks };
-        let swapped =
-            self.preemption.choose(&view) == PreemptionMode::Swap && self.kv.swap_out(&mut seq.kv, &mut plan.swap_out);
+        let swapped = self.preemption.choose(&view) == PreemptionMode::Swap
+            && match plan.pick.is_some() {
+                // Sync off: the copy runs while other streams' steps are planned, so the
+                // blocks stay taken until this step is back.
+                true => match self.kv.swap_out_held(&mut seq.kv, &mut plan.swap_out) {
+                    Some(held) => {
+                        plan.held.push(held);
+                        true
+                    }
+                    None => false,
+                },
+                false => self.kv.swap_out(&mut seq.kv, &mut plan.swap_out),
+            };
         if swapped {
             seq.state = RequestState::Swapped;
             self.num_swapped += 1;
@@ -341,7 +431,7 @@ impl Scheduler {
     }
 
     /// Ends requests whose deadline has passed; their deltas go out with the next update.
-    fn expire_deadlines(&mut self, now: Time) {
+    pub(super) fn expire_deadlines(&mut self, now: Time) {
         while let Some(&(deadline, epoch, slot)) = self.deadlines.first() {
             if deadline > now {
                 break;
@@ -362,8 +452,8 @@ impl Scheduler {
 
     /// Advances the planned requests' computed counts, splits the step over streams and writes
     /// the output.
-    fn materialize(&mut self, plan: Plan, step: u64) -> SchedulerOutput {
-        let num_batched_tokens = self.limits.max_num_batched_tokens - plan.budget;
+    fn materialize(&mut self, plan: Plan, step: u64, stream: Option<usize>) -> SchedulerOutput {
+        let num_batched_tokens = plan.entries.iter().map(|e| e.1).sum();
         let mut out = SchedulerOutput {
             step,
             seqs: Vec::with_capacity(plan.entries.len()),
@@ -373,6 +463,7 @@ impl Scheduler {
             preempted: plan.preempted,
             finished: mem::take(&mut self.finished_since_output),
             num_batched_tokens,
+            stream,
             ..SchedulerOutput::default()
         };
         let mut entries = Vec::with_capacity(plan.entries.len());
@@ -419,10 +510,30 @@ impl Scheduler {
                 context,
                 banned,
             });
+            if stream.is_some() {
+                seq.stream_step = Some(step);
+            }
             entries.push((slot, seq.epoch, seq.kv_generation));
         }
-        self.split_into_micro_batches(&mut out, &mut entries);
-        self.inflight.push_back(Inflight { step, entries });
+        match stream {
+            Some(s) if !out.seqs.is_empty() => {
+                out.micro_batches = vec![0..0; s];
+                out.micro_batches.push(0..out.seqs.len());
+            }
+            Some(_) => {}
+            None => self.split_into_micro_batches(&mut out, &mut entries),
+        }
+        let busy = !out.is_empty();
+        self.inflight.push_back(Inflight { step, stream, busy, tokens: num_batched_tokens, entries });
+        if stream.is_some() {
+            for held in plan.held {
+                self.deferred_free.push((step, held));
+            }
+            let released = self.kv.take_released_host();
+            if !released.host_blocks().is_empty() {
+                self.deferred_free.push((step, released));
+            }
+        }
         self.kv.end_step();
         self.stats.steps += 1;
         self.stats.last_batch_size = out.seqs.len();

@@ -744,4 +744,79 @@ mod streams {
             }
         }
     }
+
+    /// Answers a sync-off step, sampling `token` wherever asked.
+    fn answer(s: &mut Scheduler, out: &SchedulerOutput, token: TokenId) -> Vec<RequestDelta> {
+        let model = ModelOutput::sampled(out.seqs.iter().map(|q| q.sample.then_some(token)).collect());
+        let d = s.update(out, &model, t(9)).unwrap();
+        s.check_invariants().unwrap();
+        d
+    }
+
+    fn sync_off(assignment: StreamAssignment) -> Scheduler {
+        let streams = StreamConfig { synchronize: false, ..StreamConfig::parallel(assignment) };
+        Scheduler::new(SchedulerConfig { streams, max_num_batched_tokens: 16, ..small(64) }).unwrap()
+    }
+
+    #[test]
+    fn sync_off_smart_decodes_on_one_stream_while_a_prefill_runs_on_the_other() {
+        let mut s = sync_off(StreamAssignment::Smart);
+        s.add_request(req(1, 3, 8, 0)).unwrap();
+        s.add_request(req(2, 3, 8, 0)).unwrap();
+        // Nothing decodes yet: the prefill stream takes both prompts (3 + 3 = 6 tokens).
+        let first = s.schedule_stream(t(0), 0);
+        assert_eq!((ids(&first), first.stream, first.micro_batches.clone()), (vec![1, 2], Some(0), vec![0..2]));
+        answer(&mut s, &first, 7);
+        s.add_request(req(3, 30, 4, 1)).unwrap();
+        // Stream 0 takes the long prompt, leaving one token of the 16 for each of the two
+        // decodes: a 14-token chunk.
+        let prefill = s.schedule_stream(t(1), 0);
+        assert_eq!((ids(&prefill), fed(&prefill)), (vec![3], vec![14]));
+        let idle = s.schedule_stream(t(1), 0);
+        assert!(idle.is_empty(), "a busy stream gets nothing");
+        answer(&mut s, &idle, 7); // every step is answered, empty ones too
+        // Stream 1 decodes both (2 tokens: 14 + 2 = 16 in flight, one budget).
+        let decode = s.schedule_stream(t(1), 1);
+        assert_eq!((ids(&decode), fed(&decode), decode.micro_batches.len()), (vec![1, 2], vec![1, 1], 2));
+        // The decode step comes back first, out of order, and stream 1 decodes again while the
+        // prefill is still in flight.
+        assert_eq!(answer(&mut s, &decode, 7).len(), 2);
+        let again = s.schedule_stream(t(2), 1);
+        assert_eq!(ids(&again), vec![1, 2]);
+        // Request 3 is in flight: no stream may schedule it, and the budget left is 2.
+        assert_eq!(again.num_batched_tokens, 2);
+        answer(&mut s, &prefill, 7);
+        answer(&mut s, &again, 7);
+        // Prefill of request 3 continues on stream 0: 16 tokens less 2 for the decodes.
+        let next = s.schedule_stream(t(3), 0);
+        assert_eq!((ids(&next), fed(&next)), (vec![3], vec![14]));
+    }
+
+    #[test]
+    fn sync_off_round_robin_splits_the_work_over_the_free_streams() {
+        let mut s = sync_off(StreamAssignment::RoundRobin);
+        for id in 1..=4 {
+            s.add_request(req(id, 2, 8, 0)).unwrap();
+        }
+        // 4 runnable over 2 free streams: 2 each.
+        let a = s.schedule_stream(t(0), 0);
+        let b = s.schedule_stream(t(0), 1);
+        assert_eq!((ids(&a), ids(&b)), (vec![1, 2], vec![3, 4]));
+        answer(&mut s, &b, 7);
+        answer(&mut s, &a, 7);
+    }
+
+    #[test]
+    fn a_request_aborted_in_flight_keeps_its_blocks_until_its_step_returns() {
+        let mut s = sync_off(StreamAssignment::RoundRobin);
+        s.add_request(req(1, 8, 4, 0)).unwrap();
+        let out = s.schedule_stream(t(0), 0);
+        assert_eq!(s.stats().kv_blocks_used, 2); // 8 tokens in 4-token blocks
+        s.abort(RequestId(1)).unwrap();
+        s.check_invariants().unwrap();
+        // Stream 0 may still be writing them: nobody else can be given them.
+        assert_eq!(s.stats().kv_blocks_used, 2);
+        answer(&mut s, &out, 7);
+        assert_eq!(s.stats().kv_blocks_used, 0);
+    }
 }

@@ -53,6 +53,9 @@ impl Scheduler {
             }
         }
         self.release_finished();
+        if inflight.stream.is_some() {
+            self.release_stream_step(out.step, &inflight.entries);
+        }
         let feedback = StepFeedback {
             device_time: model.timing.device,
             batch_size: out.seqs.len(),
@@ -102,20 +105,31 @@ impl Scheduler {
             self.finish_seq(slot, reason);
         }
         self.release_finished();
+        if inflight.stream.is_some() {
+            self.release_stream_step(out.step, &inflight.entries);
+        }
         Ok(deltas)
     }
 
-    /// Checks `out` is the oldest step in flight (and `lines_up`), then takes it off the queue.
+    /// Checks `out` is the oldest step in flight, or a sync-off step with only sync-off steps
+    /// before it (those share no sequence, so they complete in any order), and that it
+    /// `lines_up`; then takes it off the queue.
     fn pop_inflight(&mut self, out: &SchedulerOutput, lines_up: bool) -> Result<Inflight, Error> {
         let expected = self.inflight.front().map(|f| f.step);
-        if expected != Some(out.step) {
+        let at = self.inflight.iter().position(|f| f.step == out.step);
+        let in_order = match at {
+            Some(0) => true,
+            Some(i) => self.inflight.iter().take(i + 1).all(|f| f.stream.is_some()),
+            None => false,
+        };
+        let (Some(i), true) = (at, in_order) else {
             return Err(Error::StepOutOfOrder { expected, got: out.step });
-        }
-        let entries = self.inflight.front().map_or(0, |f| f.entries.len());
+        };
+        let entries = self.inflight[i].entries.len();
         if !lines_up || entries != out.seqs.len() {
             return Err(Error::OutputMismatch { expected: entries, got: out.seqs.len() });
         }
-        self.inflight.pop_front().ok_or(Error::StepOutOfOrder { expected, got: out.step })
+        self.inflight.remove(i).ok_or(Error::StepOutOfOrder { expected, got: out.step })
     }
 }
 
