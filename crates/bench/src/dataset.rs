@@ -116,6 +116,17 @@ pub enum DatasetSpec {
     /// `groups` distinct prefixes of `prefix_len` tokens, each request one of them followed by
     /// `suffix_len` own tokens (prefix-cache workloads).
     SharedPrefix { groups: usize, prefix_len: usize, suffix_len: usize, output_len: usize },
+    /// Seed 000's case for parallel streams: `background` short requests (`background_input`
+    /// prompt, `background_output` output tokens), all sent at once, then the `n` requests of
+    /// the run, with long prompts (`long_prompt`) and `long_output` output, arriving on the
+    /// run's schedule while the short ones decode.
+    Mixed {
+        background: usize,
+        background_input: usize,
+        background_output: usize,
+        long_prompt: LengthDist,
+        long_output: usize,
+    },
 }
 
 /// Which prompts one run gets. Lengths and priorities come from `shape_seed`; token ids (or the
@@ -217,6 +228,15 @@ impl DatasetSpec {
                     .collect()
             }
             DatasetSpec::ShareGpt { path } => sharegpt(path, n, set, tokenizer, &mut shape)?,
+            DatasetSpec::Mixed { background, background_input, background_output, long_prompt, long_output } => {
+                let short = (0..*background).map(|_| token_request(draw(*background_input), *background_output));
+                let short: Vec<_> = short.collect();
+                let long = (0..n).map(|_| {
+                    let p = long_prompt.sample(&mut shape);
+                    token_request(draw(p), *long_output)
+                });
+                short.into_iter().chain(long.collect::<Vec<_>>()).collect()
+            }
         };
         if priority_levels > 1 {
             for r in &mut out {
@@ -224,6 +244,16 @@ impl DatasetSpec {
             }
         }
         Ok(out)
+    }
+}
+
+impl DatasetSpec {
+    /// Requests sent at time 0 ahead of the run's own (the mixed dataset's short ones).
+    pub fn background(&self) -> usize {
+        match self {
+            DatasetSpec::Mixed { background, .. } => *background,
+            _ => 0,
+        }
     }
 }
 
@@ -293,6 +323,29 @@ mod tests {
 
     fn toks(r: &BenchRequest) -> Vec<u32> {
         r.tokens().expect("token prompt").to_vec()
+    }
+
+    #[test]
+    fn mixed_puts_the_short_background_first_then_the_long_prompts() {
+        let spec = DatasetSpec::Mixed {
+            background: 3,
+            background_input: 8,
+            background_output: 50,
+            long_prompt: LengthDist::Uniform(1024, 2048),
+            long_output: 4,
+        };
+        let r = spec.generate(2, 1, PromptSet::fixed(1), None).unwrap();
+        assert_eq!(r.len(), 5, "3 background + 2 of the run");
+        assert!(r[..3].iter().all(|q| q.prompt_len == 8 && q.output_len == 50));
+        assert!(r[3..].iter().all(|q| (1024..=2048).contains(&q.prompt_len) && q.output_len == 4));
+        assert_eq!(spec.background(), 3);
+        // Another run: the same lengths, none of the same tokens.
+        let other = spec.generate(2, 1, PromptSet { shape_seed: 1, run: 1 }, None).unwrap();
+        assert_eq!(
+            other.iter().map(|q| q.prompt_len).collect::<Vec<_>>(),
+            r.iter().map(|q| q.prompt_len).collect::<Vec<_>>()
+        );
+        assert_ne!(toks(&other[0]), toks(&r[0]));
     }
 
     #[test]

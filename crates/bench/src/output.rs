@@ -149,6 +149,7 @@ struct Averaged {
     /// mean, p50, p95, p99 (ms)
     ttft: [Option<f64>; 4],
     tpot: [Option<f64>; 4],
+    itl: [Option<f64>; 4],
     e2e: [Option<f64>; 4],
     preemptions: Option<f64>,
     batch: Option<f64>,
@@ -178,6 +179,7 @@ fn average(runs: &[&RunResult]) -> Averaged {
         goodput: opt(&|r| r.summary.request_goodput),
         ttft: four(&|r| &r.summary.ttft_ms),
         tpot: four(&|r| &r.summary.tpot_ms),
+        itl: four(&|r| &r.summary.itl_ms),
         e2e: four(&|r| &r.summary.e2el_ms),
         preemptions: opt(&|r| r.system.preemptions.map(|p| p as f64)),
         batch: opt(&|r| r.system.mean_batch_size),
@@ -203,9 +205,10 @@ fn metrics() -> Vec<Metric> {
     ];
     // mean, p50, p95, p99 of each latency, lower is better.
     type Pick = fn(&Averaged) -> [Option<f64>; 4];
-    let latencies: [(Pick, [&'static str; 4], usize); 3] = [
+    let latencies: [(Pick, [&'static str; 4], usize); 4] = [
         (|a| a.ttft, ["TTFT avg (ms)", "TTFT p50 (ms)", "TTFT p95 (ms)", "TTFT p99 (ms)"], 1),
         (|a| a.tpot, ["TPOT avg (ms)", "TPOT p50 (ms)", "TPOT p95 (ms)", "TPOT p99 (ms)"], 2),
+        (|a| a.itl, ["ITL avg (ms)", "ITL p50 (ms)", "ITL p95 (ms)", "ITL p99 (ms)"], 2),
         (|a| a.e2e, ["E2E avg (ms)", "E2E p50 (ms)", "E2E p95 (ms)", "E2E p99 (ms)"], 1),
     ];
     for (pick, labels, prec) in latencies {

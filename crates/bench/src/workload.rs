@@ -30,7 +30,10 @@ impl WorkloadSpec {
     /// arrive alike.
     pub fn generate(&self, set: PromptSet, tokenizer: Option<&TextTokenizer>) -> Result<Workload, BenchError> {
         let requests = self.dataset.generate(self.requests, self.priority_levels, set, tokenizer)?;
-        let times = self.arrival.times(requests.len(), set.shape_seed)?;
+        // A background (the mixed dataset's short requests) is sent at once, ahead of the rest.
+        let background = self.dataset.background().min(requests.len());
+        let mut times = vec![0.0; background];
+        times.extend(self.arrival.times(requests.len() - background, set.shape_seed)?);
         Ok(Workload { requests, times, rate: self.arrival.rate() })
     }
 }

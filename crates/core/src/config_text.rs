@@ -60,13 +60,24 @@ fn num<T: FromStr>(key: &'static str, v: &str) -> Result<T, Error> {
     v.parse().map_err(|_| invalid(key, format!("needs a number, got `{v}`")))
 }
 
+/// `on`/`off` (or `true`/`false`, `1`/`0`).
+fn switch(key: &'static str, v: &str) -> Result<bool, Error> {
+    match v.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(invalid(key, format!("needs on or off, got `{v}`"))),
+    }
+}
+
 /// The keys [`SchedulerConfig::set`] knows.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 12] = [
     "batching",
     "streams",
     "assignment",
     "min_parallel",
     "fusion",
+    "sync",
+    "stream_priority",
     "capacity",
     "queue",
     "preemption",
@@ -83,7 +94,9 @@ impl SchedulerConfig {
             "streams" => self.streams.num_streams = num("streams", value)?,
             "assignment" => self.streams.assignment = value.parse::<StreamAssignment>()?,
             "min_parallel" => self.streams.min_requests_for_parallel = num("min_parallel", value)?,
-            "fusion" => self.streams.context_generation_fusion = num("fusion", value)?,
+            "fusion" => self.streams.context_generation_fusion = switch("fusion", value)?,
+            "sync" => self.streams.synchronize = switch("sync", value)?,
+            "stream_priority" => self.streams.stream_priority = num("stream_priority", value)?,
             "capacity" => self.capacity = value.parse()?,
             "queue" => self.queue = value.parse()?,
             "preemption" => self.preemption = value.parse()?,
@@ -128,6 +141,10 @@ mod tests {
         assert_eq!(named_config("plain", &base).unwrap().1, base);
         assert!(named_config("x:nonsense=1", &base).is_err());
         assert!(named_config("x:streams", &base).is_err());
+        let (_, off) = named_config("p:streams=2,sync=off,fusion=on,stream_priority=-1", &base).unwrap();
+        assert!(!off.streams.synchronize && off.streams.context_generation_fusion);
+        assert_eq!(off.streams.stream_priority, -1);
+        assert!(named_config("x:sync=sideways", &base).is_err());
         let e = named_config("x:streams=two", &base).unwrap_err().to_string();
         assert!(e.contains("configuration `x`") && e.contains("needs a number"), "{e}");
     }

@@ -378,7 +378,12 @@ impl Harness {
                 assert!(!other.seqs.iter().any(|o| o.id == q.id), "{} in two steps in flight", q.id);
             }
             assert!(mine_w.is_disjoint(&all(other)), "step {} writes a block step {} holds", out.step, other.step);
-            assert!(written(other).is_disjoint(&mine_all), "step {} reads a block step {} writes", out.step, other.step);
+            assert!(
+                written(other).is_disjoint(&mine_all),
+                "step {} reads a block step {} writes",
+                out.step,
+                other.step
+            );
         }
     }
 

@@ -36,8 +36,12 @@ pub struct EngineStats {
     /// Tokens generated per second over the last 30 s.
     pub throughput_tps: f64,
     pub steps: u64,
-    /// Per stream: busy time / device wall time, since start.
+    /// Per stream: its busy time (measured by the executor on the stream) over the device's
+    /// busy wall time (`device_wall`), since start.
     pub stream_utilisation: Vec<f64>,
+    /// Wall time with at least one step on the device (steps of unsynchronised streams
+    /// overlap, so this is less than `device_time` there).
+    pub device_wall: Duration,
     /// CPU time of the step loop (scheduling, applying results, streaming).
     pub cpu_time: Duration,
     /// Part of `cpu_time` spent while the device was busy with a step (overlapped).
@@ -106,7 +110,8 @@ impl StatsAccumulator {
         for (acc, b) in self.stream_busy.iter_mut().zip(stream_busy) {
             *acc += *b;
         }
-        let wall = self.snapshot.device_time.as_secs_f64().max(1e-12);
+        // `device_wall` is kept current by the step loop.
+        let wall = self.snapshot.device_wall.as_secs_f64().max(1e-12);
         self.snapshot.stream_utilisation = self.stream_busy.iter().map(|b| b.as_secs_f64() / wall).collect();
         self.window.push_back((now, finished, tokens));
         while self.window.front().is_some_and(|w| now.saturating_sub(w.0) > WINDOW) {

@@ -1,6 +1,8 @@
 //! [`StepLoop`]: the engine's step loop thread. Take new requests and aborts from the control
 //! channel; `schedule`; hand the output to the device worker; when the oldest step in flight
-//! comes back, `update` and stream the deltas to the request handles. With an executor that
+//! comes back, `update` and stream the deltas to the request handles. With streams
+//! unsynchronised (`sync=off`), every free stream gets its own step (`schedule_stream`) and
+//! each result is applied as soon as its stream finishes, in whatever order they finish. With an executor that
 //! fills placeholders (async scheduling), up to two steps are in flight: while the device runs
 //! step N, the loop applies step N−1's results and schedules step N+1 — the CPU time spent so
 //! is reported as hidden (vLLM's async scheduling). An executor failure fails the step's
@@ -58,6 +60,10 @@ pub(crate) struct StepLoop {
     requests: FxHashMap<RequestId, Tracked>,
     pending: PendingStats,
     shutting_down: bool,
+    /// When the device last went from idle to busy (`None` while idle).
+    busy_since: Option<Duration>,
+    /// Busy wall time of the device up to `busy_since`.
+    device_wall_done: Duration,
 }
 
 impl StepLoop {
@@ -81,6 +87,8 @@ impl StepLoop {
             requests: FxHashMap::default(),
             pending: PendingStats::default(),
             shutting_down: false,
+            busy_since: None,
+            device_wall_done: Duration::ZERO,
         }
     }
 
@@ -100,46 +108,120 @@ impl StepLoop {
             }
             let cpu_start = Instant::now();
             let busy_before = self.device_busy();
-            while self.inflight.len() < self.depth {
-                let out = Arc::new(self.sched.schedule(self.now()));
-                self.note_started(&out);
-                let empty = out.is_empty();
-                if !empty && !self.device.run(out.clone()) {
-                    break;
-                }
-                self.inflight.push_back(InFlight { out, on_device: !empty });
-                if empty {
-                    break;
-                }
-            }
+            let launched =
+                if self.sched.streams().synchronize { self.launch_synchronised() } else { self.launch_streams() };
             self.account_cpu(cpu_start.elapsed(), busy_before);
-            let Some(front) = self.inflight.pop_front() else { continue };
-            let result = if front.on_device {
-                match self.device.result() {
-                    Some(r) => r,
-                    None => break, // the device thread is gone
-                }
-            } else {
-                Ok(ModelOutput::default())
-            };
-            let cpu_start = Instant::now();
-            let busy = self.device_busy();
-            self.apply(front.out, result);
-            // Empty steps (nothing to run) that are next in line need no device: apply them
-            // now, or one left queued would keep the loop from ever sleeping while requests
-            // wait for a batch to fill.
-            while self.inflight.front().is_some_and(|f| !f.on_device) {
-                if let Some(f) = self.inflight.pop_front() {
-                    self.apply(f.out, Ok(ModelOutput::default()));
-                }
+            if !self.complete_next() {
+                break; // the device thread is gone
             }
-            // Counted with the next step's statistics.
-            self.account_cpu(cpu_start.elapsed(), busy);
-            if self.inflight.is_empty() && !self.has_runnable_work() {
+            if self.inflight.is_empty() && (!launched || !self.has_runnable_work()) {
                 self.wait_for_work();
             }
         }
         self.abort_everything();
+    }
+
+    /// Synchronised streams: keeps up to `depth` steps in flight (two with async
+    /// scheduling), each step's micro-batches run together. Returns whether it launched any.
+    fn launch_synchronised(&mut self) -> bool {
+        let mut launched = false;
+        while self.inflight.len() < self.depth {
+            let out = Arc::new(self.sched.schedule(self.now()));
+            self.note_started(&out);
+            let empty = out.is_empty();
+            if !empty && !self.device.run(out.clone()) {
+                break;
+            }
+            self.note_device_start(!empty);
+            self.inflight.push_back(InFlight { out, on_device: !empty });
+            launched = true;
+            if empty {
+                break;
+            }
+        }
+        launched
+    }
+
+    /// Streams without synchronisation: every free stream is given its next step at once (the
+    /// scheduler plans it from the requests no other stream is running). Waits, launching
+    /// nothing, while a synchronised step is still in flight (just after a switch). Returns
+    /// whether it launched any step with work.
+    fn launch_streams(&mut self) -> bool {
+        if self.inflight.iter().any(|f| f.out.stream.is_none()) {
+            return true;
+        }
+        let mut launched = false;
+        for stream in 0..self.sched.streams().num_streams {
+            if !self.sched.stream_is_free(stream) {
+                continue;
+            }
+            let out = Arc::new(self.sched.schedule_stream(self.now(), stream));
+            self.note_started(&out);
+            if out.is_empty() {
+                self.apply(out, Ok(ModelOutput::default()));
+                continue;
+            }
+            if !self.device.run(out.clone()) {
+                let failed = Err(tandem_executor::ExecError::Device("the device thread is gone".into()));
+                self.apply(out, failed);
+                break;
+            }
+            self.note_device_start(true);
+            self.inflight.push_back(InFlight { out, on_device: true });
+            launched = true;
+        }
+        launched
+    }
+
+    /// Waits for the next result from the device and applies it (and any empty steps then
+    /// next in line). False if the device thread is gone.
+    fn complete_next(&mut self) -> bool {
+        self.apply_empty_front();
+        if !self.device_busy() {
+            return true;
+        }
+        let Some((step, result)) = self.device.result() else { return false };
+        let cpu_start = Instant::now();
+        if let Some(i) = self.inflight.iter().position(|f| f.out.step == step) {
+            if let Some(f) = self.inflight.remove(i) {
+                self.apply(f.out, result);
+            }
+        }
+        let busy = self.device_busy();
+        self.apply_empty_front();
+        // Counted with the next step's statistics.
+        self.account_cpu(cpu_start.elapsed(), busy);
+        true
+    }
+
+    /// Applies the empty steps (nothing to run) that are next in line: they need no device,
+    /// and one left queued would keep the loop from ever sleeping while requests wait for a
+    /// batch to fill.
+    fn apply_empty_front(&mut self) {
+        while self.inflight.front().is_some_and(|f| !f.on_device) {
+            if let Some(f) = self.inflight.pop_front() {
+                self.apply(f.out, Ok(ModelOutput::default()));
+            }
+        }
+    }
+
+    /// Notes the device getting a step (for the device's busy wall time).
+    fn note_device_start(&mut self, on_device: bool) {
+        if on_device && self.busy_since.is_none() {
+            self.busy_since = Some(self.now());
+        }
+    }
+
+    /// The device's busy wall time so far: time with at least one step on it.
+    fn device_wall(&mut self, now: Duration) -> Duration {
+        let current = self.busy_since.map_or(Duration::ZERO, |t| now.saturating_sub(t));
+        if !self.device_busy() {
+            if let Some(t) = self.busy_since.take() {
+                self.device_wall_done += now.saturating_sub(t);
+            }
+            return self.device_wall_done;
+        }
+        self.device_wall_done + current
     }
 
     fn has_runnable_work(&self) -> bool {
@@ -252,6 +334,7 @@ impl StepLoop {
         let tokens = deltas.iter().filter(|d| d.token.is_some()).count() as u64;
         let finished = self.dispatch(&deltas, logprobs, &mut st);
         let sched_stats = self.sched.stats();
+        st.snapshot.device_wall = self.device_wall(now);
         if !out.seqs.is_empty() {
             st.record_step(now, out.seqs.len(), device, &busy, finished, tokens);
             st.snapshot.requests.on_step(out.seqs.len(), out.num_batched_tokens);

@@ -16,7 +16,27 @@ pub mod synth;
 pub mod tensor;
 pub mod text;
 
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
 use tandem_core::{ModelOutput, SchedulerOutput, StreamConfig};
+
+/// A sync-off step's result, tagged with its step number (streams finish in any order).
+pub type StreamResult = (u64, Result<ModelOutput, ExecError>);
+
+/// Runs sync-off steps one at a time, in the order received: what an executor without
+/// execution streams does (still correct, as the scheduler takes their results in any order).
+pub fn run_streams_serially<E: Executor + ?Sized>(
+    e: &mut E,
+    jobs: Receiver<Arc<SchedulerOutput>>,
+    results: &Sender<StreamResult>,
+) {
+    for out in jobs {
+        if results.send((out.step, e.execute(&out))).is_err() {
+            break;
+        }
+    }
+}
 
 /// Per-stream busy time of a step that ran as one fused forward on the first stream: all of
 /// `device` there, nothing on the others (they ran nothing apart).
@@ -58,6 +78,14 @@ pub trait Executor: Send {
     }
     /// Applies parallel-stream settings (stream count, priority, synchronization).
     fn set_streams(&mut self, _streams: &StreamConfig) {}
+    /// Streams without synchronisation: runs every step received on `jobs` on the stream it
+    /// names ([`SchedulerOutput::stream`]) and sends each result, tagged with its step, on
+    /// `results`, until `jobs` closes. An executor with execution streams runs different
+    /// streams' steps at the same time; this default runs them one at a time
+    /// ([`run_streams_serially`]).
+    fn run_streams(&mut self, jobs: Receiver<Arc<SchedulerOutput>>, results: &Sender<StreamResult>) {
+        run_streams_serially(self, jobs, results);
+    }
     /// A short description for logs and reports.
     fn describe(&self) -> String;
 }

@@ -33,9 +33,20 @@ pub struct BenchArgs {
     /// The in-process engine's model and settings (also the tokenizer for --dataset sharegpt).
     #[command(flatten)]
     model: ModelArgs,
-    /// random, sharegpt (with --dataset-path) or shared-prefix.
+    /// random, sharegpt (with --dataset-path), shared-prefix, or mixed: --background short
+    /// requests (--input-len prompt, --background-output-len output) sent at once, then
+    /// --num-prompts long ones (--long-len prompt, --output-len output) on the arrival schedule.
     #[arg(long, default_value = "random")]
     dataset: String,
+    /// mixed: short requests decoding in the background.
+    #[arg(long, default_value_t = 32)]
+    background: usize,
+    /// mixed: output tokens of each background request.
+    #[arg(long, default_value_t = 256)]
+    background_output_len: usize,
+    /// mixed: prompt lengths of the long requests, fixed:N or uniform:LO:HI.
+    #[arg(long, default_value = "uniform:1024:2048")]
+    long_len: String,
     #[arg(long)]
     dataset_path: Option<PathBuf>,
     #[arg(long, default_value_t = 100)]
@@ -184,7 +195,15 @@ fn dataset(a: &BenchArgs) -> Result<DatasetSpec, String> {
             suffix_len: a.input_len,
             output_len: a.output_len,
         }),
-        other => Err(format!("unknown dataset `{other}`: random, sharegpt or shared-prefix")),
+        "mixed" => Ok(DatasetSpec::Mixed {
+            background: a.background,
+            background_input: a.input_len,
+            background_output: a.background_output_len,
+            long_prompt: tandem_bench::LengthDist::parse(&a.long_len, false)
+                .ok_or_else(|| format!("bad --long-len `{}`: fixed:N or uniform:LO:HI", a.long_len))?,
+            long_output: a.output_len,
+        }),
+        other => Err(format!("unknown dataset `{other}`: random, sharegpt, shared-prefix or mixed")),
     }
 }
 

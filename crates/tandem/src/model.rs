@@ -37,7 +37,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = tandem_engine::build::MAX_QUEUED)]
     pub max_queued_requests: usize,
     /// Scheduler overrides, `key=value` (repeatable or comma-separated): batching, streams,
-    /// assignment, min_parallel, fusion, capacity, queue, preemption, max_num_seqs,
+    /// assignment, min_parallel, fusion, sync, stream_priority, capacity, queue, preemption, max_num_seqs,
     /// max_num_batched_tokens. E.g. `--set batching=fixed:4 --set streams=2`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,

@@ -40,6 +40,15 @@ pub struct SimulateArgs {
     /// Fraction of requests sharing a 64-token prefix.
     #[arg(long, default_value_t = 0.0)]
     shared_prefix: f64,
+    /// The mixed workload of `tandem bench --dataset mixed`: this many short requests
+    /// (--background-prompt-len, --background-output-len) sent at once ahead of the
+    /// --requests, whose --prompt-len is then typically long and --output-len fixed:N.
+    #[arg(long, default_value_t = 0)]
+    background: usize,
+    #[arg(long, default_value_t = 64)]
+    background_prompt_len: usize,
+    #[arg(long, default_value_t = 256)]
+    background_output_len: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Model shape: smollm2-135m, qwen2.5-0.5b or llama3-8b.
@@ -85,8 +94,9 @@ pub struct SimulateArgs {
     #[arg(long)]
     fusion: bool,
     /// A configuration to compare, as NAME or NAME:key=value,... overriding the flags above
-    /// (keys: batching, streams, assignment, min_parallel, fusion, capacity, queue, preemption,
-    /// max_num_seqs, max_num_batched_tokens). Repeat to compare several.
+    /// (keys: batching, streams, assignment, min_parallel, fusion, sync, stream_priority,
+    /// capacity, queue, preemption, max_num_seqs, max_num_batched_tokens). Repeat to compare
+    /// several.
     #[arg(long = "compare")]
     compare: Vec<String>,
     /// A ready-made comparison: simple-vs-parallel (1 stream vs 2 streams with each assignment).
@@ -174,11 +184,23 @@ fn workload(a: &SimulateArgs) -> CliResult<WorkloadSpec> {
     if a.requests == 0 {
         return Err("--requests must be at least 1".into());
     }
-    let dataset = DatasetSpec::Modelled {
-        prompt: LengthDist::parse(&a.prompt_len, false)
-            .ok_or_else(|| format!("bad --prompt-len `{}`", a.prompt_len))?,
-        output: LengthDist::parse(&a.output_len, true).ok_or_else(|| format!("bad --output-len `{}`", a.output_len))?,
-        shared_prefix_fraction: a.shared_prefix,
+    let prompt =
+        LengthDist::parse(&a.prompt_len, false).ok_or_else(|| format!("bad --prompt-len `{}`", a.prompt_len))?;
+    let output =
+        LengthDist::parse(&a.output_len, true).ok_or_else(|| format!("bad --output-len `{}`", a.output_len))?;
+    let dataset = if a.background > 0 {
+        let LengthDist::Fixed(long_output) = output else {
+            return Err("--background needs a fixed --output-len (fixed:N) for the long requests".into());
+        };
+        DatasetSpec::Mixed {
+            background: a.background,
+            background_input: a.background_prompt_len,
+            background_output: a.background_output_len,
+            long_prompt: prompt,
+            long_output,
+        }
+    } else {
+        DatasetSpec::Modelled { prompt, output, shared_prefix_fraction: a.shared_prefix }
     };
     Ok(WorkloadSpec { dataset, requests: a.requests, priority_levels: a.priorities.max(1), arrival })
 }
@@ -187,6 +209,7 @@ pub fn run(a: SimulateArgs) -> CliResult<()> {
     let mut model = ModelShape::by_name(&a.model).ok_or_else(|| format!("unknown model `{}`", a.model))?;
     let device = DeviceProfile::by_name(&a.device).ok_or_else(|| format!("unknown device `{}`", a.device))?;
     model.dtype_bytes = device.dtype_bytes; // as the device's executor stores weights and KV
+    model.kv_dtype_bytes = device.kv_dtype_bytes;
     let base = base_config(&a, &model, &device)?;
     let configs = configurations(&a, &base)?;
     let spec = workload(&a)?;

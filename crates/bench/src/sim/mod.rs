@@ -4,10 +4,14 @@
 //! time of the scheduler itself is not added (it is ~10 µs a step; see BENCHMARKS.md). Every
 //! figure it reports is **modelled** (the roofline cost model of `tandem_executor::sim`).
 //!
+//! With streams unsynchronised (`sync=off`) the replay is event-driven, one timeline per
+//! stream (`unsynced.rs`).
+//!
 //! Its records and summary are the benchmark's own ([`RequestRecord`], [`Summary`]), so a
 //! simulation and a measured run print in one table.
 
 mod shared;
+mod unsynced;
 
 use std::time::{Duration, Instant};
 
@@ -170,6 +174,9 @@ fn at(secs: f64) -> Duration {
 
 /// Runs `workload` (sorted by send time) under `cfg`.
 pub fn simulate(cfg: &SimConfig, workload: &Workload) -> Result<SimResult, BenchError> {
+    if !cfg.scheduler.streams.synchronize && cfg.scheduler.streams.num_streams > 1 {
+        return unsynced::simulate_unsynced(cfg, workload);
+    }
     let started = Instant::now();
     let mut sched = Scheduler::new(cfg.scheduler.clone())?;
     let mut exec =

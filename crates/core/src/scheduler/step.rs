@@ -77,7 +77,9 @@ impl Plan {
     fn takes(&self, prefill: bool) -> bool {
         match self.pick {
             None => true,
-            Some(p) => (if prefill { p.prefill } else { p.decode }) && (self.entries.is_empty() || self.cost < p.max_cost),
+            Some(p) => {
+                (if prefill { p.prefill } else { p.decode }) && (self.entries.is_empty() || self.cost < p.max_cost)
+            }
         }
     }
 
@@ -140,10 +142,7 @@ impl Scheduler {
             tokens += f.tokens;
             seqs += f.entries.len();
         }
-        (
-            self.limits.max_num_batched_tokens.saturating_sub(tokens),
-            self.limits.max_num_seqs.saturating_sub(seqs),
-        )
+        (self.limits.max_num_batched_tokens.saturating_sub(tokens), self.limits.max_num_seqs.saturating_sub(seqs))
     }
 
     /// Tokens to feed a request with `remaining` uncomputed tokens, or `None` if it cannot run

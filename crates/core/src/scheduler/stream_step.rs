@@ -103,15 +103,12 @@ impl Scheduler {
             StreamAssignment::Smart if !cfg.context_generation_fusion && n >= 2 => {
                 let split = n.div_ceil(2);
                 let prefill_stream = stream < split;
-                let prefill_only = Pick { prefill: true, decode: false, reserve: work.decodes, max_cost: f64::INFINITY };
+                let prefill_only =
+                    Pick { prefill: true, decode: false, reserve: work.decodes, max_cost: f64::INFINITY };
                 // Free streams that would take decodes now, this one included.
                 let takers = free.iter().filter(|&&s| s >= split || !work.has_prefill_work()).count().max(1);
-                let decode_share = Pick {
-                    prefill: false,
-                    decode: true,
-                    reserve: 0,
-                    max_cost: work.decode_cost / takers as f64,
-                };
+                let decode_share =
+                    Pick { prefill: false, decode: true, reserve: 0, max_cost: work.decode_cost / takers as f64 };
                 if prefill_stream && work.has_prefill_work() {
                     prefill_only
                 } else if prefill_stream || work.decoding_anywhere {

@@ -2,12 +2,14 @@
 //!
 //! With one stream a step's sequences run as one packed forward on all cores. With several
 //! (`streams=N`), each micro-batch of the step runs at the same time on its own lane of cores
-//! (`streams.rs`), and each lane's busy time is measured there.
+//! (`streams.rs`), and each lane's busy time is measured there. With streams unsynchronised
+//! (`sync=off`), each lane runs its own stream's steps as they come (`unsynced.rs`).
 
 use tandem_core::{ModelOutput, SchedulerOutput};
 
 use super::kv_cache::PagedKvCache;
 use super::streams::Lanes;
+use super::unsynced;
 use crate::model::LlamaModel;
 use crate::step_io::{execute_packed, Forwarded, Packed, PackedForward, SamplingState};
 use crate::{ExecError, Executor, KvSpec};
@@ -86,11 +88,31 @@ impl Executor for CpuExecutor {
         true
     }
 
+    /// Each stream's steps on its own lane, the lanes at the same time (`unsynced.rs`); with
+    /// one lane, one step at a time.
+    fn run_streams(
+        &mut self,
+        jobs: std::sync::mpsc::Receiver<std::sync::Arc<SchedulerOutput>>,
+        results: &std::sync::mpsc::Sender<crate::StreamResult>,
+    ) {
+        if self.lanes.len() < 2 {
+            return crate::run_streams_serially(self, jobs, results);
+        }
+        let view = self.cache.view();
+        let shared = unsynced::Shared {
+            model: &self.model,
+            view: &view,
+            sampling: std::sync::Mutex::new(&mut self.sampling),
+            claims: unsynced::Claims::default(),
+        };
+        unsynced::run(&self.lanes.pools, &shared, jobs, results);
+    }
+
     /// One lane of cores per stream (a lane that cannot start leaves the steps fused, which
     /// the reported busy times show: everything on the first stream).
     fn set_streams(&mut self, streams: &tandem_core::StreamConfig) {
-        if streams.num_streams.max(1) != self.lanes.len().max(1) {
-            self.lanes = Lanes::new(streams.num_streams).unwrap_or_default();
+        if streams.num_streams.max(1) != self.lanes.len().max(1) || streams.stream_priority != self.lanes.priority() {
+            self.lanes = Lanes::new(streams.num_streams, streams.stream_priority).unwrap_or_default();
         }
     }
 

@@ -60,9 +60,12 @@ impl PagedKvCache {
         KvView {
             k: self.k.iter_mut().map(|l| l.as_mut_ptr()).collect(),
             v: self.v.iter_mut().map(|l| l.as_mut_ptr()).collect(),
+            host_k: self.host_k.iter_mut().map(|l| l.as_mut_ptr()).collect(),
+            host_v: self.host_v.iter_mut().map(|l| l.as_mut_ptr()).collect(),
             block_size: self.block_size,
             kv_dim: self.kv_dim,
             num_blocks: self.num_blocks,
+            num_host_blocks: self.num_host_blocks,
             _cache: std::marker::PhantomData,
         }
     }
@@ -156,9 +159,12 @@ fn check_in_pool(table: &[BlockId], num_blocks: usize) -> Result<(), ExecError> 
 pub(crate) struct KvView<'a> {
     k: Vec<*mut f32>,
     v: Vec<*mut f32>,
+    host_k: Vec<*mut f32>,
+    host_v: Vec<*mut f32>,
     block_size: usize,
     kv_dim: usize,
     num_blocks: usize,
+    num_host_blocks: usize,
     _cache: std::marker::PhantomData<&'a mut PagedKvCache>,
 }
 
@@ -197,6 +203,52 @@ impl KvView<'_> {
         assert!(block.index() < self.num_blocks);
         // SAFETY: as for `key_block`.
         unsafe { std::slice::from_raw_parts(self.v[layer].add(block.index() * n), n) }
+    }
+
+    /// Copies whole blocks, every layer, K and V: `(src, dst)` pairs from the `from` tier
+    /// (device when `to_host`) to the other.
+    ///
+    /// # Safety
+    /// No other thread may touch a destination block, nor write a source block, meanwhile.
+    unsafe fn copy_blocks(&self, pairs: impl Iterator<Item = (usize, usize)>, to_host: bool) -> Result<(), ExecError> {
+        let n = self.block_len();
+        let (from, to) = if to_host {
+            ((&self.k, &self.v), (&self.host_k, &self.host_v))
+        } else {
+            ((&self.host_k, &self.host_v), (&self.k, &self.v))
+        };
+        let (from_len, to_len) =
+            if to_host { (self.num_blocks, self.num_host_blocks) } else { (self.num_host_blocks, self.num_blocks) };
+        for (src, dst) in pairs {
+            if src >= from_len || dst >= to_len {
+                return Err(ExecError::InvalidStep(format!("swap pair ({src}, {dst}) out of range")));
+            }
+            for (f, t) in [(from.0, to.0), (from.1, to.1)] {
+                for (fl, tl) in f.iter().zip(t.iter()) {
+                    // SAFETY: in bounds (checked); exclusive by the caller's contract; the two
+                    // tiers are separate buffers, so the ranges never overlap.
+                    unsafe { std::ptr::copy_nonoverlapping(fl.add(src * n), tl.add(dst * n), n) };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies device blocks to the host tier (a swap-out).
+    ///
+    /// # Safety
+    /// As [`Self::copy_blocks`]: no other thread writes the device blocks or touches the host
+    /// blocks meanwhile.
+    pub unsafe fn swap_out(&self, pairs: &[(BlockId, HostBlockId)]) -> Result<(), ExecError> {
+        unsafe { self.copy_blocks(pairs.iter().map(|(d, h)| (d.index(), h.index())), true) }
+    }
+
+    /// Copies host blocks back to the device tier (a swap-in).
+    ///
+    /// # Safety
+    /// As [`Self::copy_blocks`].
+    pub unsafe fn swap_in(&self, pairs: &[(HostBlockId, BlockId)]) -> Result<(), ExecError> {
+        unsafe { self.copy_blocks(pairs.iter().map(|(h, d)| (h.index(), d.index())), false) }
     }
 
     /// Stores the K and V rows of the token at `pos` of a sequence with block table `table`.

@@ -15,6 +15,7 @@ mod kv_cache;
 mod linear;
 pub mod q8;
 mod streams;
+mod unsynced;
 
 pub use executor::CpuExecutor;
 pub use kv_cache::PagedKvCache;

@@ -31,9 +31,10 @@ type LaneRun = (Result<Logits, ExecError>, Duration);
 /// The lanes of the CPU executor (none with one stream: the global pool runs fused steps).
 #[derive(Debug, Default)]
 pub(crate) struct Lanes {
-    pools: Vec<ThreadPool>,
+    pub(crate) pools: Vec<ThreadPool>,
     /// Steps whose micro-batches overlapped in the KV pool and so ran one after another.
     pub serialized_steps: u64,
+    priority: i32,
 }
 
 /// Cores per lane: an equal share of `cores` over `streams`, the remainder to the first lanes,
@@ -43,25 +44,78 @@ pub(crate) fn cores_per_lane(cores: usize, streams: usize) -> Vec<usize> {
     (0..streams).map(|i| (cores / streams + usize::from(i < cores % streams)).max(1)).collect()
 }
 
+/// The OS niceness of each lane's threads for `stream_priority` (CUDA's sign: negative is
+/// higher): streams `[0, ⌈n/2⌉)` are the prefill streams of `smart`, the rest its decode
+/// streams. Below zero the decode streams are favoured — the prefill lanes run at niceness
+/// `|priority|` — above zero the prefill streams are (the decode lanes at `priority`); zero
+/// leaves every lane at the default. Only ever lowers a lane (raising needs privileges),
+/// capped at 19, Linux's lowest.
+pub(crate) fn lane_niceness(streams: usize, priority: i32) -> Vec<i32> {
+    let split = streams.div_ceil(2);
+    let nice = priority.unsigned_abs().min(19) as i32;
+    (0..streams)
+        .map(|i| match (priority.signum(), i < split) {
+            (-1, true) | (1, false) => nice,
+            _ => 0,
+        })
+        .collect()
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (Linux: per thread).
+fn set_thread_niceness(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        // SAFETY: plain syscalls on the calling thread's own id.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
+/// The calling thread's niceness (Linux; 0 elsewhere).
+#[cfg(test)]
+pub(crate) fn thread_niceness() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread's own id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::getpriority(libc::PRIO_PROCESS, tid)
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
 impl Lanes {
-    /// Lanes for `streams` streams over this machine's cores.
-    pub fn new(streams: usize) -> Result<Self, ExecError> {
+    /// Lanes for `streams` streams over this machine's cores, at the niceness
+    /// `stream_priority` gives them ([`lane_niceness`]).
+    pub fn new(streams: usize, stream_priority: i32) -> Result<Self, ExecError> {
         if streams <= 1 {
             return Ok(Self::default());
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let niceness = lane_niceness(streams, stream_priority);
         let pools = cores_per_lane(cores, streams)
             .into_iter()
+            .zip(niceness.iter().copied())
             .enumerate()
-            .map(|(i, n)| {
+            .map(|(i, (n, nice))| {
                 ThreadPoolBuilder::new()
                     .num_threads(n)
                     .thread_name(move |t| format!("tandem-stream{i}-{t}"))
+                    .start_handler(move |_| set_thread_niceness(nice))
                     .build()
                     .map_err(|e| ExecError::Device(format!("cannot start stream {i}'s threads: {e}").into()))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { pools, serialized_steps: 0 })
+        Ok(Self { pools, serialized_steps: 0, priority: stream_priority })
+    }
+
+    /// The `stream_priority` the lanes were started with.
+    pub fn priority(&self) -> i32 {
+        self.priority
     }
 
     pub fn len(&self) -> usize {
@@ -174,6 +228,25 @@ impl Lanes {
 mod tests {
     use super::*;
     use tandem_core::RequestId;
+
+    #[test]
+    fn stream_priority_lowers_the_other_kind_of_lane() {
+        // Two streams: lane 0 prefills, lane 1 decodes. -5 favours decode: prefill at nice 5.
+        assert_eq!(lane_niceness(2, -5), vec![5, 0]);
+        assert_eq!(lane_niceness(2, 3), vec![0, 3]);
+        assert_eq!(lane_niceness(3, -40), vec![19, 19, 0], "capped at 19; ⌈3/2⌉ = 2 prefill lanes");
+        assert_eq!(lane_niceness(2, 0), vec![0, 0]);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn lane_threads_run_at_their_niceness() {
+        let base = thread_niceness();
+        let lanes = Lanes::new(2, -4).unwrap();
+        let seen: Vec<i32> = lanes.pools.iter().map(|p| p.install(thread_niceness)).collect();
+        // Niceness only goes up from the process's own (tests may run niced already).
+        assert_eq!(seen, vec![(base + 4).min(19), base], "prefill lane lowered, decode lane as the process");
+    }
 
     #[test]
     fn cores_are_shared_out_with_at_least_one_per_lane() {

@@ -18,7 +18,9 @@
 //! streams overlap, but share the device's bandwidth and compute, and each micro-batch reads the
 //! weights again. Hence splitting a pure decode batch (memory-bound) only adds weight traffic,
 //! while a compute-bound prefill micro-batch beside a memory-bound decode one overlaps (as
-//! NanoFlow observes). Swaps add `(Σ swap bytes) / host_link` before the compute. On a device
+//! NanoFlow observes). On a CPU with stream lanes (`lane_cores > 0`) each micro-batch runs on
+//! its lane's cores alone ([`DeviceProfile::lane`]) and the step takes the slowest lane's time.
+//! Swaps add `(Σ swap bytes) / host_link` before the compute. On a device
 //! without concurrent streams the micro-batches run one after another.
 
 use std::time::Duration;
@@ -89,12 +91,21 @@ fn micro_batch_cost(
 pub fn step_cost(out: &SchedulerOutput, m: &ModelShape, d: &DeviceProfile, block_size: usize) -> StepCost {
     let swap_blocks = (out.swap_out.len() + out.swap_in.len()) as f64;
     let swap_secs = swap_blocks * block_size as f64 * m.kv_bytes_per_token() as f64 / d.host_link;
-    let mbs: Vec<MicroBatchCost> = out.micro_batches.iter().map(|r| micro_batch_cost(out, r.clone(), m, d)).collect();
+    let nonempty = out.micro_batches.iter().filter(|r| !r.is_empty()).count();
+    // CPU lanes: micro-batches run at once, each on its own lane's share of the cores.
+    let lanes = d.lane_cores > 0 && nonempty > 1;
+    let on = if lanes { d.lane(out.micro_batches.len()) } else { d.clone() };
+    let mbs: Vec<MicroBatchCost> = out.micro_batches.iter().map(|r| micro_batch_cost(out, r.clone(), m, &on)).collect();
     let active: Vec<&MicroBatchCost> = mbs.iter().filter(|c| c.serial_secs > 0.0).collect();
     let overhead = d.step_overhead.as_secs_f64();
     let compute = match active.len() {
         0 => 0.0,
         1 => active[0].serial_secs + overhead,
+        k if lanes => {
+            active.iter().map(|c| c.serial_secs).fold(0.0, f64::max)
+                + overhead
+                + (k - 1) as f64 * d.stream_overhead.as_secs_f64()
+        }
         k if !d.concurrent_streams => active.iter().map(|c| c.serial_secs).sum::<f64>() + overhead * k as f64,
         k => {
             let longest = active.iter().map(|c| c.serial_secs).fold(0.0, f64::max);
@@ -129,6 +140,7 @@ mod tests {
             vocab: 100,
             params: 1_000_000,
             dtype_bytes: 2,
+            kv_dtype_bytes: 2,
         }
     }
 
@@ -144,6 +156,10 @@ mod tests {
             stream_overhead: Duration::ZERO,
             concurrent_streams: true,
             dtype_bytes: 2,
+            kv_dtype_bytes: 2,
+            lane_cores: 0,
+            core_bandwidth: 0.0,
+            core_flops: 0.0,
         }
     }
 

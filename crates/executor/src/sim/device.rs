@@ -20,9 +20,17 @@ pub struct DeviceProfile {
     pub stream_overhead: Duration,
     /// Whether micro-batches on separate streams can overlap on this device.
     pub concurrent_streams: bool,
-    /// Bytes per weight and KV element as this device's executor stores them (bf16 on GPUs,
-    /// f32 in tandem's CPU executor); overrides the model shape's.
+    /// Bytes per weight as this device's executor stores them (bf16 on GPUs, int8 in tandem's
+    /// CPU executor); overrides the model shape's.
     pub dtype_bytes: u64,
+    /// Bytes per KV element as this device's executor stores them (bf16 on GPUs, f32 on the
+    /// CPU); overrides the model shape's.
+    pub kv_dtype_bytes: u64,
+    /// CPUs: cores, shared out between stream lanes (0: a GPU, whose streams share the whole
+    /// device). With `core_bandwidth` and `core_flops`, what one core achieves alone.
+    pub lane_cores: usize,
+    pub core_bandwidth: f64,
+    pub core_flops: f64,
 }
 
 impl DeviceProfile {
@@ -38,6 +46,10 @@ impl DeviceProfile {
             stream_overhead: Duration::from_micros(15),
             concurrent_streams: true,
             dtype_bytes: 2,
+            kv_dtype_bytes: 2,
+            lane_cores: 0,
+            core_bandwidth: 0.0,
+            core_flops: 0.0,
         }
     }
 
@@ -65,24 +77,50 @@ impl DeviceProfile {
             stream_overhead: Duration::from_micros(15),
             concurrent_streams: true,
             dtype_bytes: 2,
+            kv_dtype_bytes: 2,
+            lane_cores: 0,
+            core_bandwidth: 0.0,
+            core_flops: 0.0,
         }
     }
 
-    /// This project's 2-core CPU machine, calibrated from the real CPU executor
-    /// (`tandem bench-model`, SmolLM2-135M in f32): batch-1 decode streams ~540 MB of weights in
-    /// 23.5 ms (≈ 23 GB/s effective); a 512-token prefill and batch-64 decode sustain 60–85
-    /// GFLOP/s. Two cores cannot overlap streams.
+    /// This project's 2-core CPU machine (AMD EPYC), calibrated from the real CPU executor with
+    /// its default int8 weights and f32 KV (`tandem bench-model --batch 1,16,32 --prefill 1024`,
+    /// SmolLM2-135M, on both cores and with `RAYON_NUM_THREADS=1`): batch-1 decode 11.1 ms on 2
+    /// cores (≈ 13 GB/s of weights) and 14.5 ms on one (≈ 9.6 GB/s); a 1,024-token prefill at
+    /// 515 tokens/s on 2 cores (≈ 145 GFLOP/s with attention) and 317 on one (≈ 86). Each
+    /// stream lane gets its share of the cores (`streams=2`: one each), so lanes overlap.
     pub fn cpu_2core() -> Self {
         Self {
             name: "cpu-2c",
-            mem_bandwidth: 23e9,
-            peak_flops: 70e9,
+            mem_bandwidth: 13e9,
+            peak_flops: 145e9,
             memory: 16_000_000_000,
             host_link: 10e9,
             step_overhead: Duration::from_micros(500),
             stream_overhead: Duration::from_micros(50),
-            concurrent_streams: false,
-            dtype_bytes: 4,
+            concurrent_streams: true,
+            dtype_bytes: 1,
+            kv_dtype_bytes: 4,
+            lane_cores: 2,
+            core_bandwidth: 9.6e9,
+            core_flops: 86e9,
+        }
+    }
+
+    /// What one of `n` stream lanes has: on a CPU (`lane_cores > 0`) its `cores / n` cores
+    /// (at least one), each at the single-core figures, capped by the whole machine's; on a GPU
+    /// a static `1/n` slice ([`Self::partition`]).
+    pub fn lane(&self, n: usize) -> Self {
+        let n = n.max(1);
+        if self.lane_cores == 0 {
+            return self.partition(1.0 / n as f64);
+        }
+        let cores = (self.lane_cores / n).max(1) as f64;
+        Self {
+            mem_bandwidth: (self.core_bandwidth * cores).min(self.mem_bandwidth),
+            peak_flops: (self.core_flops * cores).min(self.peak_flops),
+            ..self.clone()
         }
     }
 

@@ -34,6 +34,7 @@ impl SimExecutor {
     /// A simulated `model` on `device`; the model is stored at the device's element size.
     pub fn new(mut model: ModelShape, device: DeviceProfile, block_size: usize, clock: ClockMode) -> Self {
         model.dtype_bytes = device.dtype_bytes;
+        model.kv_dtype_bytes = device.kv_dtype_bytes;
         Self {
             model,
             device,

@@ -13,8 +13,10 @@ pub struct ModelShape {
     pub vocab: usize,
     /// Total parameters (embedding counted once when tied).
     pub params: u64,
-    /// Bytes per weight and per KV element (2 for bf16).
+    /// Bytes per weight (2 for bf16, 1 for int8).
     pub dtype_bytes: u64,
+    /// Bytes per KV element (2 for bf16; tandem's CPU executor keeps f32).
+    pub kv_dtype_bytes: u64,
 }
 
 impl ModelShape {
@@ -31,6 +33,7 @@ impl ModelShape {
             vocab: 49_152,
             params: 134_515_008,
             dtype_bytes: 2,
+            kv_dtype_bytes: 2,
         }
     }
 
@@ -47,6 +50,7 @@ impl ModelShape {
             vocab: 151_936,
             params: 494_032_768,
             dtype_bytes: 2,
+            kv_dtype_bytes: 2,
         }
     }
 
@@ -63,6 +67,7 @@ impl ModelShape {
             vocab: 151_936,
             params: 1_543_714_304,
             dtype_bytes: 2,
+            kv_dtype_bytes: 2,
         }
     }
 
@@ -79,6 +84,7 @@ impl ModelShape {
             vocab: 128_256,
             params: 8_030_261_248,
             dtype_bytes: 2,
+            kv_dtype_bytes: 2,
         }
     }
 
@@ -96,7 +102,7 @@ impl ModelShape {
 
     /// KV bytes per token across all layers: `2 (K,V) · layers · kv_heads · head_dim · dtype`.
     pub fn kv_bytes_per_token(&self) -> u64 {
-        2 * (self.layers * self.kv_heads * self.head_dim) as u64 * self.dtype_bytes
+        2 * (self.layers * self.kv_heads * self.head_dim) as u64 * self.kv_dtype_bytes
     }
 
     /// Parameters touched per token by the transformer layers (everything but the embedding
