@@ -49,6 +49,8 @@ pub struct EngineStats {
     /// Device time of all steps.
     pub device_time: Duration,
     pub batching: String,
+    /// The parallel-stream settings in force.
+    pub streams: tandem_core::StreamConfig,
     pub uptime: Duration,
     pub scheduler: SchedulerStats,
     /// Latency histograms and token counters (vLLM's request metrics).

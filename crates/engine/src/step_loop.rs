@@ -75,7 +75,11 @@ impl StepLoop {
         depth: usize,
         epoch: Instant,
     ) -> Self {
-        lock(&shared.stats).snapshot.batching = sched.batching().to_string();
+        {
+            let mut st = lock(&shared.stats);
+            st.snapshot.batching = sched.batching().to_string();
+            st.snapshot.streams = sched.streams();
+        }
         Self {
             sched,
             control,
@@ -286,6 +290,7 @@ impl StepLoop {
                 let r = self.sched.set_streams(streams).map_err(EngineError::from);
                 if r.is_ok() {
                     self.device.set_streams(streams);
+                    lock(&self.shared.stats).snapshot.streams = streams;
                 }
                 let _ = reply.send(r);
             }

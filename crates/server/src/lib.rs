@@ -41,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(routes::chat))
         .route("/v1/stats", get(routes::stats))
         .route("/v1/batching", post(routes::set_batching))
+        .route("/v1/streams", post(routes::set_streams))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), routes::auth));

@@ -1,6 +1,6 @@
 //! The HTTP handlers of every route `crate::router` serves: `/health`, `/ready`, `/metrics`,
 //! `/v1/models`, `/v1/contexts`, `/v1/completions` and `/v1/chat/completions` (JSON, or SSE
-//! streaming ending with `data: [DONE]`), `/v1/stats` and `/v1/batching`.
+//! streaming ending with `data: [DONE]`), `/v1/stats`, `/v1/batching` and `/v1/streams`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -150,6 +150,7 @@ pub async fn stats(
         "device_time_ms": ms(st.device_time),
         "peak_kv_usage": st.peak_kv_usage,
         "batching": st.batching,
+        "streams": streams_json(&st.streams),
         "uptime_s": st.uptime.as_secs_f64(),
         "scheduler": {
             "waiting": sc.waiting, "running": sc.running, "swapped": sc.swapped,
@@ -193,6 +194,57 @@ pub async fn set_batching(
     Ok(Json(
         json!({"model": name, "batching": kind.to_string(), "applied": if applied_now { "now" } else { "on_load" }}),
     ))
+}
+
+/// `POST /v1/streams`: the parallel-stream settings to change, the rest kept.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamsBody {
+    model: Option<String>,
+    streams: Option<usize>,
+    assignment: Option<String>,
+    sync: Option<bool>,
+    stream_priority: Option<i32>,
+    min_parallel: Option<usize>,
+    fusion: Option<bool>,
+}
+
+fn streams_json(c: &tandem_core::StreamConfig) -> serde_json::Value {
+    json!({
+        "streams": c.num_streams, "assignment": c.assignment.to_string(), "sync": c.synchronize,
+        "stream_priority": c.stream_priority, "min_parallel": c.min_requests_for_parallel,
+        "fusion": c.context_generation_fusion,
+    })
+}
+
+/// Switches a loaded model's parallel streams at run time, `/v1/batching`'s sibling:
+/// `{"streams": 2, "assignment": "smart", "sync": false, "stream_priority": -1, "min_parallel": 2,
+/// "fusion": false, "model": NAME}`, every field optional (the others keep their value). Sound in
+/// both directions: the engine finishes the steps in flight in their old mode first. Answers
+/// with the settings now in force; an unknown field or a bad value is a 400 naming it.
+pub async fn set_streams(
+    State(s): Shared,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: StreamsBody = parse(&body(b)?)?;
+    let (name, loaded) = s.models.for_control(req.model.as_deref())?;
+    let model = loaded.ok_or(ApiError::Unavailable)?;
+    let mut cfg = model.engine.stats().streams;
+    if let Some(n) = req.streams {
+        cfg.num_streams = n;
+    }
+    if let Some(a) = &req.assignment {
+        cfg.assignment = a.parse().map_err(|e: tandem_core::Error| ApiError::invalid("assignment", e.to_string()))?;
+    }
+    cfg.synchronize = req.sync.unwrap_or(cfg.synchronize);
+    cfg.stream_priority = req.stream_priority.unwrap_or(cfg.stream_priority);
+    cfg.min_requests_for_parallel = req.min_parallel.unwrap_or(cfg.min_requests_for_parallel);
+    cfg.context_generation_fusion = req.fusion.unwrap_or(cfg.context_generation_fusion);
+    cfg.validate().map_err(|e| ApiError::invalid("streams", e.to_string()))?;
+    model.engine.set_streams(cfg)?;
+    let mut out = streams_json(&cfg);
+    out["model"] = json!(name);
+    Ok(Json(out))
 }
 
 /// Rejects `/v1` requests without the configured Bearer key (constant-time comparison).

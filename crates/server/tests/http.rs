@@ -467,6 +467,33 @@ async fn stats_and_the_run_time_batching_switch() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn streams_switch_at_run_time_and_requests_still_complete() {
+    let (code, body) = http("POST", "/v1/streams", r#"{"streams": 2, "sync": false, "stream_priority": -2}"#).await;
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(
+        (v["streams"].as_u64(), v["sync"].as_bool(), v["stream_priority"].as_i64()),
+        (Some(2), Some(false), Some(-2))
+    );
+    let stats = json(&http("GET", "/v1/stats", "").await.1);
+    assert_eq!(stats["streams"]["sync"], false, "{stats}");
+    // Requests run on the unsynchronised streams.
+    let (code, body) = http("POST", "/v1/completions", r#"{"prompt": "Once upon a time", "max_tokens": 6}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["usage"]["completion_tokens"], 6, "{body}");
+    // A bad value or an unknown field is a 400 naming it; the settings stay.
+    let (code, body) = http("POST", "/v1/streams", r#"{"assignment": "sideways"}"#).await;
+    assert_eq!((code, json(&body)["error"]["param"].as_str()), (400, Some("assignment")), "{body}");
+    let (code, body) = http("POST", "/v1/streams", r#"{"streams": 0}"#).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = http("POST", "/v1/streams", r#"{"synchronise": true}"#).await;
+    assert!(code == 400 && body.contains("synchronise"), "{body}");
+    // And back (other tests share this server).
+    let (code, body) = http("POST", "/v1/streams", r#"{"streams": 1, "sync": true, "stream_priority": 0}"#).await;
+    assert_eq!(code, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_api_key_guards_v1_but_not_health() {
     let addr = auth_server().0.clone();
     let (code, body) = http_to(&addr, "GET", "/v1/models", "", "").await;
