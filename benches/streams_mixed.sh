@@ -40,11 +40,18 @@ common=(--no-progress --repeat 2 --goodput "ttft:3000 tpot:250")
   --compare balanced-off:streams=2,assignment=balanced,sync=off
 
 # The simulator on the same workloads (modelled, cpu-2c profile), for its prediction error.
-for cfg in "simple:streams=1" "smart-on:streams=2,assignment=smart" "smart-off:streams=2,assignment=smart,sync=off" \
-           "rr-off:streams=2,assignment=round_robin,sync=off" "balanced-off:streams=2,assignment=balanced,sync=off"; do
-  set -- "$@" --compare "$cfg"
+sims=()
+for cfg in "simple:streams=1" "simple-b64:streams=1,max_num_batched_tokens=64" \
+           "simple-b128:streams=1,max_num_batched_tokens=128" "simple-b256:streams=1,max_num_batched_tokens=256" \
+           "rr-on:streams=2,assignment=round_robin" "smart-on:streams=2,assignment=smart" \
+           "balanced-on:streams=2,assignment=balanced" "rr-off:streams=2,assignment=round_robin,sync=off" \
+           "smart-off:streams=2,assignment=smart,sync=off" "balanced-off:streams=2,assignment=balanced,sync=off"; do
+  sims+=(--compare "$cfg")
 done
 "$tandem" simulate --model smollm2-135m --device cpu-2c --max-num-batched-tokens 512 --max-num-seqs 64 --seed "$seed" \
   --background 32 --background-prompt-len 64 --background-output-len 256 \
   --requests 6 --prompt-len uniform:1024:2048 --output-len fixed:32 --rate 0.25 \
-  "$@" --json "$out/sim-mixed.json" | tee "$out/sim-mixed.txt"
+  "${sims[@]}" --json "$out/sim-mixed.json" | tee "$out/sim-mixed.txt"
+"$tandem" simulate --model smollm2-135m --device cpu-2c --max-num-batched-tokens 512 --max-num-seqs 64 --seed "$seed" \
+  --requests 32 --prompt-len fixed:64 --output-len fixed:128 \
+  "${sims[@]}" --json "$out/sim-decode.json" | tee "$out/sim-decode.txt"

@@ -3,19 +3,22 @@
 Usage: python check.py PATH/TO/tandem
 
 Starts `tandem serve --port 0 --api-key ...`, reads the address it prints, and checks models,
-completions, chat, streaming (with usage), stop strings, n > 1 and the error cases through the
+completions, chat, streaming (with usage), stop strings, n > 1, structured output (a JSON
+schema's answer validated with `jsonschema`, json_object, a choice) and the error cases through the
 client's own types (NotFoundError, BadRequestError, AuthenticationError); then sends SIGTERM and
 expects exit status 0. Also reads `/metrics` with `prometheus_client`'s own text parser: the
 `vllm:` families the Gateway API Inference Extension's endpoint picker reads, with values that
 match the requests sent. Exits non-zero on the first failed check.
 """
 
+import json
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 
+import jsonschema
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -113,6 +116,8 @@ def run(base):
     except openai.BadRequestError as e:
         check(e.status_code == 400, f"negative max_tokens -> BadRequestError 400: {e}")
 
+    check_structured(client, model)
+    check_tools(client, model)
     check_metrics(base)
 
     wrong = openai.OpenAI(base_url=base, api_key="wrong", max_retries=0)
@@ -121,6 +126,112 @@ def run(base):
         check(False, "a wrong key is refused")
     except openai.AuthenticationError as e:
         check(e.status_code == 401, f"wrong key -> AuthenticationError 401: {e}")
+
+
+def check_structured(client, model):
+    # A JSON schema (strict): the answer parses and validates, even from the 135M model.
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 24},
+            "population_millions": {"type": "integer", "minimum": 0, "maximum": 100},
+        },
+        "required": ["city", "population_millions"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is the capital of France and its population? Answer in JSON."}],
+        max_tokens=96,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema, "strict": True}},
+    )
+    obj = json.loads(r.choices[0].message.content)
+    jsonschema.validate(obj, schema)
+    check(True, f"json_schema answer validates: {obj}")
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Describe a cat as a JSON object."}],
+        max_tokens=96,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    check(isinstance(json.loads(r.choices[0].message.content), dict), "json_object answer is an object")
+    # vLLM's structured_outputs through the client's extra_body: a choice, on completions.
+    r = client.completions.create(
+        model=model, prompt="Is Paris in France? Answer:", max_tokens=4, temperature=0,
+        extra_body={"structured_outputs": {"choice": ["yes", "no"]}},
+    )
+    check(r.choices[0].text in ("yes", "no"), f"structured_outputs choice: {r.choices[0].text!r}")
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+            response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nonsense"}}},
+        )
+        check(False, "a schema that cannot compile is refused")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.body.get("param") == "response_format", f"bad schema -> 400 naming response_format: {e}")
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 32}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def check_tools(client, model):
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    params = WEATHER["function"]["parameters"]
+    # A named function: constrained, so the arguments validate even from the 135M model.
+    r = client.chat.completions.create(
+        model=model, messages=ask, max_tokens=80, temperature=0, tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    calls = r.choices[0].message.tool_calls
+    check(r.choices[0].finish_reason == "tool_calls" and len(calls) == 1, f"named tool call: {r.choices[0]}")
+    check(calls[0].function.name == "get_weather", "named call's function")
+    jsonschema.validate(json.loads(calls[0].function.arguments), params)
+    check(True, f"named call's arguments validate: {calls[0].function.arguments}")
+    # `required`, streamed: the call arrives as tool_calls deltas.
+    stream = client.chat.completions.create(
+        model=model, messages=ask, max_tokens=80, temperature=0, tools=[WEATHER], tool_choice="required", stream=True,
+    )
+    deltas, finish = [], None
+    for chunk in stream:
+        for ch in chunk.choices:
+            deltas.extend(ch.delta.tool_calls or [])
+            finish = ch.finish_reason or finish
+    check(finish == "tool_calls" and deltas and deltas[0].function.name == "get_weather", f"streamed tool-call deltas: {deltas}")
+    args = "".join(d.function.arguments or "" for d in deltas)
+    jsonschema.validate(json.loads(args), params)
+    check(True, "streamed call's arguments validate")
+    # `auto`: free generation; after one worked example (an earlier turn's call, rendered back
+    # through the template as a <tool_call> block) the model answers in the Hermes format, and
+    # the server parses the call out of the text.
+    history = [
+        {"role": "user", "content": "What is the weather in Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": json.dumps({"city": "Rome", "unit": "celsius"})}}]},
+        {"role": "user", "content": "What is the weather in Paris?"},
+    ]
+    r = client.chat.completions.create(model=model, messages=history, max_tokens=60, temperature=0, tools=[WEATHER])
+    calls = r.choices[0].message.tool_calls or []
+    check(len(calls) == 1 and calls[0].function.name == "get_weather", f"auto tool call parsed: {r.choices[0].message}")
+    check(json.loads(calls[0].function.arguments).get("city") == "Paris", f"auto call's city: {calls[0].function.arguments}")
+    try:
+        client.completions.create(model=model, prompt="hi", max_tokens=2, extra_body={"tools": [WEATHER]})
+        check(False, "tools on completions are refused")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400, f"tools on completions -> 400: {e}")
 
 
 def scrape(root):

@@ -55,6 +55,10 @@ pub struct ScheduledSeq {
     /// Range into [`SchedulerOutput::banned_ids`]: tokens the sampler must not pick this step
     /// (EOS and stop tokens of a request below its `min_tokens`). Empty for most sequences.
     pub banned: Range<usize>,
+    /// Range into [`SchedulerOutput::allowed_words`]: structured output's token mask for this
+    /// sample (bit `t % 32` of word `t / 32` set = token `t` allowed; tokens past the mask are
+    /// not). Empty: unconstrained. The scheduler leaves it empty; the engine fills it.
+    pub allowed: Range<usize>,
 }
 
 /// Stands in `token_ids` for a token still being sampled on the device.
@@ -76,6 +80,7 @@ impl ScheduledSeq {
             feeds_last_sample: false,
             context: 0..0,
             banned: 0..0,
+            allowed: 0..0,
         }
     }
 
@@ -118,6 +123,8 @@ pub struct SchedulerOutput {
     pub num_batched_tokens: usize,
     /// All banned tokens, concatenated in `seqs` order (see [`ScheduledSeq::banned`]).
     pub banned_ids: Vec<TokenId>,
+    /// All token masks, concatenated (see [`ScheduledSeq::allowed`]).
+    pub allowed_words: Vec<u32>,
 }
 
 impl SchedulerOutput {
@@ -150,6 +157,11 @@ impl SchedulerOutput {
     /// The tokens `seq` must not sample this step.
     pub fn banned(&self, seq: &ScheduledSeq) -> &[TokenId] {
         self.banned_ids.get(seq.banned.clone()).unwrap_or_default()
+    }
+
+    /// The token mask of `seq`'s sample, if constrained (see [`ScheduledSeq::allowed`]).
+    pub fn allowed(&self, seq: &ScheduledSeq) -> Option<&[u32]> {
+        self.allowed_words.get(seq.allowed.clone()).filter(|m| !m.is_empty())
     }
 
     /// The block table of `seq`.

@@ -73,6 +73,10 @@ pub struct SamplingParams {
     pub min_tokens: usize,
     /// Carried untouched to the executor.
     pub sampler: SamplerParams,
+    /// Structured output: the driver fills a token mask for every sample
+    /// ([`crate::ScheduledSeq::allowed`]) from the request's tokens so far, so the request is
+    /// never scheduled with a placeholder (async scheduling) whose token it would not know.
+    pub structured: bool,
 }
 
 impl Default for SamplingParams {
@@ -83,6 +87,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             min_tokens: 0,
             sampler: SamplerParams::default(),
+            structured: false,
         }
     }
 }

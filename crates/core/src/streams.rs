@@ -5,7 +5,10 @@
 //! back into one batch. Here the step is scheduled once, under one budget, and only then
 //! partitioned: the micro-batches together never feed more than `max_num_batched_tokens`, and
 //! the CPU executor runs them at the same time, each on its own lane of cores (the tensor
-//! executor still runs a step fused; the simulator models the overlap).
+//! executor still runs a step fused; the simulator models the overlap). That is synchronised
+//! streams (`synchronize`, the default); without synchronisation each stream gets steps of its
+//! own as it frees up (`scheduler/stream_step.rs`), and the assignment below decides what a
+//! free stream takes there.
 //!
 //! Assignment strategies:
 //! - `RoundRobin`: sequence `i` goes to stream `i mod N`.
@@ -69,10 +72,13 @@ pub struct StreamConfig {
     pub min_requests_for_parallel: usize,
     /// Let prefill and decode share a stream under `Smart`.
     pub context_generation_fusion: bool,
-    /// Priority of the streams (CUDA: lower number = higher priority); passed to the executor.
+    /// Relative priority of the stream kinds (CUDA's sign: negative is higher). Below zero the
+    /// decode streams of `Smart` are favoured, above zero the prefill streams; on the CPU the
+    /// other kind's lanes run at a lower OS priority (niceness `|priority|`). 0: all equal.
     pub stream_priority: i32,
-    /// Wait for every stream at the end of a step. When off, the executor may return as soon
-    /// as sampling is done and let the next step's CPU work overlap the remaining device work.
+    /// Synchronised: a step's micro-batches start together and the step ends when every
+    /// stream has finished. Off: each stream is given its own steps as soon as it is free
+    /// (`Scheduler::schedule_stream`), without waiting for the others.
     pub synchronize: bool,
 }
 

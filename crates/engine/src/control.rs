@@ -7,11 +7,12 @@ use tandem_core::{BatchingKind, FinishReason, NewRequest, RequestId, StreamConfi
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::EngineError;
+use crate::grammar::Constraint;
 use crate::handle::{PromptCached, RequestEvent};
 
 /// Messages to the step loop.
 pub(crate) enum Control {
-    Add(NewRequest, UnboundedSender<RequestEvent>, PromptCached),
+    Add(NewRequest, UnboundedSender<RequestEvent>, PromptCached, Option<Box<Constraint>>),
     Abort(RequestId),
     Finish(RequestId, FinishReason),
     SetBatching(BatchingKind, mpsc::Sender<Result<(), EngineError>>),

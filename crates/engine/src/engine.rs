@@ -97,7 +97,18 @@ impl Engine {
     /// Submits a request (its `arrival` is overwritten with now). Fails at once with
     /// `QueueFull` when the bounded queue is full; scheduler refusals arrive as the handle's
     /// first event.
-    pub fn submit(&self, mut req: NewRequest) -> Result<RequestHandle, EngineError> {
+    pub fn submit(&self, req: NewRequest) -> Result<RequestHandle, EngineError> {
+        self.submit_constrained(req, None)
+    }
+
+    /// [`Self::submit`] with structured output: every token is sampled under `constraint`'s
+    /// mask, which the engine advances with each token.
+    pub fn submit_constrained(
+        &self,
+        mut req: NewRequest,
+        constraint: Option<crate::grammar::Constraint>,
+    ) -> Result<RequestHandle, EngineError> {
+        req.params.structured = constraint.is_some();
         let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.max_queued {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
@@ -107,7 +118,7 @@ impl Engine {
         let id = req.id;
         let (tx, rx) = unbounded_channel();
         let cached = Arc::new(AtomicUsize::new(usize::MAX));
-        if self.control.send(Control::Add(req, tx, cached.clone())).is_err() {
+        if self.control.send(Control::Add(req, tx, cached.clone(), constraint.map(Box::new))).is_err() {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(EngineError::NotRunning);
         }

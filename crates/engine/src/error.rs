@@ -29,6 +29,9 @@ pub enum EngineError {
     /// Loading a model failed.
     #[error("cannot load model `{model}`: {reason}")]
     Load { model: String, reason: String },
+    /// A structured-output grammar (JSON schema, regex, choice, Lark) cannot be used.
+    #[error("invalid grammar: {0}")]
+    Grammar(String),
 }
 
 impl EngineError {
@@ -44,6 +47,7 @@ impl EngineError {
             EngineError::Context(tandem_core::contexts::ContextError::Unknown(_)) => "model_not_found",
             EngineError::Context(_) => "model_unavailable",
             EngineError::Load { .. } => "model_load_failed",
+            EngineError::Grammar(_) => "invalid_grammar",
         }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tandem_core::{FinishReason, NewRequest, RequestId, StopCause, TokenId, TokenLogprobs};
 
 use crate::error::EngineError;
+use crate::grammar::{GrammarSpec, Grammars};
 use crate::handle::{RequestEvent, RequestHandle};
 use crate::registry::ModelLease;
 use crate::text::TokenText;
@@ -38,8 +39,29 @@ pub enum GenerationEvent {
     Failed(EngineError),
 }
 
+/// Structured output for a [`Generation`]: the grammar and the compiler it is compiled with
+/// (kept, so a requeue after an eviction starts a fresh constraint and replays the tokens
+/// generated so far through it).
+#[derive(Debug, Clone)]
+pub struct Structured {
+    pub grammars: Arc<Grammars>,
+    pub spec: GrammarSpec,
+}
+
+impl Structured {
+    /// A fresh constraint advanced over `generated`.
+    fn constraint(&self, generated: &[TokenId]) -> Result<crate::grammar::Constraint, EngineError> {
+        let mut c = self.grammars.compile(&self.spec).map_err(|e| EngineError::Grammar(e.to_string()))?;
+        for &t in generated {
+            c.consume(t);
+        }
+        Ok(c)
+    }
+}
+
 /// One request on a model, as text.
 pub struct Generation {
+    structured: Option<Structured>,
     model: Arc<ModelLease>,
     /// The request as first submitted (prompt, `max_tokens` in `params`).
     request: NewRequest,
@@ -62,8 +84,21 @@ enum Step {
 impl Generation {
     /// Submits `request` to `model`'s engine; `stop` strings end it.
     pub fn start(model: Arc<ModelLease>, request: NewRequest, stop: Vec<String>) -> Result<Self, EngineError> {
-        let handle = model.engine.submit(request.clone())?;
+        Self::start_structured(model, request, stop, None)
+    }
+
+    /// [`Self::start`], the output constrained by `structured` (a grammar that cannot compile is
+    /// [`EngineError::Grammar`]).
+    pub fn start_structured(
+        model: Arc<ModelLease>,
+        request: NewRequest,
+        stop: Vec<String>,
+        structured: Option<Structured>,
+    ) -> Result<Self, EngineError> {
+        let constraint = structured.as_ref().map(|s| s.constraint(&[])).transpose()?;
+        let handle = model.engine.submit_constrained(request.clone(), constraint)?;
         Ok(Self {
+            structured,
             model,
             request,
             generated: Vec::new(),
@@ -186,7 +221,11 @@ impl Generation {
         r.params.max_tokens = self.request.params.max_tokens.saturating_sub(self.generated.len()).max(1);
         // A continuation samples on from where the evicted request stopped.
         r.params.sampler.stream_offset = self.request.params.sampler.stream_offset + self.generated.len();
-        match lease.engine.submit(r) {
+        let constraint = match self.structured.as_ref().map(|s| s.constraint(&self.generated)).transpose() {
+            Ok(c) => c,
+            Err(e) => return Some(self.fail(e)),
+        };
+        match lease.engine.submit_constrained(r, constraint) {
             Ok(h) => {
                 self.first_cached = self.first_cached.or_else(|| self.handle.prompt_cached_tokens());
                 self.handle = h;

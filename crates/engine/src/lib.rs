@@ -20,6 +20,7 @@ mod engine;
 mod error;
 mod gate;
 mod generation;
+mod grammar;
 mod handle;
 pub mod metrics;
 mod process;
@@ -32,7 +33,8 @@ pub use build::{BuildError, DeviceKind, DeviceLoader, ModelSource, Running, Sizi
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;
 pub use gate::{FairDevice, GateHandle};
-pub use generation::{Generation, GenerationEvent};
+pub use generation::{Generation, GenerationEvent, Structured};
+pub use grammar::{Constraint, GrammarError, GrammarSpec, Grammars};
 pub use handle::{RequestEvent, RequestHandle};
 pub use metrics::{Histogram, RequestMetrics};
 pub use process::ProcessUsage;

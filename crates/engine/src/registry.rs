@@ -34,11 +34,22 @@ pub struct ServedModel {
     /// One line saying what runs (for logs).
     pub describe: String,
     evicted: AtomicBool,
+    /// Structured output's grammar compiler for this tokenizer, built on first use.
+    grammars: std::sync::OnceLock<Result<Arc<crate::Grammars>, String>>,
 }
 
 impl ServedModel {
     pub fn new(name: String, engine: Engine, tokenizer: TextTokenizer, max_model_len: usize, describe: String) -> Self {
-        Self { name, engine, tokenizer, max_model_len, describe, evicted: AtomicBool::new(false) }
+        let grammars = std::sync::OnceLock::new();
+        Self { name, engine, tokenizer, max_model_len, describe, evicted: AtomicBool::new(false), grammars }
+    }
+
+    /// The grammar compiler for this model's tokenizer (built once, ~0.1 s for a 49k vocabulary).
+    pub fn grammars(&self) -> Result<Arc<crate::Grammars>, EngineError> {
+        self.grammars
+            .get_or_init(|| crate::Grammars::new(&self.tokenizer).map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(EngineError::Grammar)
     }
 
     /// Whether the registry evicted this instance (its engine is stopping; acquire the model

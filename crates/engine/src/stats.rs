@@ -48,6 +48,10 @@ pub struct EngineStats {
     pub cpu_hidden: Duration,
     /// Device time of all steps.
     pub device_time: Duration,
+    /// Structured output: token masks computed, and the time spent on them (on the loop
+    /// thread, between scheduling a step and launching it).
+    pub grammar_masks: u64,
+    pub grammar_mask_time: Duration,
     pub batching: String,
     /// The parallel-stream settings in force.
     pub streams: tandem_core::StreamConfig,

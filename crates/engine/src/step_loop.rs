@@ -22,6 +22,7 @@ use crate::control::Control;
 use crate::device::{DeviceResult, DeviceWorker};
 use crate::engine::{lock, Shared};
 use crate::error::EngineError;
+use crate::grammar::Constraint;
 use crate::handle::{PromptCached, RequestEvent};
 use crate::metrics::Timeline;
 use crate::stats::StatsAccumulator;
@@ -31,6 +32,8 @@ struct Tracked {
     events: UnboundedSender<RequestEvent>,
     timeline: Timeline,
     cached: PromptCached,
+    /// Structured output's grammar state.
+    constraint: Option<Box<Constraint>>,
 }
 
 /// A step handed to the device worker (or answered at once when empty).
@@ -47,6 +50,8 @@ struct PendingStats {
     cpu_hidden: Duration,
     waits: Vec<Duration>,
     accepted: u64,
+    masks: u64,
+    mask_time: Duration,
 }
 
 pub(crate) struct StepLoop {
@@ -130,7 +135,9 @@ impl StepLoop {
     fn launch_synchronised(&mut self) -> bool {
         let mut launched = false;
         while self.inflight.len() < self.depth {
-            let out = Arc::new(self.sched.schedule(self.now()));
+            let mut out = self.sched.schedule(self.now());
+            self.fill_masks(&mut out);
+            let out = Arc::new(out);
             self.note_started(&out);
             let empty = out.is_empty();
             if !empty && !self.device.run(out.clone()) {
@@ -159,7 +166,9 @@ impl StepLoop {
             if !self.sched.stream_is_free(stream) {
                 continue;
             }
-            let out = Arc::new(self.sched.schedule_stream(self.now(), stream));
+            let mut out = self.sched.schedule_stream(self.now(), stream);
+            self.fill_masks(&mut out);
+            let out = Arc::new(out);
             self.note_started(&out);
             if out.is_empty() {
                 self.apply(out, Ok(ModelOutput::default()));
@@ -205,6 +214,28 @@ impl StepLoop {
         while self.inflight.front().is_some_and(|f| !f.on_device) {
             if let Some(f) = self.inflight.pop_front() {
                 self.apply(f.out, Ok(ModelOutput::default()));
+            }
+        }
+    }
+
+    /// Structured output: the token mask of every constrained sample of `out`, from the
+    /// request's grammar state (its tokens so far are all known: a constrained request never
+    /// has a placeholder).
+    fn fill_masks(&mut self, out: &mut tandem_core::SchedulerOutput) {
+        for i in 0..out.seqs.len() {
+            let s = &out.seqs[i];
+            if !s.sample {
+                continue;
+            }
+            let Some(c) = self.requests.get_mut(&s.id).and_then(|t| t.constraint.as_mut()) else { continue };
+            let started = std::time::Instant::now();
+            let mask = c.mask();
+            self.pending.mask_time += started.elapsed();
+            self.pending.masks += 1;
+            if let Some(mask) = mask {
+                let w0 = out.allowed_words.len();
+                out.allowed_words.extend_from_slice(&mask);
+                out.seqs[i].allowed = w0..out.allowed_words.len();
             }
         }
     }
@@ -255,12 +286,12 @@ impl StepLoop {
 
     fn handle(&mut self, msg: Control) {
         match msg {
-            Control::Add(req, events, cached) => {
+            Control::Add(req, events, cached, constraint) => {
                 let id = req.id;
                 let timeline = Timeline { arrival: req.arrival, prompt_len: req.prompt.len(), ..Timeline::default() };
                 match self.sched.add_request(req) {
                     Ok(()) => {
-                        self.requests.insert(id, Tracked { events, timeline, cached });
+                        self.requests.insert(id, Tracked { events, timeline, cached, constraint });
                         self.pending.accepted += 1;
                     }
                     Err(e) => {
@@ -356,6 +387,8 @@ impl StepLoop {
         st.snapshot.cpu_time += p.cpu;
         st.snapshot.cpu_hidden += p.cpu_hidden;
         st.snapshot.total_requests += p.accepted;
+        st.snapshot.grammar_masks += p.masks;
+        st.snapshot.grammar_mask_time += p.mask_time;
         for w in p.waits {
             st.record_wait(w);
         }
@@ -400,6 +433,9 @@ impl StepLoop {
             let Some(t) = self.requests.get_mut(&d.id) else { continue };
             let mut gone = false;
             if let Some(tok) = d.token {
+                if let Some(c) = t.constraint.as_mut() {
+                    c.consume(tok);
+                }
                 if let Some(lp) = logprobs.remove(&d.id).filter(|lp| lp.token == tok) {
                     gone |= t.events.send(RequestEvent::Logprobs(lp)).is_err();
                 }

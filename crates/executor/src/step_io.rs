@@ -159,8 +159,9 @@ impl SamplingState {
             let row = rows.next().ok_or_else(|| ExecError::Device("missing logits row".into()))?;
             let seed = self.nonce ^ s.id.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
             let banned = out.banned(s);
-            let tok = match (&history, banned.is_empty()) {
-                (None, true) => sample(row, &s.sampler, s.num_generated, seed),
+            let allowed = out.allowed(s);
+            let tok = match (&history, banned.is_empty(), allowed) {
+                (None, true, None) => sample(row, &s.sampler, s.num_generated, seed),
                 _ => {
                     let mut adjusted = match &history {
                         Some(h) => penalize(row, &s.sampler, h),
@@ -171,6 +172,9 @@ impl SamplingState {
                         if let Some(x) = adjusted.get_mut(b as usize) {
                             *x = f32::NEG_INFINITY;
                         }
+                    }
+                    if let Some(mask) = allowed {
+                        apply_mask(&mut adjusted, mask);
                     }
                     sample(&adjusted, &s.sampler, s.num_generated, seed)
                 }
@@ -183,6 +187,21 @@ impl SamplingState {
             }
         }
         Ok(ModelOutput { sampled, logprobs, ..ModelOutput::default() })
+    }
+}
+
+/// Structured output: every token the mask does not allow (bit `t % 32` of word `t / 32`;
+/// tokens past the mask are not allowed) gets −∞. A mask that allows none of the logits' tokens
+/// is ignored rather than leaving nothing to sample.
+fn apply_mask(logits: &mut [f32], mask: &[u32]) {
+    let allowed = |t: usize| mask.get(t / 32).is_some_and(|w| w >> (t % 32) & 1 == 1);
+    if !(0..logits.len()).any(allowed) {
+        return;
+    }
+    for (t, x) in logits.iter_mut().enumerate() {
+        if !allowed(t) {
+            *x = f32::NEG_INFINITY;
+        }
     }
 }
 
@@ -221,6 +240,19 @@ fn penalize(logits: &[f32], p: &SamplerParams, h: &PenaltyHistory) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mask_leaves_only_its_tokens() {
+        // Word 0 = 0b1010: tokens 1 and 3 allowed; token 33 (word 1, bit 1) too.
+        let mut l = vec![1.0; 40];
+        apply_mask(&mut l, &[0b1010, 0b10]);
+        let live: Vec<usize> = (0..40).filter(|&t| l[t].is_finite()).collect();
+        assert_eq!(live, vec![1, 3, 33]);
+        // A mask allowing nothing present is ignored.
+        let mut l = vec![1.0; 4];
+        apply_mask(&mut l, &[0b1_0000]);
+        assert!(l.iter().all(|x| x.is_finite()));
+    }
 
     #[test]
     fn penalties_follow_vllms_arithmetic() {

@@ -86,6 +86,9 @@ impl From<EngineError> for ApiError {
                 ApiError::NotFound(format!("model `{m}` does not exist"))
             }
             e @ (EngineError::Context(_) | EngineError::Load { .. }) => ApiError::ModelUnavailable(e.to_string()),
+            EngineError::Grammar(m) => {
+                ApiError::Invalid { message: format!("invalid grammar: {m}"), param: Some("response_format") }
+            }
         }
     }
 }

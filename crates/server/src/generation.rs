@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_core::NewRequest;
-use tandem_engine::{Generation, GenerationEvent, ModelLease};
+use tandem_engine::{Generation, GenerationEvent, ModelLease, Structured};
 
 use crate::error::ApiError;
 use crate::openai::GenRequest;
@@ -71,7 +71,13 @@ impl Choice {
         r.priority = req.priority;
         Ok(Self {
             index,
-            generation: Generation::start(Arc::clone(model), r, req.stop.clone())?,
+            generation: {
+                let structured = match &req.grammar {
+                    Some(spec) => Some(Structured { grammars: model.grammars()?, spec: spec.clone() }),
+                    None => None,
+                };
+                Generation::start_structured(Arc::clone(model), r, req.stop.clone(), structured)?
+            },
             prompt_tokens: req.prompt.len(),
             started: Instant::now(),
             first_token: None,

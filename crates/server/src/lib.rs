@@ -16,7 +16,9 @@ mod metrics;
 mod openai;
 mod routes;
 mod state;
+mod structured;
 mod tokenize;
+mod tools;
 
 use std::future::Future;
 use std::sync::Arc;

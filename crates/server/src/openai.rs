@@ -64,12 +64,21 @@ pub struct Common {
     pub min_p: Option<f64>,
     /// Extension (vLLM): share prefix-cache blocks only with requests of the same salt.
     pub cache_salt: Option<String>,
+    /// Structured output (`structured.rs`): OpenAI's `response_format`, vLLM's
+    /// `structured_outputs` and its older `guided_*` fields.
+    pub response_format: Option<serde_json::Value>,
+    pub structured_outputs: Option<serde_json::Value>,
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<serde_json::Value>,
+    pub guided_choice: Option<serde_json::Value>,
+    pub guided_grammar: Option<serde_json::Value>,
     // OpenAI features tandem does not implement: accepted when inactive (null, false, 0, empty,
     // as clients often send defaults), refused with a 400 naming them otherwise — never
     // silently ignored.
     pub logit_bias: Option<serde_json::Value>,
+    /// Chat only (`tools.rs`); refused on completions.
     pub tools: Option<serde_json::Value>,
-    pub response_format: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
     pub echo: Option<bool>,
     pub suffix: Option<String>,
 }
@@ -101,6 +110,9 @@ pub struct ChatMessageIn {
     /// text-only); null for an assistant turn without text.
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// An assistant turn's calls (rendered back as `<tool_call>` blocks).
+    #[serde(default)]
+    pub tool_calls: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +181,10 @@ pub struct GenRequest {
     pub priority: i32,
     /// Log-probabilities of each token with this many alternatives (`None`: not asked).
     pub logprobs: Option<u8>,
+    /// Structured output: the grammar every choice's text must match.
+    pub grammar: Option<tandem_engine::GrammarSpec>,
+    /// Chat with tools offered: answers are parsed for `<tool_call>` blocks.
+    pub tools: bool,
 }
 
 /// Most alternatives `top_logprobs` / `logprobs` may ask for (OpenAI's limit).
@@ -182,9 +198,21 @@ pub const MAX_PROMPTS: usize = 64;
 pub const MAX_CHOICES: usize = 256;
 
 /// Chat messages as the tokenizer's template takes them (content parts joined; a non-text part
-/// is a 400).
+/// is a 400). Tool turns in the Hermes format: an assistant's `tool_calls` as `<tool_call>`
+/// blocks, a `tool` result as a user turn holding a `<tool_response>` (as Qwen2.5's template).
 pub fn chat_messages(msgs: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
-    msgs.iter().map(|m| Ok(ChatMessage::new(&m.role, &m.text()?))).collect()
+    msgs.iter()
+        .map(|m| {
+            let text = m.text()?;
+            Ok(match m.role.as_str() {
+                "assistant" if m.tool_calls.is_some() => {
+                    ChatMessage::new("assistant", &crate::tools::assistant_text(&text, m.tool_calls.as_ref()))
+                }
+                "tool" => ChatMessage::new("user", &crate::tools::tool_response_text(&text)),
+                role => ChatMessage::new(role, &text),
+            })
+        })
+        .collect()
 }
 
 /// Parses a JSON body, turning serde's message into a 400.
@@ -196,14 +224,8 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 impl Common {
     /// A 400 for an OpenAI feature that is asked for but not implemented.
     pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        let text_format = match &self.response_format {
-            None | Some(serde_json::Value::Null) => true,
-            Some(v) => v.get("type").and_then(|t| t.as_str()) == Some("text"),
-        };
-        let asked: [(&'static str, bool); 5] = [
+        let asked: [(&'static str, bool); 3] = [
             ("logit_bias", active(&self.logit_bias)),
-            ("tools", active(&self.tools)),
-            ("response_format", !text_format),
             ("echo", self.echo == Some(true)),
             ("suffix", self.suffix.as_ref().is_some_and(|s| !s.is_empty())),
         ];
@@ -326,6 +348,8 @@ impl Common {
             stop_token_ids,
             min_tokens,
             cache_salt: self.cache_salt.clone(),
+            grammar: crate::structured::grammar(self)?,
+            tools: false,
             n,
             stream: self.stream.unwrap_or(false),
             include_usage: self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
@@ -390,8 +414,8 @@ mod tests {
             (r#"{"frequency_penalty": -3}"#, "frequency_penalty"),
             (r#"{"repetition_penalty": 0}"#, "repetition_penalty"),
             (r#"{"logit_bias": {"50256": -100}}"#, "logit_bias"),
-            (r#"{"tools": [{"type": "function"}]}"#, "tools"),
-            (r#"{"response_format": {"type": "json_object"}}"#, "response_format"),
+            (r#"{"response_format": {"type": "yaml"}}"#, "response_format"),
+            (r#"{"structured_outputs": {"json": 3}}"#, "structured_outputs"),
             (r#"{"echo": true}"#, "echo"),
             (r#"{"suffix": "x"}"#, "suffix"),
         ] {

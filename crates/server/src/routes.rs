@@ -298,6 +298,9 @@ fn encode(m: &ModelLease, text: &str) -> Result<Vec<u32>, ApiError> {
 pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: CompletionBody = parse(&body(b)?)?;
     req.common.refuse_unsupported()?;
+    if crate::tools::parse(req.common.tools.as_ref(), req.common.tool_choice.as_ref())?.is_some() {
+        return Err(ApiError::invalid("tools", "tools are for /v1/chat/completions"));
+    }
     let m = model_for(&s, &req.common).await?;
     // One prompt, or a batch (strings or token lists) as OpenAI and vLLM accept: choice i of
     // the response is prompt i / n, its choice i % n.
@@ -327,11 +330,53 @@ pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
-    let messages = chat_messages(&req.messages)?;
+    let mut messages = chat_messages(&req.messages)?;
+    let tools = crate::tools::parse(req.common.tools.as_ref(), req.common.tool_choice.as_ref())?.filter(|t| t.active());
+    if let Some(t) = &tools {
+        // The functions go in the system turn, as Qwen2.5's template puts them.
+        match messages.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{}", first.content, t.system_text())
+            }
+            _ => messages.insert(0, tandem_executor::text::ChatMessage::new("system", &t.system_text())),
+        }
+    }
     let m = model_for(&s, &req.common).await?;
     let text = m.tokenizer.apply_chat_template(&messages).map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let g = req.common.validate(encode(&m, &text)?, m.max_model_len)?;
+    let mut g = req.common.validate(encode(&m, &text)?, m.max_model_len)?;
+    if let Some(grammar) = tools.as_ref().and_then(|t| t.grammar()) {
+        if g.grammar.is_some() {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "a required or named tool call cannot also have a response_format",
+            ));
+        }
+        g.grammar = Some(grammar);
+    }
+    g.tools = tools.is_some();
     respond(s, m, vec![g], true).await
+}
+
+/// A chat message for a finished choice: its calls (if tools were offered and it made any) as
+/// OpenAI's `tool_calls`, with finish reason `tool_calls`.
+fn chat_message(text: &str, finish: &str, tools: bool, response: &str, index: usize) -> (serde_json::Value, String) {
+    let (content, calls) = if tools { crate::tools::split_calls(text) } else { (text.to_string(), Vec::new()) };
+    if calls.is_empty() {
+        return (json!({"role": "assistant", "content": text}), finish.to_string());
+    }
+    let content = if content.is_empty() { serde_json::Value::Null } else { json!(content) };
+    let calls: Vec<_> = calls.iter().enumerate().map(|(i, c)| call_json(c, response, index, i, true)).collect();
+    (json!({"role": "assistant", "content": content, "tool_calls": calls}), "tool_calls".to_string())
+}
+
+/// One call in OpenAI's shape (`index` only in stream deltas), its id unique by the response's.
+fn call_json(c: &crate::tools::ToolCall, response: &str, choice: usize, i: usize, whole: bool) -> serde_json::Value {
+    let id = format!("call-{}-{choice}-{i}", response.rsplit('-').next().unwrap_or(response));
+    let mut v = json!({"id": id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}});
+    if !whole {
+        v["index"] = json!(i);
+    }
+    v
 }
 
 /// Runs every choice of `gens` (one request per prompt, all with the same options).
@@ -366,7 +411,8 @@ async fn respond(
         }
         let logprobs = g.logprobs.map(|_| logprobs_json(&c.logprobs, chat, 0));
         out.push(if chat {
-            json!({"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs, "finish_reason": c.finish})
+            let (message, finish) = chat_message(&c.text, c.finish, g.tools, &id, c.index);
+            json!({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": finish})
         } else {
             json!({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish})
         });
@@ -436,39 +482,64 @@ fn stream_response(
     let generated = Arc::new(AtomicUsize::new(0));
     let cached = Arc::new(AtomicUsize::new(0));
     let n = g.n.max(1);
+    let tools = chat && g.tools;
     let created = now_secs();
     let object = if chat { "chat.completion.chunk" } else { "text_completion" };
     let per_choice = choices.into_iter().map(|c| {
         // Token and cached-prompt counters shared by every choice, for the usage chunk.
         let counters = (generated.clone(), cached.clone());
-        // (choice, (state, counters), first chunk, text length so far for completions' text_offset)
-        stream::unfold((c, counters, true, 0usize), move |(mut c, counters, first, offset)| async move {
-            let (generated, cached) = &counters;
-            let before = c.tokens();
-            let d = c.next().await?;
-            generated.fetch_add(c.tokens() - before, Ordering::Relaxed);
-            if c.index % n == 0 && d.as_ref().is_ok_and(|d| d.finish.is_some()) {
-                cached.fetch_add(c.prompt_cached_tokens(), Ordering::Relaxed);
-            }
-            let next_offset = offset + d.as_ref().map_or(0, |d| d.text.len());
-            let item = d.map(|d| (c.index, d, first, offset));
-            Some((item, (c, counters, false, next_offset)))
-        })
+        // With tools: text that may be a call is held back and parsed at the end.
+        let calls = tools.then(crate::tools::ToolStream::default);
+        // (choice, (state, counters), first chunk, text length so far for completions'
+        // text_offset, the tool-call parser)
+        stream::unfold(
+            (c, counters, true, 0usize, calls),
+            move |(mut c, counters, first, offset, mut calls)| async move {
+                let (generated, cached) = &counters;
+                let before = c.tokens();
+                let d = c.next().await?;
+                generated.fetch_add(c.tokens() - before, Ordering::Relaxed);
+                if c.index % n == 0 && d.as_ref().is_ok_and(|d| d.finish.is_some()) {
+                    cached.fetch_add(c.prompt_cached_tokens(), Ordering::Relaxed);
+                }
+                let d = d.map(|mut d| {
+                    let mut found = Vec::new();
+                    if let Some(ts) = calls.as_mut() {
+                        d.text = ts.push(&d.text);
+                        if d.finish.is_some() {
+                            let (rest, parsed) = ts.finish();
+                            d.text.push_str(&rest);
+                            found = parsed;
+                        }
+                    }
+                    (d, found)
+                });
+                let next_offset = offset + d.as_ref().map_or(0, |d| d.0.text.len());
+                let item = d.map(|(d, found)| (c.index, d, first, offset, found));
+                Some((item, (c, counters, false, next_offset, calls)))
+            },
+        )
         .boxed()
     });
     let want_logprobs = g.logprobs.is_some();
     let (id2, model2) = (id.clone(), model.clone());
     let chunks = stream::select_all(per_choice).map(move |item| {
         let data = match item {
-            Ok((index, d, first, offset)) => {
+            Ok((index, d, first, offset, calls)) => {
                 let logprobs = want_logprobs.then(|| logprobs_json(&d.logprobs, chat, offset));
                 let choice = if chat {
-                    let delta = if first {
+                    let mut delta = if first {
                         json!({"role": "assistant", "content": d.text})
                     } else {
                         json!({"content": d.text})
                     };
-                    json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish})
+                    let mut finish = d.finish.map(str::to_string);
+                    if !calls.is_empty() {
+                        delta["tool_calls"] =
+                            calls.iter().enumerate().map(|(i, c)| call_json(c, &id, index, i, false)).collect();
+                        finish = Some("tool_calls".into());
+                    }
+                    json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
                 } else {
                     json!({"index": index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish})
                 };

@@ -179,7 +179,7 @@ impl Scheduler {
         let remaining = seq.num_known() - seq.num_computed;
         match seq.pending_samples {
             0 => remaining,
-            1 if remaining == 1 && seq.num_known() < seq.max_len => 1,
+            1 if remaining == 1 && seq.num_known() < seq.max_len && !seq.params.structured => 1,
             _ => 0,
         }
     }
@@ -508,6 +508,7 @@ impl Scheduler {
                 feeds_last_sample: placeholder,
                 context,
                 banned,
+                allowed: 0..0,
             });
             if stream.is_some() {
                 seq.stream_step = Some(step);

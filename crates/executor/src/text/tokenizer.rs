@@ -188,6 +188,11 @@ impl TextTokenizer {
         self.tok.decode(&[id], false).unwrap_or_default()
     }
 
+    /// The tokenizer as HF `tokenizer.json` text (for libraries that read that format).
+    pub fn to_json(&self) -> Result<String, String> {
+        self.tok.to_string(false).map_err(|e| e.to_string())
+    }
+
     /// Writes the tokenizer as an HF `tokenizer.json`.
     pub fn save_json(&self, path: &Path) -> Result<(), ExecError> {
         self.tok.save(path, false).map_err(tk)
