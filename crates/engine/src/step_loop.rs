@@ -5,7 +5,8 @@
 //! each result is applied as soon as its stream finishes, in whatever order they finish. With an executor that
 //! fills placeholders (async scheduling), up to two steps are in flight: while the device runs
 //! step N, the loop applies step N−1's results and schedules step N+1 — the CPU time spent so
-//! is reported as hidden (vLLM's async scheduling). An executor failure fails the step's
+//! is reported as hidden (vLLM's async scheduling); not while a structured-output request runs
+//! (its next mask needs its last token). An executor failure fails the step's
 //! requests and the loop goes on. The shared statistics are locked once per step.
 
 use std::collections::VecDeque;
@@ -134,7 +135,12 @@ impl StepLoop {
     /// scheduling), each step's micro-batches run together. Returns whether it launched any.
     fn launch_synchronised(&mut self) -> bool {
         let mut launched = false;
-        while self.inflight.len() < self.depth {
+        // Structured output needs each sample before its next mask: while a constrained request
+        // runs, one step at a time — a second step in flight would hold only the requests the
+        // first one lacks, splitting the batch into two half-size cohorts.
+        let constrained = self.requests.values().any(|t| t.constraint.is_some());
+        let depth = if constrained { 1 } else { self.depth };
+        while self.inflight.len() < depth {
             let mut out = self.sched.schedule(self.now());
             self.fill_masks(&mut out);
             let out = Arc::new(out);

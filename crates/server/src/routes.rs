@@ -147,6 +147,7 @@ pub async fn stats(
         "stream_utilisation": st.stream_utilisation,
         "cpu_time_ms": ms(st.cpu_time),
         "cpu_hidden_ms": ms(st.cpu_hidden),
+        "grammar_masks": st.grammar_masks, "grammar_mask_ms": ms(st.grammar_mask_time),
         "device_time_ms": ms(st.device_time),
         "peak_kv_usage": st.peak_kv_usage,
         "batching": st.batching,
