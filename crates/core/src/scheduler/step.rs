@@ -35,8 +35,10 @@ pub(super) struct Plan {
     max_entries: usize,
     /// What a sync-off stream step may take (`None`: a synchronised step takes anything).
     pick: Option<Pick>,
-    /// [`estimated_cost`] of the entries so far.
+    /// Estimated cost (`crate::streams::estimated_cost`) of the entries so far.
     cost: f64,
+    /// Prefill tokens of the entries so far.
+    prefill_tokens: usize,
     partial_prefills: usize,
     swap_out: Vec<(BlockId, HostBlockId)>,
     swap_in: Vec<(HostBlockId, BlockId)>,
@@ -56,8 +58,18 @@ pub(super) struct Pick {
     pub decode: bool,
     /// Budget a prefill chunk must leave for the decodes other streams will run meanwhile.
     pub reserve: usize,
-    /// Stop adding sequences once the step's estimated cost reaches this.
+    /// Stop adding decodes once the step's estimated cost reaches this.
     pub max_cost: f64,
+    /// Most prefill tokens the step may take, each from a request whose prompt left fits
+    /// whole (a decode stream's short prompts); `usize::MAX`: no limit.
+    pub max_prefill: usize,
+}
+
+impl Pick {
+    /// Any work, decodes up to `max_cost`.
+    pub(super) fn anything(max_cost: f64) -> Self {
+        Self { prefill: true, decode: true, reserve: 0, max_cost, max_prefill: usize::MAX }
+    }
 }
 
 impl Plan {
@@ -69,6 +81,7 @@ impl Plan {
         self.entries.push((slot, n, prefill));
         self.budget -= n;
         self.partial_prefills += prefill as usize;
+        self.prefill_tokens += if prefill { n } else { 0 };
         self.cost += n as f64 + (start_pos + n) as f64 / 32.0;
     }
 
@@ -77,10 +90,17 @@ impl Plan {
     fn takes(&self, prefill: bool) -> bool {
         match self.pick {
             None => true,
-            Some(p) => {
-                (if prefill { p.prefill } else { p.decode }) && (self.entries.is_empty() || self.cost < p.max_cost)
-            }
+            // A short-prompt allowance (decode streams) is apart from the cost share.
+            Some(p) if prefill && p.max_prefill != usize::MAX => p.prefill && self.prefill_tokens < p.max_prefill,
+            Some(p) if prefill => p.prefill && (self.entries.is_empty() || self.cost < p.max_cost),
+            Some(p) => p.decode && (self.entries.is_empty() || self.cost < p.max_cost),
         }
+    }
+
+    /// Whether a prefill of `remaining` tokens is within the pick's prefill limit (it must fit
+    /// whole when there is one).
+    fn fits_prefill(&self, remaining: usize) -> bool {
+        self.pick.is_none_or(|p| p.max_prefill == usize::MAX || self.prefill_tokens + remaining <= p.max_prefill)
     }
 
     /// Takes back `slot`'s entry, if it has one, returning its budget.
@@ -89,6 +109,7 @@ impl Plan {
             let (_, n, prefill) = self.entries.remove(i);
             self.budget += n;
             self.partial_prefills -= prefill as usize;
+            self.prefill_tokens -= if prefill { n } else { 0 };
             self.cost = (self.cost - n as f64).max(0.0); // the context term stays: an estimate
         }
     }
@@ -125,7 +146,7 @@ impl Scheduler {
         let device_idle = !self.inflight.iter().any(|f| f.busy);
         if plan.entries.is_empty() && plan.pick.is_some() && device_idle {
             // The stream's share was empty and no stream is busy: take anything.
-            plan.pick = Some(Pick { prefill: true, decode: true, reserve: 0, max_cost: f64::INFINITY });
+            plan.pick = Some(Pick::anything(f64::INFINITY));
             self.schedule_running(&mut plan, step);
             if !plan.kv_pressure {
                 self.admit_waiting(&mut plan, step, now, running_at_step_start);
@@ -191,7 +212,9 @@ impl Scheduler {
             let slot = self.running[i];
             let remaining = self.running_remaining(slot);
             let in_flight = self.seq(slot).stream_step.is_some();
-            let chunk = if in_flight || !plan.takes(remaining > 1) { None } else { self.chunk(remaining, plan) };
+            let prefill = remaining > 1;
+            let allowed = plan.takes(prefill) && (!prefill || plan.fits_prefill(remaining));
+            let chunk = if in_flight || !allowed { None } else { self.chunk(remaining, plan) };
             let Some(n) = chunk else {
                 i += 1;
                 continue;
@@ -239,7 +262,8 @@ impl Scheduler {
         while plan.budget > 0 && admitted < quota && plan.takes(true) {
             let Some(cand) = self.waiting.next_after(cursor) else { break };
             let prompt_len = self.seq(cand.slot).prompt_len;
-            if anchor.is_some_and(|a| !self.batching.joins(a, prompt_len)) {
+            let too_long = !plan.fits_prefill(self.seq(cand.slot).tokens.len());
+            if too_long || anchor.is_some_and(|a| !self.batching.joins(a, prompt_len)) {
                 skipped += 1;
                 if skipped > COALESCE_SCAN {
                     break;

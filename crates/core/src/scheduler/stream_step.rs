@@ -16,9 +16,11 @@
 //!
 //! What a free stream takes ([`Pick`]):
 //! - `Smart` (without fusion): the first half of the streams are prefill streams — prefill
-//!   chunks and admissions, each chunk leaving one token of budget per decode waiting to run —
-//!   and take a share of the decodes only when there is no prefill work; the others are decode
-//!   streams, which take prefill work only while nothing decodes anywhere (the first prompts).
+//!   chunks and admissions, each chunk leaving one token of budget per decode waiting to run
+//!   (and room for one short prompt) — and take a share of the decodes only when there is no
+//!   prefill work; the others are decode streams: their decodes plus short prompts (at most an
+//!   eighth of the budget, admitted whole), and any prefill work while nothing decodes anywhere
+//!   (the first prompts). Long prompts never delay a decode stream.
 //! - `RoundRobin`: anything, up to its share by count of the runnable work (runnable requests
 //!   over free streams, rounded up), so free streams split the work evenly.
 //! - `Balanced`: anything, up to its share of the runnable work's estimated cost
@@ -47,6 +49,8 @@ struct Runnable {
     waiting: usize,
     /// Some running request is decoding, here or in flight.
     decoding_anywhere: bool,
+    /// A waiting request's prompt is short enough for a decode stream.
+    short_waiting: bool,
 }
 
 impl Runnable {
@@ -92,7 +96,7 @@ impl Scheduler {
         if work.count() == 0 {
             return None;
         }
-        let anything = |max_cost: f64| Pick { prefill: true, decode: true, reserve: 0, max_cost };
+        let anything = Pick::anything;
         if work.count() + self.inflight_seqs() < cfg.min_requests_for_parallel {
             // Too little to go parallel: stream 0 alone, taking everything.
             return (stream == 0).then_some(anything(f64::INFINITY));
@@ -103,19 +107,26 @@ impl Scheduler {
             StreamAssignment::Smart if !cfg.context_generation_fusion && n >= 2 => {
                 let split = n.div_ceil(2);
                 let prefill_stream = stream < split;
-                let prefill_only =
-                    Pick { prefill: true, decode: false, reserve: work.decodes, max_cost: f64::INFINITY };
+                // A decode stream may admit a short prompt beside its decodes; the prefill
+                // stream leaves it the budget for one.
+                let short = self.short_prompt();
+                let reserve = work.decodes + if work.short_waiting { short } else { 0 };
+                let prefill_only = Pick { decode: false, reserve, ..anything(f64::INFINITY) };
                 // Free streams that would take decodes now, this one included.
                 let takers = free.iter().filter(|&&s| s >= split || !work.has_prefill_work()).count().max(1);
-                let decode_share =
-                    Pick { prefill: false, decode: true, reserve: 0, max_cost: work.decode_cost / takers as f64 };
+                let decode_share = Pick { prefill: false, ..anything(work.decode_cost / takers as f64) };
                 if prefill_stream && work.has_prefill_work() {
                     prefill_only
-                } else if prefill_stream || work.decoding_anywhere {
+                } else if prefill_stream {
                     if work.decodes == 0 {
                         return None;
                     }
                     decode_share
+                } else if work.decoding_anywhere {
+                    if work.decodes == 0 && !work.short_waiting {
+                        return None;
+                    }
+                    Pick { prefill: true, max_prefill: short, ..decode_share }
                 } else {
                     Pick { reserve: 0, ..prefill_only }
                 }
@@ -129,6 +140,12 @@ impl Scheduler {
             }
         };
         Some(pick)
+    }
+
+    /// Longest prompt a decode stream admits beside its decodes: an eighth of the budget, at
+    /// least a block (64 tokens at the default 512).
+    fn short_prompt(&self) -> usize {
+        (self.limits.max_num_batched_tokens / 8).max(self.cfg.block_size)
     }
 
     /// Sequences in sync-off steps in flight.
@@ -168,7 +185,9 @@ impl Scheduler {
         let mut cursor = None;
         while w.waiting < room {
             let Some(k) = self.waiting.next_after(cursor) else { break };
-            let fed = self.seq(k.slot).tokens.len().min(threshold);
+            let len = self.seq(k.slot).tokens.len();
+            w.short_waiting |= len <= self.short_prompt();
+            let fed = len.min(threshold);
             w.waiting += 1;
             w.prefill_cost += fed as f64 + fed as f64 / 32.0;
             cursor = Some(k);

@@ -794,6 +794,25 @@ mod streams {
     }
 
     #[test]
+    fn sync_off_smart_decode_stream_admits_a_short_prompt_beside_its_decodes() {
+        let mut s = sync_off(StreamAssignment::Smart);
+        s.add_request(req(1, 3, 8, 0)).unwrap();
+        let first = s.schedule_stream(t(0), 0);
+        answer(&mut s, &first, 7); // request 1 decodes from now on
+        s.add_request(req(2, 30, 4, 1)).unwrap(); // long
+        s.add_request(req(3, 3, 4, 2)).unwrap(); // short: ≤ 16 / 8 = 2, at least a block (4)
+                                                 // The prefill stream takes the long prompt and leaves 1 (the decode) + 4 (a short
+                                                 // prompt) of the 16: an 11-token chunk; the short prompt does not fit after it.
+        let prefill = s.schedule_stream(t(2), 0);
+        assert_eq!((ids(&prefill), fed(&prefill)), (vec![2], vec![11]));
+        // The decode stream decodes request 1 and admits the short prompt whole.
+        let decode = s.schedule_stream(t(2), 1);
+        assert_eq!((ids(&decode), fed(&decode)), (vec![1, 3], vec![1, 3]));
+        answer(&mut s, &decode, 7);
+        answer(&mut s, &prefill, 7);
+    }
+
+    #[test]
     fn sync_off_round_robin_splits_the_work_over_the_free_streams() {
         let mut s = sync_off(StreamAssignment::RoundRobin);
         for id in 1..=4 {
