@@ -116,6 +116,7 @@ def run(base):
     except openai.BadRequestError as e:
         check(e.status_code == 400, f"negative max_tokens -> BadRequestError 400: {e}")
 
+    check_logit_bias(client, model, base)
     check_structured(client, model)
     check_tools(client, model)
     check_metrics(base)
@@ -171,6 +172,32 @@ def check_structured(client, model):
         check(False, "a schema that cannot compile is refused")
     except openai.BadRequestError as e:
         check(e.status_code == 400 and e.body.get("param") == "response_format", f"bad schema -> 400 naming response_format: {e}")
+
+
+def tokenize(base, text):
+    root = base[: -len("/v1")]
+    req = urllib.request.Request(
+        root + "/tokenize",
+        data=json.dumps({"prompt": text, "add_special_tokens": False}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+    )
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)["tokens"]
+
+
+def check_logit_bias(client, model, base):
+    prompt = "The capital of France is"
+    first = client.completions.create(model=model, prompt=prompt, max_tokens=1, temperature=0).choices[0].text
+    [banned] = tokenize(base, first)
+    other = client.completions.create(
+        model=model, prompt=prompt, max_tokens=1, temperature=0, logit_bias={str(banned): -100}
+    ).choices[0].text
+    check(other != first, f"logit_bias -100 bans the greedy token: {first!r} -> {other!r}")
+    forced = tokenize(base, " London")[0]
+    got = client.completions.create(
+        model=model, prompt=prompt, max_tokens=1, temperature=0, logit_bias={str(forced): 100}
+    ).choices[0].text
+    check(got != first and " London".startswith(got), f"logit_bias +100 forces a token: {got!r}")
 
 
 WEATHER = {

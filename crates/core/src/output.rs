@@ -55,6 +55,9 @@ pub struct ScheduledSeq {
     /// Range into [`SchedulerOutput::banned_ids`]: tokens the sampler must not pick this step
     /// (EOS and stop tokens of a request below its `min_tokens`). Empty for most sequences.
     pub banned: Range<usize>,
+    /// Range into [`SchedulerOutput::logit_bias`]: (token, bias) added to this sample's logits
+    /// (OpenAI's `logit_bias`). Empty for most sequences.
+    pub bias: Range<usize>,
     /// Range into [`SchedulerOutput::allowed_words`]: structured output's token mask for this
     /// sample (bit `t % 32` of word `t / 32` set = token `t` allowed; tokens past the mask are
     /// not). Empty: unconstrained. The scheduler leaves it empty; the engine fills it.
@@ -80,6 +83,7 @@ impl ScheduledSeq {
             feeds_last_sample: false,
             context: 0..0,
             banned: 0..0,
+            bias: 0..0,
             allowed: 0..0,
         }
     }
@@ -125,6 +129,8 @@ pub struct SchedulerOutput {
     pub banned_ids: Vec<TokenId>,
     /// All token masks, concatenated (see [`ScheduledSeq::allowed`]).
     pub allowed_words: Vec<u32>,
+    /// All logit biases, concatenated in `seqs` order (see [`ScheduledSeq::bias`]).
+    pub logit_bias: Vec<(TokenId, f32)>,
 }
 
 impl SchedulerOutput {
@@ -157,6 +163,11 @@ impl SchedulerOutput {
     /// The tokens `seq` must not sample this step.
     pub fn banned(&self, seq: &ScheduledSeq) -> &[TokenId] {
         self.banned_ids.get(seq.banned.clone()).unwrap_or_default()
+    }
+
+    /// The logit biases of `seq`'s sample.
+    pub fn bias(&self, seq: &ScheduledSeq) -> &[(TokenId, f32)] {
+        self.logit_bias.get(seq.bias.clone()).unwrap_or_default()
     }
 
     /// The token mask of `seq`'s sample, if constrained (see [`ScheduledSeq::allowed`]).

@@ -73,6 +73,9 @@ pub struct SamplingParams {
     pub min_tokens: usize,
     /// Carried untouched to the executor.
     pub sampler: SamplerParams,
+    /// OpenAI's `logit_bias`: added to these tokens' logits before every sample (−100 bans,
+    /// +100 all but forces).
+    pub logit_bias: Vec<(TokenId, f32)>,
     /// Structured output: the driver fills a token mask for every sample
     /// ([`crate::ScheduledSeq::allowed`]) from the request's tokens so far, so the request is
     /// never scheduled with a placeholder (async scheduling) whose token it would not know.
@@ -88,6 +91,7 @@ impl Default for SamplingParams {
             min_tokens: 0,
             sampler: SamplerParams::default(),
             structured: false,
+            logit_bias: Vec::new(),
         }
     }
 }

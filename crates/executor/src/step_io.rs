@@ -160,14 +160,21 @@ impl SamplingState {
             let seed = self.nonce ^ s.id.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
             let banned = out.banned(s);
             let allowed = out.allowed(s);
-            let tok = match (&history, banned.is_empty(), allowed) {
+            let bias = out.bias(s);
+            let tok = match (&history, banned.is_empty() && bias.is_empty(), allowed) {
                 (None, true, None) => sample(row, &s.sampler, s.num_generated, seed),
                 _ => {
                     let mut adjusted = match &history {
                         Some(h) => penalize(row, &s.sampler, h),
                         None => row.clone(),
                     };
-                    // Tokens the request may not end with yet (`min_tokens`).
+                    // OpenAI's logit_bias, then the tokens the request may not end with yet
+                    // (`min_tokens`).
+                    for &(t, b) in bias {
+                        if let Some(x) = adjusted.get_mut(t as usize) {
+                            *x += b;
+                        }
+                    }
                     for &b in banned {
                         if let Some(x) = adjusted.get_mut(b as usize) {
                             *x = f32::NEG_INFINITY;

@@ -67,6 +67,7 @@ impl Choice {
         r.params.ignore_eos = req.ignore_eos;
         r.params.min_tokens = req.min_tokens;
         r.params.stop_token_ids = req.stop_token_ids.clone();
+        r.params.logit_bias = req.logit_bias.clone();
         r.cache_salt = req.cache_salt.clone();
         r.priority = req.priority;
         Ok(Self {

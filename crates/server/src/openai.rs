@@ -72,28 +72,16 @@ pub struct Common {
     pub guided_regex: Option<serde_json::Value>,
     pub guided_choice: Option<serde_json::Value>,
     pub guided_grammar: Option<serde_json::Value>,
+    /// OpenAI's `{"token id": bias}`, each bias −100..=100, added to the logits.
+    pub logit_bias: Option<serde_json::Value>,
     // OpenAI features tandem does not implement: accepted when inactive (null, false, 0, empty,
     // as clients often send defaults), refused with a 400 naming them otherwise — never
     // silently ignored.
-    pub logit_bias: Option<serde_json::Value>,
     /// Chat only (`tools.rs`); refused on completions.
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
     pub echo: Option<bool>,
     pub suffix: Option<String>,
-}
-
-/// Whether a JSON value asks for something: not null, false, 0, "", [] or {}.
-fn active(v: &Option<serde_json::Value>) -> bool {
-    use serde_json::Value;
-    match v {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(Value::Object(o)) => !o.is_empty(),
-        Some(Value::Bool(true)) => true,
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +171,8 @@ pub struct GenRequest {
     pub logprobs: Option<u8>,
     /// Structured output: the grammar every choice's text must match.
     pub grammar: Option<tandem_engine::GrammarSpec>,
+    /// OpenAI's `logit_bias`, parsed.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Chat with tools offered: answers are parsed for `<tool_call>` blocks.
     pub tools: bool,
 }
@@ -222,13 +212,32 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 impl Common {
+    /// `logit_bias` as (token, bias) pairs: keys token ids, values −100..=100 (OpenAI's range).
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let bad = |why: String| ApiError::invalid("logit_bias", why);
+        let map = match &self.logit_bias {
+            None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+            Some(serde_json::Value::Object(m)) => m,
+            Some(_) => return Err(bad("expected an object of token id → bias".into())),
+        };
+        if map.len() > 300 {
+            return Err(bad(format!("at most 300 entries, got {}", map.len())));
+        }
+        map.iter()
+            .map(|(k, v)| {
+                let id: u32 = k.trim().parse().map_err(|_| bad(format!("`{k}` is not a token id")))?;
+                match v.as_f64() {
+                    Some(b) if (-100.0..=100.0).contains(&b) => Ok((id, b as f32)),
+                    _ => Err(bad(format!("the bias of {id} must be a number from -100 to 100"))),
+                }
+            })
+            .collect()
+    }
+
     /// A 400 for an OpenAI feature that is asked for but not implemented.
     pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        let asked: [(&'static str, bool); 3] = [
-            ("logit_bias", active(&self.logit_bias)),
-            ("echo", self.echo == Some(true)),
-            ("suffix", self.suffix.as_ref().is_some_and(|s| !s.is_empty())),
-        ];
+        let asked: [(&'static str, bool); 2] =
+            [("echo", self.echo == Some(true)), ("suffix", self.suffix.as_ref().is_some_and(|s| !s.is_empty()))];
         match asked.iter().find(|(_, on)| *on) {
             Some((param, _)) => Err(ApiError::invalid(param, format!("`{param}` is not supported by this server"))),
             None => Ok(()),
@@ -349,6 +358,7 @@ impl Common {
             min_tokens,
             cache_salt: self.cache_salt.clone(),
             grammar: crate::structured::grammar(self)?,
+            logit_bias: self.logit_bias()?,
             tools: false,
             n,
             stream: self.stream.unwrap_or(false),
@@ -413,7 +423,8 @@ mod tests {
             (r#"{"presence_penalty": 2.5}"#, "presence_penalty"),
             (r#"{"frequency_penalty": -3}"#, "frequency_penalty"),
             (r#"{"repetition_penalty": 0}"#, "repetition_penalty"),
-            (r#"{"logit_bias": {"50256": -100}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"x": 5}}"#, "logit_bias"),
+            (r#"{"logit_bias": {"7": 101}}"#, "logit_bias"),
             (r#"{"response_format": {"type": "yaml"}}"#, "response_format"),
             (r#"{"structured_outputs": {"json": 3}}"#, "structured_outputs"),
             (r#"{"echo": true}"#, "echo"),

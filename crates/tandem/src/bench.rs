@@ -266,7 +266,9 @@ async fn bench(a: BenchArgs) -> Result<(), String> {
                 let r = run_config(&a, c, &spec, &slo, tokenizer.clone()).await?;
                 print!("{}", report(&r));
                 if let Some(h) = r.system.prefix_cache_hit_rate().filter(|h| *h > 0.0 && !a.reuse_prompts) {
-                    if a.dataset != "shared-prefix" {
+                    // A request preempted by recompute hits its own blocks when it comes back.
+                    let recomputed = r.system.preemptions.unwrap_or(0) > 0;
+                    if a.dataset != "shared-prefix" && !recomputed {
                         eprintln!(
                             "note: {:.0}% of this run's prompt tokens were served from the prefix cache: the server \
                              has seen these prompts before (a run of an earlier `tandem bench` with the same --seed?); \

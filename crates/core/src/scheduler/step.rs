@@ -521,6 +521,11 @@ impl Scheduler {
                 out.banned_ids.extend_from_slice(&seq.params.stop_token_ids);
             }
             let banned = n0..out.banned_ids.len();
+            let l0 = out.logit_bias.len();
+            if sample {
+                out.logit_bias.extend_from_slice(&seq.params.logit_bias);
+            }
+            let bias = l0..out.logit_bias.len();
             out.seqs.push(ScheduledSeq {
                 id: seq.id,
                 tokens: t0..t0 + n,
@@ -532,6 +537,7 @@ impl Scheduler {
                 feeds_last_sample: placeholder,
                 context,
                 banned,
+                bias,
                 allowed: 0..0,
             });
             if stream.is_some() {

@@ -442,6 +442,21 @@ fn min_tokens_bans_eos_and_stop_tokens_until_reached() {
 }
 
 #[test]
+fn logit_bias_goes_with_every_sample_only() {
+    let mut s = Scheduler::new(small(16)).unwrap();
+    let mut r = req(1, 10, 3, 0);
+    r.params.logit_bias = vec![(5, -100.0), (9, 2.5)];
+    s.add_request(r).unwrap();
+    // Budget 8: the first chunk (8 of 10 prompt tokens) samples nothing, so carries no bias.
+    let (out, _) = step(&mut s, 0, 7);
+    assert!(!out.seqs[0].sample && out.bias(&out.seqs[0]).is_empty());
+    let (out, _) = step(&mut s, 1, 7);
+    assert!(out.seqs[0].sample);
+    assert_eq!(out.bias(&out.seqs[0]), &[(5, -100.0), (9, 2.5)]);
+    assert_eq!(out.block_table(&out.seqs[0]).len(), 3, "10 tokens + 1 in 4-token blocks");
+}
+
+#[test]
 fn stop_conditions_eos_stop_tokens_length_and_pool_cap() {
     let cfg = SchedulerConfig { eos_token_ids: vec![0], ..small(16) };
     let mut s = Scheduler::new(cfg.clone()).unwrap();
