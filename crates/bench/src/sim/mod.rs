@@ -225,16 +225,33 @@ pub fn simulate(cfg: &SimConfig, workload: &Workload) -> Result<SimResult, Bench
         lines.apply(&sched.update(&out, &model, now)?, now);
     }
     let stats = sched.stats();
-    let wall = device.as_secs_f64().max(1e-12);
-    let system = SystemStats {
-        stream_utilisation: busy.iter().map(|b| b.as_secs_f64() / wall).collect(),
-        mean_batch_size: Some(batch_sum as f64 / steps.max(1) as f64),
-        preemptions: Some(stats.preemptions()),
-        steps: Some(steps),
-        peak_kv_usage: Some(peak_kv),
-        prefix_cache_queries: Some(stats.prefix_cache_queries),
-        prefix_cache_hits: Some(stats.prefix_cache_hits),
-        ..SystemStats::default()
-    };
+    let system = StepTally { busy, wall: device, batch_sum, steps, peak_kv }.system(&stats);
     Ok(sim_result(&cfg.name, workload, lines.records, system, stats, started))
+}
+
+/// What a simulation counted over its steps: each stream's busy time, the device's busy wall
+/// time, sequences over all steps, steps, the highest KV usage.
+pub(crate) struct StepTally {
+    pub busy: Vec<Duration>,
+    pub wall: Duration,
+    pub batch_sum: u64,
+    pub steps: u64,
+    pub peak_kv: f64,
+}
+
+impl StepTally {
+    /// The modelled engine figures of the run, with the scheduler's counters `stats`.
+    pub fn system(&self, stats: &SchedulerStats) -> SystemStats {
+        let wall = self.wall.as_secs_f64().max(1e-12);
+        SystemStats {
+            stream_utilisation: self.busy.iter().map(|b| b.as_secs_f64() / wall).collect(),
+            mean_batch_size: Some(self.batch_sum as f64 / self.steps.max(1) as f64),
+            preemptions: Some(stats.preemptions()),
+            steps: Some(self.steps),
+            peak_kv_usage: Some(self.peak_kv),
+            prefix_cache_queries: Some(stats.prefix_cache_queries),
+            prefix_cache_hits: Some(stats.prefix_cache_hits),
+            ..SystemStats::default()
+        }
+    }
 }

@@ -15,8 +15,7 @@ use tandem_core::{ModelOutput, Scheduler, SchedulerOutput};
 use tandem_executor::sim::{ClockMode, SimExecutor};
 use tandem_executor::Executor;
 
-use super::{admit_arrivals, at, idle_tick, sim_result, SimConfig, SimResult, Timelines, MAX_IDLE_STEPS};
-use crate::system::SystemStats;
+use super::{admit_arrivals, at, idle_tick, sim_result, SimConfig, SimResult, StepTally, Timelines, MAX_IDLE_STEPS};
 use crate::workload::Workload;
 use crate::BenchError;
 
@@ -86,16 +85,6 @@ pub(super) fn simulate_unsynced(cfg: &SimConfig, workload: &Workload) -> Result<
         }
     }
     let stats = sched.stats();
-    let wall = wall.as_secs_f64().max(1e-12);
-    let system = SystemStats {
-        stream_utilisation: busy.iter().map(|b| b.as_secs_f64() / wall).collect(),
-        mean_batch_size: Some(batch_sum as f64 / steps.max(1) as f64),
-        preemptions: Some(stats.preemptions()),
-        steps: Some(steps),
-        peak_kv_usage: Some(peak_kv),
-        prefix_cache_queries: Some(stats.prefix_cache_queries),
-        prefix_cache_hits: Some(stats.prefix_cache_hits),
-        ..SystemStats::default()
-    };
+    let system = StepTally { busy, wall, batch_sum, steps, peak_kv }.system(&stats);
     Ok(sim_result(&cfg.name, workload, lines.records, system, stats, started))
 }
