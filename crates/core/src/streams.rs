@@ -122,8 +122,12 @@ impl StreamConfig {
 /// divided by 32 (attention reads of the KV cache; a decode token over 1,024 cached tokens costs
 /// about as much as a 33-token prefill). An estimate for balancing, not a timing.
 pub fn estimated_cost(seq: &ScheduledSeq) -> f64 {
-    let fed = seq.tokens.len() as f64;
-    fed + (seq.start_pos as f64 + fed) / 32.0
+    cost_of(seq.tokens.len(), seq.start_pos)
+}
+
+/// [`estimated_cost`] of feeding `fed` tokens from position `start_pos`.
+pub fn cost_of(fed: usize, start_pos: usize) -> f64 {
+    fed as f64 + (start_pos + fed) as f64 / 32.0
 }
 
 /// Assigns each of `seqs` to a stream; returns the stream index per sequence (all 0 when the

@@ -159,10 +159,20 @@ pub(crate) fn admit_arrivals(
 }
 
 /// Where the clock of a simulation waiting on a batching timer or an arrival moves: 1 ms on,
-/// or the next arrival if sooner, and at least 1 µs on.
-pub(crate) fn idle_tick(now: Duration, next_arrival: Option<Duration>) -> Duration {
+/// or the next arrival if sooner, and at least 1 µs on. Counts the wait in `idle` (consecutive
+/// steps without work) and fails a simulation `name` that makes no progress.
+pub(crate) fn idle_tick(
+    now: Duration,
+    next_arrival: Option<Duration>,
+    idle: &mut u64,
+    name: &str,
+) -> Result<Duration, BenchError> {
+    *idle += 1;
+    if *idle > MAX_IDLE_STEPS {
+        return Err(BenchError::Simulation(format!("simulation {name} made no progress")));
+    }
     let tick = now + Duration::from_millis(1);
-    next_arrival.map_or(tick, |t| t.min(tick)).max(now + Duration::from_micros(1))
+    Ok(next_arrival.map_or(tick, |t| t.min(tick)).max(now + Duration::from_micros(1)))
 }
 
 /// Most consecutive empty steps before a simulation is declared stuck.
@@ -201,12 +211,8 @@ pub fn simulate(cfg: &SimConfig, workload: &Workload) -> Result<SimResult, Bench
         let out = sched.schedule(now);
         if out.is_empty() {
             sched.update(&out, &ModelOutput::default(), now)?;
-            idle += 1;
-            if idle > MAX_IDLE_STEPS {
-                return Err(BenchError::Simulation(format!("simulation {} made no progress", cfg.name)));
-            }
             // Waiting on a batching timer or an arrival: move time forward.
-            now = idle_tick(now, workload.times.get(next).map(|&t| at(t)));
+            now = idle_tick(now, workload.times.get(next).map(|&t| at(t)), &mut idle, &cfg.name)?;
             continue;
         }
         idle = 0;

@@ -15,7 +15,7 @@ use tandem_core::{ModelOutput, Scheduler, SchedulerConfig};
 use tandem_executor::sim::{ClockMode, DeviceProfile, ModelShape, SimExecutor};
 use tandem_executor::Executor;
 
-use super::{admit_arrivals, at, idle_tick, sim_result, simulate, SimConfig, SimResult, Timelines, MAX_IDLE_STEPS};
+use super::{admit_arrivals, at, idle_tick, sim_result, simulate, SimConfig, SimResult, Timelines};
 use crate::system::SystemStats;
 use crate::workload::Workload;
 use crate::BenchError;
@@ -146,11 +146,8 @@ fn time_sliced(device: &DeviceProfile, contexts: &[SharedContext]) -> Result<Vec
         }
         if !ran {
             // Everyone is waiting on a timer or memory: move time on.
-            stuck += 1;
-            if stuck > MAX_IDLE_STEPS {
-                return Err(BenchError::Simulation("shared simulation made no progress".into()));
-            }
-            now = idle_tick(now, run.iter().filter_map(Running::next_arrival).min());
+            now =
+                idle_tick(now, run.iter().filter_map(Running::next_arrival).min(), &mut stuck, "of the shared device")?;
         } else {
             stuck = 0;
         }

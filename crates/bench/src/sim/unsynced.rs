@@ -15,7 +15,7 @@ use tandem_core::{ModelOutput, Scheduler, SchedulerOutput};
 use tandem_executor::sim::{ClockMode, SimExecutor};
 use tandem_executor::Executor;
 
-use super::{admit_arrivals, at, idle_tick, sim_result, SimConfig, SimResult, StepTally, Timelines, MAX_IDLE_STEPS};
+use super::{admit_arrivals, at, idle_tick, sim_result, SimConfig, SimResult, StepTally, Timelines};
 use crate::workload::Workload;
 use crate::BenchError;
 
@@ -70,11 +70,7 @@ pub(super) fn simulate_unsynced(cfg: &SimConfig, workload: &Workload) -> Result<
                     None => break,
                 }
             } else {
-                idle += 1;
-                if idle > MAX_IDLE_STEPS {
-                    return Err(BenchError::Simulation(format!("simulation {} made no progress", cfg.name)));
-                }
-                now = idle_tick(now, workload.times.get(next).map(|&t| at(t)));
+                now = idle_tick(now, workload.times.get(next).map(|&t| at(t)), &mut idle, &cfg.name)?;
             }
             continue;
         };

@@ -35,7 +35,7 @@ pub(super) struct Plan {
     max_entries: usize,
     /// What a sync-off stream step may take (`None`: a synchronised step takes anything).
     pick: Option<Pick>,
-    /// Estimated cost (`crate::streams::estimated_cost`) of the entries so far.
+    /// Estimated cost ([`crate::streams::cost_of`]) of the entries so far.
     cost: f64,
     /// Prefill tokens of the entries so far.
     prefill_tokens: usize,
@@ -82,7 +82,7 @@ impl Plan {
         self.budget -= n;
         self.partial_prefills += prefill as usize;
         self.prefill_tokens += if prefill { n } else { 0 };
-        self.cost += n as f64 + (start_pos + n) as f64 / 32.0;
+        self.cost += crate::streams::cost_of(n, start_pos);
     }
 
     /// Whether the step's pick lets it take one more sequence of this kind (the batch size is
@@ -158,12 +158,14 @@ impl Scheduler {
     /// The token budget and batch size a new step may still use: the limits less what the
     /// sync-off steps in flight hold (together they never exceed one budget).
     pub(super) fn room_left(&self) -> (usize, usize) {
-        let (mut tokens, mut seqs) = (0, 0);
-        for f in self.inflight.iter().filter(|f| f.stream.is_some()) {
-            tokens += f.tokens;
-            seqs += f.entries.len();
-        }
+        let (tokens, seqs) = self.inflight_load();
         (self.limits.max_num_batched_tokens.saturating_sub(tokens), self.limits.max_num_seqs.saturating_sub(seqs))
+    }
+
+    /// Tokens and sequences of the sync-off steps in flight.
+    pub(super) fn inflight_load(&self) -> (usize, usize) {
+        let stream_steps = self.inflight.iter().filter(|f| f.stream.is_some());
+        stream_steps.fold((0, 0), |(t, s), f| (t + f.tokens, s + f.entries.len()))
     }
 
     /// Tokens to feed a request with `remaining` uncomputed tokens, or `None` if it cannot run

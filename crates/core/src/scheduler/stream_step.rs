@@ -35,7 +35,7 @@ use super::step::{Pick, Plan};
 use super::Scheduler;
 use crate::output::SchedulerOutput;
 use crate::request::RequestState;
-use crate::streams::StreamAssignment;
+use crate::streams::{cost_of, StreamAssignment};
 use crate::types::Time;
 
 /// The runnable work no stream is running: decodes and prefills of running requests, and the
@@ -97,7 +97,7 @@ impl Scheduler {
             return None;
         }
         let anything = Pick::anything;
-        if work.count() + self.inflight_seqs() < cfg.min_requests_for_parallel {
+        if work.count() + self.inflight_load().1 < cfg.min_requests_for_parallel {
             // Too little to go parallel: stream 0 alone, taking everything.
             return (stream == 0).then_some(anything(f64::INFINITY));
         }
@@ -148,11 +148,6 @@ impl Scheduler {
         (self.limits.max_num_batched_tokens / 8).max(self.cfg.block_size)
     }
 
-    /// Sequences in sync-off steps in flight.
-    fn inflight_seqs(&self) -> usize {
-        self.inflight.iter().filter(|f| f.stream.is_some()).map(|f| f.entries.len()).sum()
-    }
-
     /// The work a free stream could take now (see [`Runnable`]).
     fn runnable(&self) -> Runnable {
         let mut w = Runnable::default();
@@ -168,7 +163,7 @@ impl Scheduler {
             }
             let remaining = self.running_remaining(slot);
             let fed = remaining.min(threshold);
-            let cost = fed as f64 + (seq.num_computed + fed) as f64 / 32.0;
+            let cost = cost_of(fed, seq.num_computed);
             match remaining {
                 0 => {}
                 1 => {
@@ -189,7 +184,7 @@ impl Scheduler {
             w.short_waiting |= len <= self.short_prompt();
             let fed = len.min(threshold);
             w.waiting += 1;
-            w.prefill_cost += fed as f64 + fed as f64 / 32.0;
+            w.prefill_cost += cost_of(fed, 0);
             cursor = Some(k);
         }
         w

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use tandem_core::{BlockId, SchedulerOutput};
+use tandem_core::{BlockId, ScheduledSeq, SchedulerOutput};
 
 use super::kv_cache::KvView;
 use crate::model::{LlamaModel, SeqSlice};
@@ -123,6 +123,13 @@ impl Lanes {
     }
 }
 
+/// The blocks of `s`'s table that its fed positions are written to.
+pub(crate) fn written_blocks<'a>(out: &'a SchedulerOutput, s: &ScheduledSeq, block_size: usize) -> &'a [BlockId] {
+    let table = out.block_table(s);
+    let (first, last) = (s.start_pos / block_size, (s.start_pos + s.tokens.len()).div_ceil(block_size));
+    &table[first.min(table.len())..last.min(table.len())]
+}
+
 /// Whether no micro-batch of `out` writes a block that another micro-batch's tables hold.
 pub(crate) fn writes_are_disjoint(out: &SchedulerOutput, block_size: usize) -> bool {
     let mut seen: Vec<HashSet<BlockId>> = Vec::with_capacity(out.micro_batches.len());
@@ -130,10 +137,8 @@ pub(crate) fn writes_are_disjoint(out: &SchedulerOutput, block_size: usize) -> b
     for r in &out.micro_batches {
         let (mut all, mut mine) = (HashSet::new(), HashSet::new());
         for s in &out.seqs[r.clone()] {
-            let table = out.block_table(s);
-            all.extend(table.iter().copied());
-            let (first, last) = (s.start_pos / block_size, (s.start_pos + s.tokens.len()).div_ceil(block_size));
-            mine.extend(table.iter().take(last).skip(first).copied());
+            all.extend(out.block_table(s).iter().copied());
+            mine.extend(written_blocks(out, s, block_size).iter().copied());
         }
         seen.push(all);
         written.push(mine);

@@ -19,6 +19,7 @@ use rayon::ThreadPool;
 use tandem_core::{BlockId, ModelOutput, SchedulerOutput, StepTiming};
 
 use super::kv_cache::KvView;
+use super::streams::written_blocks;
 use crate::model::LlamaModel;
 use crate::step_io::{pack, SamplingState};
 use crate::{ExecError, StreamResult};
@@ -53,9 +54,7 @@ fn blocks_of(out: &SchedulerOutput, block_size: usize) -> (HashSet<BlockId>, Has
     let mut written: HashSet<BlockId> = out.swap_in.iter().map(|p| p.1).collect();
     let mut all: HashSet<BlockId> = out.block_ids.iter().copied().collect();
     for s in &out.seqs {
-        let table = out.block_table(s);
-        let (first, last) = (s.start_pos / block_size, (s.start_pos + s.tokens.len()).div_ceil(block_size));
-        written.extend(table.iter().take(last).skip(first).copied());
+        written.extend(written_blocks(out, s, block_size).iter().copied());
     }
     all.extend(written.iter().copied());
     all.extend(out.swap_out.iter().map(|p| p.0));
