@@ -119,6 +119,7 @@ def run(base):
     check_logit_bias(client, model, base)
     check_structured(client, model)
     check_tools(client, model)
+    check_extras(client, model)
     check_metrics(base)
 
     wrong = openai.OpenAI(base_url=base, api_key="wrong", max_retries=0)
@@ -213,6 +214,25 @@ WEATHER = {
         },
     },
 }
+
+
+def check_extras(client, model):
+    # `echo`: the prompt's text, then the completion's.
+    plain = client.completions.create(model=model, prompt="The sky is", max_tokens=4, temperature=0)
+    echoed = client.completions.create(model=model, prompt="The sky is", max_tokens=4, temperature=0, echo=True)
+    check(echoed.choices[0].text == "The sky is" + plain.choices[0].text, f"echo: {echoed.choices[0].text!r}")
+    # A field neither OpenAI nor vLLM define is a 400 naming it, as OpenAI answers.
+    try:
+        client.completions.create(model=model, prompt="hi", max_tokens=2, extra_body={"frobnicate": 1})
+        check(False, "an unknown field is refused")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.body.get("param") == "frobnicate", f"unknown field -> 400 naming it: {e}")
+    # Inert fields at their defaults pass.
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2, user="alice", store=False,
+        parallel_tool_calls=True, service_tier="auto",
+    )
+    check(r.choices[0].message.content is not None, "user/store/service_tier at their defaults accepted")
 
 
 def check_tools(client, model):

@@ -33,6 +33,9 @@ pub struct SchedulerConfig {
     pub max_num_partial_prefills: usize,
     /// Reuse KV blocks of identical prefixes (hash chain over full blocks).
     pub enable_prefix_caching: bool,
+    /// Bits of each prefix-cache key kept (128: the whole SHA-256-derived key). Fewer is for
+    /// tests only: it forces hash collisions, which the block pool's token check must catch.
+    pub prefix_key_bits: u32,
     /// The model's end-of-sequence tokens; sampling one stops a request unless `ignore_eos`.
     pub eos_token_ids: Vec<TokenId>,
     /// Which requests may start, and whether running ones may be preempted.
@@ -62,6 +65,7 @@ impl Default for SchedulerConfig {
             long_prefill_token_threshold: 0,
             max_num_partial_prefills: 4,
             enable_prefix_caching: true,
+            prefix_key_bits: 128,
             eos_token_ids: Vec::new(),
             capacity: CapacityPolicyKind::MaxUtilization,
             queue: QueuePolicyKind::Fcfs,

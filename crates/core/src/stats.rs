@@ -20,6 +20,9 @@ pub struct SchedulerStats {
     /// Prompt tokens looked up in the prefix cache, and how many were found.
     pub prefix_cache_queries: u64,
     pub prefix_cache_hits: u64,
+    /// Lookups whose key matched a cached block computed from other tokens or another prefix
+    /// (refused: a hash collision or a forged key; 0 in practice with full-size keys).
+    pub prefix_cache_rejections: u64,
     pub preemptions_recompute: u64,
     pub preemptions_swap: u64,
     pub steps: u64,

@@ -129,6 +129,30 @@ impl ModelSource {
         stem.split('.').next().filter(|s| !s.is_empty()).unwrap_or("model").to_string()
     }
 
+    /// What `/v1/models` reports as the model's `root` (vLLM: the local path it was served
+    /// from), chosen so clients that load the server's tokenizer from it (`vllm bench serve`
+    /// without `--model`, guidellm, AIPerf) encode as the server does: a Hugging Face directory
+    /// itself; for a GGUF file, its tokenizer exported as one under the cache
+    /// (`tokenizers/<name>-<path hash>`, rewritten at every load).
+    pub fn tokenizer_root(&self, tok: &TextTokenizer, config: &LlamaConfig) -> Result<PathBuf, ExecError> {
+        let path = self.path.canonicalize().unwrap_or_else(|_| self.path.clone());
+        if path.join("tokenizer.json").is_file() {
+            return Ok(path);
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&path, &mut h);
+        let dir = tandem_executor::store::cache_dir().join("tokenizers").join(format!(
+            "{}-{:016x}",
+            self.name(),
+            std::hash::Hasher::finish(&h)
+        ));
+        tok.write_hf_dir(&dir)?;
+        // The shape too: clients read `config.json` before the tokenizer (no weights here).
+        std::fs::write(dir.join("config.json"), config.to_hf_json().to_string())
+            .map_err(|e| ExecError::Tokenizer(e.into()))?;
+        Ok(dir)
+    }
+
     /// Loads the weights and tokenizer in the format the device takes.
     pub fn load(&self) -> Result<LoadedModel, BuildError> {
         Ok(load_model_as(&self.path, self.device.weights_for(self.weights)?)?)
@@ -173,6 +197,9 @@ pub struct Running {
     pub describe: String,
     /// The model's name for clients.
     pub name: String,
+    /// Its `root` for `/v1/models` ([`ModelSource::tokenizer_root`]; the name when the
+    /// tokenizer could not be exported).
+    pub root: String,
     pub max_model_len: usize,
 }
 
@@ -217,6 +244,7 @@ pub fn start_loaded(
         return Err(BuildError::Sizing("--max-queued-requests must be at least 1"));
     }
     let max_position = loaded.model.config.max_position;
+    let config = loaded.model.config.clone();
     let (executor, blocks) = executor_for(source.device, loaded.model, sizing.kv_bytes)?;
     let max_model_len = max_position.min(blocks * BLOCK_SIZE).max(2);
     let mut scheduler = SchedulerConfig {
@@ -234,7 +262,14 @@ pub fn start_loaded(
         EngineConfig { scheduler, max_queued: sizing.max_queued, async_scheduling: true, gate },
         executor,
     )?;
-    Ok(Running { engine, tokenizer: loaded.tokenizer, describe, name: source.name(), max_model_len })
+    let root = match source.tokenizer_root(&loaded.tokenizer, &config) {
+        Ok(dir) => dir.display().to_string(),
+        Err(e) => {
+            tracing::warn!("cannot export the tokenizer for /v1/models' `root` ({e}); reporting the name");
+            source.name()
+        }
+    };
+    Ok(Running { engine, tokenizer: loaded.tokenizer, describe, name: source.name(), root, max_model_len })
 }
 
 /// Loads the contexts of a [`crate::ModelRegistry`] onto their device: each context's file
@@ -259,7 +294,8 @@ impl ModelLoader for DeviceLoader {
         let sizing = Sizing { kv_bytes: bytes.saturating_sub(weights), ..self.sizing.clone() };
         let running = start_loaded(loaded, src, &sizing, Some(gate))?;
         let describe = format!("{} ({} MiB budget)", running.describe, bytes >> 20);
-        Ok(ServedModel::new(spec.name.clone(), running.engine, running.tokenizer, running.max_model_len, describe))
+        Ok(ServedModel::new(spec.name.clone(), running.engine, running.tokenizer, running.max_model_len, describe)
+            .with_root(running.root))
     }
 }
 

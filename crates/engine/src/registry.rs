@@ -27,6 +27,9 @@ use crate::Engine;
 /// A loaded model: its engine and what the server needs to talk to it.
 pub struct ServedModel {
     pub name: String,
+    /// vLLM's `root`: where clients can load this model's tokenizer from (a directory path),
+    /// else the name. Requests may name the model by it too.
+    pub root: String,
     pub engine: Engine,
     pub tokenizer: TextTokenizer,
     /// Longest prompt + output accepted.
@@ -41,7 +44,19 @@ pub struct ServedModel {
 impl ServedModel {
     pub fn new(name: String, engine: Engine, tokenizer: TextTokenizer, max_model_len: usize, describe: String) -> Self {
         let grammars = std::sync::OnceLock::new();
-        Self { name, engine, tokenizer, max_model_len, describe, evicted: AtomicBool::new(false), grammars }
+        let root = name.clone();
+        Self { name, root, engine, tokenizer, max_model_len, describe, evicted: AtomicBool::new(false), grammars }
+    }
+
+    /// The same, with `root` for `/v1/models` (see [`crate::build::ModelSource::tokenizer_root`]).
+    pub fn with_root(mut self, root: String) -> Self {
+        self.root = root;
+        self
+    }
+
+    /// Whether a request's `model` names this one (by name or by root).
+    pub fn answers_to(&self, model: &str) -> bool {
+        model == self.name || model == self.root
     }
 
     /// The grammar compiler for this model's tokenizer (built once, ~0.1 s for a 49k vocabulary).

@@ -221,6 +221,27 @@ fn penalties_see_the_same_history_batched_chunked_and_preempted() {
 }
 
 #[test]
+fn colliding_prefix_keys_never_reuse_another_prompts_kv() {
+    // Prefix-cache keys cut to 3 bits (8 values, test-only): most lookups find a cached block
+    // under their key that was computed from other tokens or after another prefix. Only blocks
+    // whose tokens and parent match are reused, so every prompt's greedy tokens are its cold
+    // run's, while the chat prompts' shared template prefix is still served from the cache.
+    let ps = prompts();
+    let cold: Vec<Vec<TokenId>> =
+        ps.iter().map(|p| run(WeightFormat::Q8, base(), std::slice::from_ref(p), MAX_TOKENS).0.remove(0)).collect();
+    let weak = SchedulerConfig { block_size: 4, prefix_key_bits: 3, ..base() };
+    let (outs, stats) = run_with_stats(WeightFormat::Q8, weak, &ps, MAX_TOKENS);
+    assert_eq!(outs, cold, "weak keys: every prompt's tokens are its cold run's");
+    let s = &stats.scheduler;
+    eprintln!(
+        "3-bit keys: {} hit tokens of {}, {} rejected",
+        s.prefix_cache_hits, s.prefix_cache_queries, s.prefix_cache_rejections
+    );
+    assert!(s.prefix_cache_rejections > 0, "collisions were met and refused");
+    assert!(s.prefix_cache_hits > 0, "genuine hits still taken");
+}
+
+#[test]
 fn parallel_streams_run_apart_and_give_the_one_stream_tokens_for_every_assignment() {
     // Two streams, each micro-batch on its own lane of cores, for each assignment strategy: the
     // greedy tokens of the 8 prompts (chunked prefills and decodes mixed) are the one-stream run's.

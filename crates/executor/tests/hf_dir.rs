@@ -71,21 +71,16 @@ fn an_hf_directory_gives_the_same_logits_as_the_gguf() {
         tensors.insert(hf, t.to_dtype(DType::BF16).unwrap());
     }
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    let config = serde_json::json!({
-        "model_type": "llama", "hidden_size": c.hidden, "intermediate_size": c.intermediate,
-        "num_hidden_layers": c.layers, "num_attention_heads": c.heads, "num_key_value_heads": c.kv_heads,
-        "vocab_size": c.vocab, "rms_norm_eps": c.rms_eps, "rope_theta": c.rope_theta,
-        "max_position_embeddings": c.max_position, "tie_word_embeddings": true,
-        "bos_token_id": 1, "eos_token_id": 2
-    });
+    let config = c.to_hf_json();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    gguf.tokenizer.save_json(&dir.join("tokenizer.json")).unwrap();
-    let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    let tc = serde_json::json!({"chat_template": template, "eos_token": "<|im_end|>", "bos_token": "<|im_start|>"});
-    std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    // The tokenizer as `/v1/models`' root exports it for clients: tokenizer.json and a
+    // tokenizer_config.json with the GGUF's special tokens and chat template.
+    gguf.tokenizer.write_hf_dir(&dir).unwrap();
 
     let hf = load_model(&dir).unwrap();
     assert_eq!(hf.model.config.rope_style, RopeStyle::Half);
+    let back = tandem_executor::model::LlamaConfig { rope_style: c.rope_style, ..hf.model.config.clone() };
+    assert_eq!(back, c, "config.json round trip");
     assert_eq!(gguf.model.config.rope_style, RopeStyle::Interleaved);
     let text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     let ids = hf.tokenizer.encode(text).unwrap();
@@ -103,10 +98,13 @@ fn an_hf_directory_gives_the_same_logits_as_the_gguf() {
     // Weights went through bf16, so allow bf16-sized differences.
     let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(max_diff < 0.5, "max |Δlogit| {max_diff}");
-    assert!(hf
-        .tokenizer
-        .apply_chat_template(&[tandem_executor::text::ChatMessage::new("user", "hi")])
-        .unwrap()
-        .ends_with("<|im_start|>assistant\n"));
+    let chat = [
+        tandem_executor::text::ChatMessage::new("system", "Be brief."),
+        tandem_executor::text::ChatMessage::new("user", "hi"),
+    ];
+    let rendered = hf.tokenizer.apply_chat_template(&chat).unwrap();
+    assert_eq!(rendered, gguf.tokenizer.apply_chat_template(&chat).unwrap(), "the GGUF's template travels");
+    assert!(rendered.ends_with("<|im_start|>assistant\n"), "{rendered}");
+    assert_eq!(hf.tokenizer.eos_token_ids, gguf.tokenizer.eos_token_ids);
     let _ = std::fs::remove_dir_all(dir);
 }

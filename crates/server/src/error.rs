@@ -1,6 +1,7 @@
 //! [`ApiError`]: every failure as OpenAI-shaped JSON (`{"error": {"message", "type", "param",
 //! "code"}}`) with the right HTTP status.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -12,7 +13,7 @@ use tandem_engine::EngineError;
 pub enum ApiError {
     /// The request is malformed or a parameter is out of range (400).
     #[error("{message}")]
-    Invalid { message: String, param: Option<&'static str> },
+    Invalid { message: String, param: Option<Cow<'static, str>> },
     /// Missing or wrong API key (401).
     #[error("missing or invalid API key")]
     Unauthorized,
@@ -37,8 +38,8 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        ApiError::Invalid { message: message.into(), param: Some(param) }
+    pub fn invalid(param: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        ApiError::Invalid { message: message.into(), param: Some(param.into()) }
     }
 
     fn status(&self) -> StatusCode {
@@ -66,7 +67,7 @@ impl ApiError {
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
         let param = match self {
-            ApiError::Invalid { param, .. } => *param,
+            ApiError::Invalid { param, .. } => param.as_deref(),
             _ => None,
         };
         serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "param": param, "code": self.status().as_u16()}})
@@ -87,7 +88,7 @@ impl From<EngineError> for ApiError {
             }
             e @ (EngineError::Context(_) | EngineError::Load { .. }) => ApiError::ModelUnavailable(e.to_string()),
             EngineError::Grammar(m) => {
-                ApiError::Invalid { message: format!("invalid grammar: {m}"), param: Some("response_format") }
+                ApiError::Invalid { message: format!("invalid grammar: {m}"), param: Some("response_format".into()) }
             }
         }
     }

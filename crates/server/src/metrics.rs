@@ -307,6 +307,11 @@ impl Collector for Snapshot {
         w.counter("tandem:prefix_cache_hits", "Prompt tokens found in the prefix cache.", |st| {
             st.scheduler.prefix_cache_hits
         })?;
+        w.counter(
+            "tandem:prefix_cache_rejections",
+            "Prefix-cache keys that matched a block computed from other tokens (refused).",
+            |st| st.scheduler.prefix_cache_rejections,
+        )?;
         w.counters("tandem:num_preemptions", "Preemptions, by mode.", "mode", |st| {
             vec![("recompute", st.scheduler.preemptions_recompute), ("swap", st.scheduler.preemptions_swap)]
         })?;

@@ -1,5 +1,8 @@
 //! OpenAI request bodies, parsed and validated at the boundary into a [`GenRequest`] (nothing
-//! JSON-shaped goes further in). Unknown fields are ignored, as OpenAI's API does.
+//! JSON-shaped goes further in). An unknown field is a 400 naming it, as OpenAI's API answers
+//! ("Unrecognized request argument supplied"); fields clients send at their defaults and that
+//! change nothing here (`user`, `store: false`, `best_of: 1` ...) are accepted — see
+//! [`inert_field`].
 
 use serde::Deserialize;
 use tandem_core::SamplerParams;
@@ -80,8 +83,49 @@ pub struct Common {
     /// Chat only (`tools.rs`); refused on completions.
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
+    /// `false`: at most one tool call per answer (the first).
+    pub parallel_tool_calls: Option<bool>,
+    /// Completions only: the prompt's text before the completion's.
     pub echo: Option<bool>,
     pub suffix: Option<String>,
+    /// Every other field of the body: refused unless [`inert_field`] knows it as inactive.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Whether `value` of the field `name` — one OpenAI or vLLM define but tandem does not act on —
+/// changes nothing: `None` for a field neither defines (a 400 "unrecognized"), `Some(false)` for
+/// one asked to do what tandem does not (a 400 naming it).
+pub fn inert_field(name: &str, value: &serde_json::Value) -> Option<bool> {
+    use serde_json::Value;
+    let null = value.is_null();
+    let is = |v: &Value| value == v;
+    Some(match name {
+        // Identifiers and bookkeeping: nothing to act on.
+        "user" | "metadata" | "request_id" => true,
+        "store" | "use_beam_search" | "continue_final_message" | "include_stop_str_in_output" => {
+            null || is(&Value::Bool(false))
+        }
+        "skip_special_tokens" | "spaces_between_special_tokens" | "add_generation_prompt" => {
+            null || is(&Value::Bool(true))
+        }
+        "service_tier" => null || value.as_str().is_some_and(|t| t == "auto" || t == "default"),
+        "modalities" => null || value.as_array().is_some_and(|m| m.iter().all(|x| x == "text")),
+        "best_of" => null || value.as_i64() == Some(1),
+        "length_penalty" => null || value.as_f64() == Some(1.0),
+        "prompt_logprobs"
+        | "truncate_prompt_tokens"
+        | "functions"
+        | "function_call"
+        | "audio"
+        | "prediction"
+        | "reasoning_effort"
+        | "web_search_options"
+        | "chat_template"
+        | "chat_template_kwargs"
+        | "documents" => null,
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +219,10 @@ pub struct GenRequest {
     pub logit_bias: Vec<(u32, f32)>,
     /// Chat with tools offered: answers are parsed for `<tool_call>` blocks.
     pub tools: bool,
+    /// OpenAI's `parallel_tool_calls` (default true): `false` keeps the first call only.
+    pub parallel_tool_calls: bool,
+    /// Completions' `echo`: this prompt text goes before each choice's (set by the route).
+    pub echo: Option<String>,
 }
 
 /// Most alternatives `top_logprobs` / `logprobs` may ask for (OpenAI's limit).
@@ -234,14 +282,35 @@ impl Common {
             .collect()
     }
 
-    /// A 400 for an OpenAI feature that is asked for but not implemented.
+    /// A 400 for a field asked for but not implemented, or one neither OpenAI nor vLLM define.
     pub fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        let asked: [(&'static str, bool); 2] =
-            [("echo", self.echo == Some(true)), ("suffix", self.suffix.as_ref().is_some_and(|s| !s.is_empty()))];
-        match asked.iter().find(|(_, on)| *on) {
-            Some((param, _)) => Err(ApiError::invalid(param, format!("`{param}` is not supported by this server"))),
-            None => Ok(()),
+        if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::invalid("suffix", "`suffix` (fill in the middle) is not supported by this server"));
         }
+        if self.echo == Some(true) && self.logprobs.as_ref().is_some_and(|l| !(l.is_null() || l == false)) {
+            return Err(ApiError::invalid(
+                "echo",
+                "`echo` with `logprobs` (the prompt's log-probabilities) is not supported by this server",
+            ));
+        }
+        for (name, value) in &self.other {
+            match inert_field(name, value) {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(ApiError::invalid(
+                        name.clone(),
+                        format!("`{name}` = {value} is not supported by this server (only its default is)"),
+                    ))
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        name.clone(),
+                        format!("Unrecognized request argument supplied: {name}"),
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks ranges and builds the request for `prompt` (already tokenized).
@@ -360,6 +429,8 @@ impl Common {
             grammar: crate::structured::grammar(self)?,
             logit_bias: self.logit_bias()?,
             tools: false,
+            parallel_tool_calls: self.parallel_tool_calls.unwrap_or(true),
+            echo: None,
             n,
             stream: self.stream.unwrap_or(false),
             include_usage: self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false),
@@ -427,7 +498,11 @@ mod tests {
             (r#"{"logit_bias": {"7": 101}}"#, "logit_bias"),
             (r#"{"response_format": {"type": "yaml"}}"#, "response_format"),
             (r#"{"structured_outputs": {"json": 3}}"#, "structured_outputs"),
-            (r#"{"echo": true}"#, "echo"),
+            (r#"{"echo": true, "logprobs": 1}"#, "echo"),
+            (r#"{"frobnicate": 1}"#, "frobnicate"),
+            (r#"{"best_of": 3}"#, "best_of"),
+            (r#"{"store": true}"#, "store"),
+            (r#"{"functions": [{"name": "f"}]}"#, "functions"),
             (r#"{"suffix": "x"}"#, "suffix"),
         ] {
             match common(json).validate(p.clone(), 100) {
@@ -441,7 +516,9 @@ mod tests {
         assert!(common("{}").validate(vec![], 100).is_err());
         // Clients' defaults for the unsupported features are accepted.
         let defaults = r#"{"logprobs": false, "top_logprobs": 0, "presence_penalty": 0, "frequency_penalty": 0.0,
-            "logit_bias": {}, "tools": [], "response_format": {"type": "text"}, "echo": false, "suffix": ""}"#;
+            "logit_bias": {}, "tools": [], "response_format": {"type": "text"}, "echo": false, "suffix": "",
+            "user": "u-1", "store": false, "best_of": 1, "service_tier": "auto", "modalities": ["text"],
+            "skip_special_tokens": true, "functions": null}"#;
         assert_eq!(common(defaults).validate(p.clone(), 100).unwrap().logprobs, None);
         assert_eq!(
             common(r#"{"logprobs": true, "top_logprobs": 3}"#).validate(p.clone(), 100).unwrap().logprobs,

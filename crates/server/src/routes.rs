@@ -36,7 +36,7 @@ pub async fn health() -> Json<serde_json::Value> {
 }
 
 pub async fn ready(State(s): Shared) -> Json<serde_json::Value> {
-    let names: Vec<String> = s.models.list().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = s.models.list().into_iter().map(|(n, _, _)| n).collect();
     Json(json!({"status": "ready", "model": names.first(), "models": names}))
 }
 
@@ -66,10 +66,11 @@ pub async fn models(State(s): Shared) -> Json<serde_json::Value> {
         .models
         .list()
         .into_iter()
-        // vLLM's fields: `root` (what the model was served from; its name here), `parent`
-        // (the base of a LoRA adapter: none), `max_model_len` (null while a context is unloaded).
-        .map(|(id, len)| {
-            json!({"id": id, "object": "model", "created": 0, "owned_by": "tandem", "root": id, "parent": null,
+        // vLLM's fields: `root` (where the model was served from: a directory its tokenizer
+        // loads from), `parent` (the base of a LoRA adapter: none), `max_model_len` (null while
+        // a context is unloaded).
+        .map(|(id, root, len)| {
+            json!({"id": id, "object": "model", "created": 0, "owned_by": "tandem", "root": root, "parent": null,
                    "max_model_len": len, "permission": []})
         })
         .collect();
@@ -305,11 +306,11 @@ pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> 
     let m = model_for(&s, &req.common).await?;
     // One prompt, or a batch (strings or token lists) as OpenAI and vLLM accept: choice i of
     // the response is prompt i / n, its choice i % n.
-    let prompts: Vec<Vec<u32>> = match req.prompt {
-        PromptInput::Text(t) => vec![encode(&m, &t)?],
-        PromptInput::Texts(v) => v.iter().map(|t| encode(&m, t)).collect::<Result<_, _>>()?,
-        PromptInput::Tokens(ids) => vec![ids],
-        PromptInput::TokenLists(lists) => lists,
+    let (prompts, texts): (Vec<Vec<u32>>, Option<Vec<String>>) = match req.prompt {
+        PromptInput::Text(t) => (vec![encode(&m, &t)?], Some(vec![t])),
+        PromptInput::Texts(v) => (v.iter().map(|t| encode(&m, t)).collect::<Result<_, _>>()?, Some(v)),
+        PromptInput::Tokens(ids) => (vec![ids], None),
+        PromptInput::TokenLists(lists) => (lists, None),
     };
     if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
         return Err(ApiError::invalid("prompt", format!("send 1 to {MAX_PROMPTS} prompts, not {}", prompts.len())));
@@ -318,7 +319,17 @@ pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> 
     if let Some(&bad) = prompts.iter().flatten().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary")));
     }
-    let gens = prompts.into_iter().map(|p| req.common.validate(p, m.max_model_len)).collect::<Result<Vec<_>, _>>()?;
+    let mut gens =
+        prompts.into_iter().map(|p| req.common.validate(p, m.max_model_len)).collect::<Result<Vec<_>, _>>()?;
+    if req.common.echo == Some(true) {
+        // The prompt as sent; token prompts decoded (as vLLM echoes them).
+        for (i, g) in gens.iter_mut().enumerate() {
+            g.echo = Some(match texts.as_ref().and_then(|t| t.get(i)) {
+                Some(t) => t.clone(),
+                None => m.tokenizer.decode(&g.prompt).map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+            });
+        }
+    }
     if gens.len() * gens[0].n > MAX_CHOICES {
         return Err(ApiError::invalid("n", format!("prompts × n must be at most {MAX_CHOICES}")));
     }
@@ -328,6 +339,9 @@ pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> 
 pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: ChatBody = parse(&body(b)?)?;
     req.common.refuse_unsupported()?;
+    if req.common.echo == Some(true) {
+        return Err(ApiError::invalid("echo", "`echo` is for /v1/completions"));
+    }
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
@@ -360,8 +374,11 @@ pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<
 
 /// A chat message for a finished choice: its calls (if tools were offered and it made any) as
 /// OpenAI's `tool_calls`, with finish reason `tool_calls`.
-fn chat_message(text: &str, finish: &str, tools: bool, response: &str, index: usize) -> (serde_json::Value, String) {
-    let (content, calls) = if tools { crate::tools::split_calls(text) } else { (text.to_string(), Vec::new()) };
+fn chat_message(text: &str, finish: &str, g: &GenRequest, response: &str, index: usize) -> (serde_json::Value, String) {
+    let (content, mut calls) = if g.tools { crate::tools::split_calls(text) } else { (text.to_string(), Vec::new()) };
+    if !g.parallel_tool_calls {
+        calls.truncate(1);
+    }
     if calls.is_empty() {
         return (json!({"role": "assistant", "content": text}), finish.to_string());
     }
@@ -395,10 +412,11 @@ async fn respond(
         }
     }
     let prompt_tokens: usize = gens.iter().map(|g| g.prompt.len()).sum();
+    let gens_echo: Vec<Option<String>> = gens.iter().map(|g| g.echo.clone()).collect();
     let Some(g) = gens.into_iter().next() else { return Err(ApiError::invalid("prompt", "no prompt")) };
     let id = s.response_id(if chat { "chatcmpl" } else { "cmpl" });
     if g.stream {
-        return Ok(stream_response(g, prompt_tokens, choices, chat, id, model).into_response());
+        return Ok(stream_response(g, gens_echo, prompt_tokens, choices, chat, id, model).into_response());
     }
     let results = futures_util::future::join_all(choices.into_iter().map(|c| c.collect())).await;
     let mut out = Vec::new();
@@ -412,10 +430,14 @@ async fn respond(
         }
         let logprobs = g.logprobs.map(|_| logprobs_json(&c.logprobs, chat, 0));
         out.push(if chat {
-            let (message, finish) = chat_message(&c.text, c.finish, g.tools, &id, c.index);
+            let (message, finish) = chat_message(&c.text, c.finish, &g, &id, c.index);
             json!({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": finish})
         } else {
-            json!({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish})
+            let text = match &gens_echo[c.index / g.n] {
+                Some(prompt) => format!("{prompt}{}", c.text),
+                None => c.text,
+            };
+            json!({"index": c.index, "text": text, "logprobs": logprobs, "finish_reason": c.finish})
         });
     }
     Ok(Json(json!({
@@ -474,6 +496,7 @@ fn logprobs_json(lps: &[TokenLogprob], chat: bool, offset: usize) -> serde_json:
 /// Dropping the stream (client gone) drops every choice's handle, aborting its request.
 fn stream_response(
     g: GenRequest,
+    echoes: Vec<Option<String>>,
     prompt_tokens: usize,
     choices: Vec<Choice>,
     chat: bool,
@@ -484,18 +507,20 @@ fn stream_response(
     let cached = Arc::new(AtomicUsize::new(0));
     let n = g.n.max(1);
     let tools = chat && g.tools;
+    let single_call = !g.parallel_tool_calls;
     let created = now_secs();
     let object = if chat { "chat.completion.chunk" } else { "text_completion" };
     let per_choice = choices.into_iter().map(|c| {
+        let echo = echoes.get(c.index / n).cloned().flatten();
         // Token and cached-prompt counters shared by every choice, for the usage chunk.
         let counters = (generated.clone(), cached.clone());
         // With tools: text that may be a call is held back and parsed at the end.
         let calls = tools.then(crate::tools::ToolStream::default);
         // (choice, (state, counters), first chunk, text length so far for completions'
         // text_offset, the tool-call parser)
-        stream::unfold(
-            (c, counters, true, 0usize, calls),
-            move |(mut c, counters, first, offset, mut calls)| async move {
+        stream::unfold((c, counters, true, 0usize, calls), move |(mut c, counters, first, offset, mut calls)| {
+            let echo = echo.clone();
+            async move {
                 let (generated, cached) = &counters;
                 let before = c.tokens();
                 let d = c.next().await?;
@@ -504,6 +529,9 @@ fn stream_response(
                     cached.fetch_add(c.prompt_cached_tokens(), Ordering::Relaxed);
                 }
                 let d = d.map(|mut d| {
+                    if let Some(prompt) = echo.filter(|_| first) {
+                        d.text.insert_str(0, &prompt);
+                    }
                     let mut found = Vec::new();
                     if let Some(ts) = calls.as_mut() {
                         d.text = ts.push(&d.text);
@@ -511,6 +539,9 @@ fn stream_response(
                             let (rest, parsed) = ts.finish();
                             d.text.push_str(&rest);
                             found = parsed;
+                            if single_call {
+                                found.truncate(1);
+                            }
                         }
                     }
                     (d, found)
@@ -518,8 +549,8 @@ fn stream_response(
                 let next_offset = offset + d.as_ref().map_or(0, |d| d.0.text.len());
                 let item = d.map(|(d, found)| (c.index, d, first, offset, found));
                 Some((item, (c, counters, false, next_offset, calls)))
-            },
-        )
+            }
+        })
         .boxed()
     });
     let want_logprobs = g.logprobs.is_some();

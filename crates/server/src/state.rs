@@ -25,7 +25,12 @@ impl Models {
             Models::One(m) => served_as(m, name).map(|()| ModelLease::unmanaged(Arc::clone(m))),
             Models::Many(r) => {
                 let name = match name {
-                    Some(n) => n.to_string(),
+                    // A loaded model's root names it too (vLLM clients send it to /tokenize).
+                    Some(n) => r
+                        .loaded_models()
+                        .into_iter()
+                        .find(|m| m.answers_to(n))
+                        .map_or(n.to_string(), |m| m.name.clone()),
                     None => r.names().into_iter().next().ok_or(ApiError::Unavailable)?,
                 };
                 let r = Arc::clone(r);
@@ -45,13 +50,18 @@ impl Models {
         }
     }
 
-    /// Every model's name and, when loaded, its longest context.
-    pub fn list(&self) -> Vec<(String, Option<usize>)> {
+    /// Every model's name, root (its name while unloaded) and, when loaded, longest context.
+    pub fn list(&self) -> Vec<(String, String, Option<usize>)> {
         match self {
-            Models::One(m) => vec![(m.name.clone(), Some(m.max_model_len))],
-            Models::Many(r) => {
-                r.names().into_iter().map(|n| (n.clone(), r.loaded(&n).map(|m| m.max_model_len))).collect()
-            }
+            Models::One(m) => vec![(m.name.clone(), m.root.clone(), Some(m.max_model_len))],
+            Models::Many(r) => r
+                .names()
+                .into_iter()
+                .map(|n| match r.loaded(&n) {
+                    Some(m) => (n, m.root.clone(), Some(m.max_model_len)),
+                    None => (n.clone(), n, None),
+                })
+                .collect(),
         }
     }
 
@@ -91,7 +101,7 @@ impl Models {
 /// A 404 unless `name` is absent or the one model's name.
 fn served_as(m: &ServedModel, name: Option<&str>) -> Result<(), ApiError> {
     match name {
-        Some(n) if n != m.name => {
+        Some(n) if !m.answers_to(n) => {
             Err(ApiError::NotFound(format!("model `{n}` does not exist; this server serves `{}`", m.name)))
         }
         _ => Ok(()),
@@ -112,6 +122,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// One model, with its root, requiring `api_key` on `/v1/*` when given.
+    pub fn one(model: ServedModel, api_key: Option<String>) -> Arc<Self> {
+        Self::serving(Models::One(Arc::new(model)), api_key)
+    }
+
     /// One model on one engine.
     pub fn new(engine: Engine, tokenizer: TextTokenizer, model_name: String, max_model_len: usize) -> Arc<Self> {
         Self::serving(

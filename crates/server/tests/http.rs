@@ -359,6 +359,110 @@ async fn completions_with_n_stop_and_length() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn echo_puts_the_prompt_before_the_completion_streamed_or_not() {
+    let ask = |stream: bool, echo: bool| {
+        format!(
+            r#"{{"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0, "echo": {echo}, "stream": {stream}}}"#
+        )
+    };
+    let text = |body: &str| json(body)["choices"][0]["text"].as_str().unwrap().to_string();
+    let (_, plain) = http("POST", "/v1/completions", &ask(false, false)).await;
+    let (code, echoed) = http("POST", "/v1/completions", &ask(false, true)).await;
+    assert_eq!(code, 200, "{echoed}");
+    assert_eq!(text(&echoed), format!("The capital of France is{}", text(&plain)));
+    // Streamed: the prompt comes with the first chunk; the chunks join to the same text.
+    let (_, body) = http("POST", "/v1/completions", &ask(true, true)).await;
+    let joined: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| json(e)["choices"][0]["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(joined, text(&echoed));
+    // Token prompts echo their decoded text; chat has no echo; echo with logprobs is refused.
+    let (_, ids) = http("POST", "/tokenize", r#"{"prompt": "Hello there", "add_special_tokens": false}"#).await;
+    let tokens = json(&ids)["tokens"].to_string();
+    let (_, body) = http(
+        "POST",
+        "/v1/completions",
+        &format!(r#"{{"prompt": {tokens}, "max_tokens": 2, "temperature": 0, "echo": true}}"#),
+    )
+    .await;
+    assert!(text(&body).starts_with("Hello there"), "{body}");
+    for (path, req) in [
+        ("/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}], "echo": true}"#),
+        ("/v1/completions", r#"{"prompt": "hi", "echo": true, "logprobs": 1}"#),
+    ] {
+        let (code, body) = http("POST", path, req).await;
+        assert_eq!((code, json(&body)["error"]["param"].as_str()), (400, Some("echo")), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_fields_are_a_400_naming_them_and_inert_defaults_pass() {
+    let (code, body) = http("POST", "/v1/completions", r#"{"prompt": "hi", "max_tokens": 1, "temprature": 0}"#).await;
+    let v = json(&body);
+    assert_eq!((code, v["error"]["param"].as_str()), (400, Some("temprature")), "{body}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("Unrecognized request argument"), "{body}");
+    let (code, body) = http(
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "best_of": 2}"#,
+    )
+    .await;
+    assert_eq!((code, json(&body)["error"]["param"].as_str()), (400, Some("best_of")), "{body}");
+    let (code, body) = http(
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "user": "alice", "store": false,
+            "service_tier": "auto", "parallel_tool_calls": true, "skip_special_tokens": true}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_tool_calls_false_keeps_the_first_call() {
+    // A regex forces an answer with two Hermes calls; `auto` parses both, unless told not to.
+    let call = |city: &str| {
+        format!(
+            r#"<tool_call>\\n\\{{\"name\": \"get_weather\", \"arguments\": \\{{\"city\": \"{city}\"\\}}\\}}\\n</tool_call>"#
+        )
+    };
+    let regex = format!("{}\\n{}", call("Paris"), call("Rome"));
+    let ask = |parallel: bool, stream: bool| {
+        format!(
+            r#"{{"messages": [{{"role": "user", "content": "Weather in Paris and Rome?"}}], "max_tokens": 80,
+                "temperature": 0, "stream": {stream}, "parallel_tool_calls": {parallel},
+                "tools": [{{"type": "function", "function": {{"name": "get_weather",
+                    "parameters": {{"type": "object", "properties": {{"city": {{"type": "string"}}}}}}}}}}],
+                "structured_outputs": {{"regex": "{regex}"}}}}"#
+        )
+    };
+    let cities = |calls: &serde_json::Value| -> Vec<String> {
+        calls
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| json(c["function"]["arguments"].as_str().unwrap())["city"].to_string())
+            .collect()
+    };
+    let (code, body) = http("POST", "/v1/chat/completions", &ask(true, false)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(cities(&json(&body)["choices"][0]["message"]["tool_calls"]), ["\"Paris\"", "\"Rome\""], "{body}");
+    let (_, body) = http("POST", "/v1/chat/completions", &ask(false, false)).await;
+    assert_eq!(cities(&json(&body)["choices"][0]["message"]["tool_calls"]), ["\"Paris\""], "{body}");
+    let (_, body) = http("POST", "/v1/chat/completions", &ask(false, true)).await;
+    let streamed: Vec<serde_json::Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .flat_map(|e| json(e)["choices"][0]["delta"]["tool_calls"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(cities(&serde_json::Value::Array(streamed)), ["\"Paris\""], "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn streaming_sends_chunks_usage_and_done() {
     let (code, body) = http(
         "POST",

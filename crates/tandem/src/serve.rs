@@ -3,6 +3,7 @@
 //! ([`crate::contexts`]), loaded on first request.
 
 use clap::Args;
+use tandem_engine::ServedModel;
 use tandem_server::{AppState, Models};
 
 use crate::model::{start, ModelArgs};
@@ -67,17 +68,15 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
             let running = start(&a.model)?;
             eprintln!("tandem serve: {}", running.describe);
             let what = format!("model `{}`", running.name);
-            let state = match key {
-                Some(key) => AppState::with_api_key(
-                    running.engine,
-                    running.tokenizer,
-                    running.name.clone(),
-                    running.max_model_len,
-                    key,
-                ),
-                None => AppState::new(running.engine, running.tokenizer, running.name.clone(), running.max_model_len),
-            };
-            (state, what)
+            let model = ServedModel::new(
+                running.name,
+                running.engine,
+                running.tokenizer,
+                running.max_model_len,
+                running.describe,
+            )
+            .with_root(running.root);
+            (AppState::one(model, key), what)
         }
     };
     rt.block_on(async {

@@ -5,6 +5,13 @@
 //! prefix-cache hit can take it back without recomputing it. Allocation takes blocks from the
 //! head of the free queue (least recently freed first) and evicts their cached hash.
 //! Sharing is by reference count: a block shared by two sequences is freed when both are.
+//!
+//! A hash match is never trusted alone. Every computed block gets a *content id*, unique for
+//! the pool's life, and a cached block keeps a [`Proof`]: its tokens and its parent's content
+//! id (or the chain's root: the cache salt). A hit must match both, block by block from the
+//! first, so a hit's KV was computed from exactly the hitting request's tokens after exactly
+//! its prefix — whatever the hash: the soundness of a reuse does not rest on the key (tests
+//! truncate keys to a few bits to show it).
 
 use rustc_hash::FxHashMap;
 
@@ -13,11 +20,19 @@ use super::hash::BlockHash;
 use crate::error::InvariantViolation;
 use crate::types::{BlockId, TokenId};
 
+/// What comes before a block: the start of a chain (with its cache-salt root, if any), or the
+/// block whose content id is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parent {
+    Root(Option<BlockHash>),
+    Block(u64),
+}
+
 /// What a cached block was computed from, confirmed on every hit: a hash match alone is not
 /// trusted.
 #[derive(Debug, Clone, PartialEq)]
 struct Proof {
-    parent: Option<BlockHash>,
+    parent: Parent,
     tokens: Box<[TokenId]>,
 }
 
@@ -26,6 +41,9 @@ pub struct BlockPool {
     ref_cnt: Vec<u32>,
     hash: Vec<Option<BlockHash>>,
     proof: Vec<Option<Proof>>,
+    /// Each block's content id while it holds computed, registered KV (see the module doc).
+    content: Vec<Option<u64>>,
+    next_content: u64,
     free: FreeList,
     cached: FxHashMap<BlockHash, BlockId>,
     evictions: u64,
@@ -37,6 +55,8 @@ impl BlockPool {
             ref_cnt: vec![0; num_blocks],
             hash: vec![None; num_blocks],
             proof: vec![None; num_blocks],
+            content: vec![None; num_blocks],
+            next_content: 0,
             free: FreeList::full(num_blocks),
             cached: FxHashMap::default(),
             evictions: 0,
@@ -80,6 +100,7 @@ impl BlockPool {
             let Some(i) = self.free.pop_front() else { return false };
             let b = BlockId(i);
             self.proof[b.index()] = None;
+            self.content[b.index()] = None;
             if let Some(h) = self.hash[b.index()].take() {
                 if self.cached.get(&h) == Some(&b) {
                     self.cached.remove(&h);
@@ -97,10 +118,15 @@ impl BlockPool {
         self.cached.get(&h).copied()
     }
 
-    /// Whether cached block `b` was computed from `tokens` after the block hashed `parent`
-    /// (a hit is confirmed with this before its KV is reused).
-    pub fn verify(&self, b: BlockId, parent: Option<BlockHash>, tokens: &[TokenId]) -> bool {
+    /// Whether cached block `b` was computed from `tokens` after `parent` (a hit is confirmed
+    /// with this before its KV is reused).
+    pub fn verify(&self, b: BlockId, parent: Parent, tokens: &[TokenId]) -> bool {
         matches!(self.proof.get(b.index()), Some(Some(p)) if p.parent == parent && *p.tokens == *tokens)
+    }
+
+    /// What follows block `b` in a chain: [`Parent::Block`] of its content id, if it has one.
+    pub fn parent_after(&self, b: BlockId) -> Option<Parent> {
+        self.content.get(b.index()).copied().flatten().map(Parent::Block)
     }
 
     /// Takes one more reference to a block found by [`Self::lookup`]; a free one leaves the
@@ -142,11 +168,27 @@ impl BlockPool {
         }
     }
 
-    /// [`Self::register`], keeping what the block was computed from for [`Self::verify`].
-    pub fn register_proven(&mut self, b: BlockId, h: BlockHash, parent: Option<BlockHash>, tokens: &[TokenId]) {
+    /// Records that block `b` now holds KV computed from `tokens` after `parent` (`None`: a
+    /// parent without a content id, so `b`'s content cannot be proven and it is not cached),
+    /// and makes it findable by `h` unless another block holds `h`. A block with the same proof
+    /// as the one holding `h` shares its content id (its children are found through either).
+    pub fn register_proven(&mut self, b: BlockId, h: BlockHash, parent: Option<Parent>, tokens: &[TokenId]) {
+        let (Some(parent), true) = (parent, b.index() < self.num_blocks()) else { return };
+        if self.content[b.index()].is_some() {
+            return;
+        }
+        let proof = Proof { parent, tokens: tokens.into() };
+        let same = self.cached.get(&h).filter(|&&q| self.proof[q.index()].as_ref() == Some(&proof));
+        self.content[b.index()] = match same {
+            Some(&q) => self.content[q.index()],
+            None => {
+                self.next_content += 1;
+                Some(self.next_content)
+            }
+        };
         self.register(b, h);
-        if self.hash.get(b.index()) == Some(&Some(h)) && self.cached.get(&h) == Some(&b) {
-            self.proof[b.index()] = Some(Proof { parent, tokens: tokens.into() });
+        if self.cached.get(&h) == Some(&b) {
+            self.proof[b.index()] = Some(proof);
         }
     }
 
@@ -155,6 +197,7 @@ impl BlockPool {
         self.cached.clear();
         self.hash.iter_mut().for_each(|h| *h = None);
         self.proof.iter_mut().for_each(|p| *p = None);
+        self.content.iter_mut().for_each(|c| *c = None);
     }
 
     /// Checks the pool's own invariants; `Err` describes the first violation.
@@ -203,6 +246,35 @@ impl BlockPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_is_found_only_after_the_very_block_it_was_computed_after() {
+        // 2 blocks. A0 (tokens 1,2) then A1 (tokens 3,4) after it, under keys 5 and 6.
+        let mut pool = BlockPool::new(2);
+        let mut a = Vec::new();
+        pool.allocate(2, &mut a);
+        pool.register_proven(a[0], BlockHash(5), Some(Parent::Root(None)), &[1, 2]);
+        pool.register_proven(a[1], BlockHash(6), pool.parent_after(a[0]), &[3, 4]);
+        let after_a0 = pool.parent_after(a[0]).unwrap();
+        assert!(pool.verify(a[1], after_a0, &[3, 4]), "the real chain is found");
+        // Both freed (queue: A0, A1); one allocation reuses A0's block for C0 = tokens 7,8,
+        // registered under A0's old key 5 — a key collision — while A1 stays cached.
+        pool.release(a[0]);
+        pool.release(a[1]);
+        let mut c = Vec::new();
+        pool.allocate(1, &mut c);
+        assert_eq!(c, vec![a[0]]);
+        pool.register_proven(c[0], BlockHash(5), Some(Parent::Root(None)), &[7, 8]);
+        // A request 7,8,3,4 hashing to keys 5, 6 finds C0 (its own tokens) and then A1 — whose
+        // KV was computed after 1,2. Matching the parent's key would accept it; its content id
+        // does not.
+        assert_eq!(pool.lookup(BlockHash(5)), Some(c[0]));
+        assert!(pool.verify(c[0], Parent::Root(None), &[7, 8]));
+        assert_eq!(pool.lookup(BlockHash(6)), Some(a[1]));
+        let after_c0 = pool.parent_after(c[0]).unwrap();
+        assert_ne!(after_c0, after_a0, "content ids are never reused");
+        assert!(!pool.verify(a[1], after_c0, &[3, 4]), "A1 was not computed after C0");
+    }
 
     #[test]
     fn allocation_fails_whole_when_short() {

@@ -7,7 +7,7 @@
 //! separate streams, a block allocated in this step may not be written yet when another stream
 //! would read it.
 
-use super::block_pool::BlockPool;
+use super::block_pool::{BlockPool, Parent};
 use super::hash::{hash_block, BlockHash};
 use super::host_pool::HostPool;
 use crate::types::{BlockId, HostBlockId, TokenId};
@@ -55,6 +55,8 @@ impl SeqBlocks {
 pub struct PrefixHit {
     pub blocks: Vec<BlockId>,
     pub num_tokens: usize,
+    /// The walk stopped at a block whose key matched but whose proof did not.
+    pub rejected: bool,
 }
 
 /// Device and host block pools plus the rules that map sequences onto them.
@@ -64,6 +66,8 @@ pub struct KvCacheManager {
     host: HostPool,
     block_size: usize,
     prefix_caching: bool,
+    /// Prefix-cache keys keep their low `key_mask` bits (all of them but in collision tests).
+    key_mask: u128,
     /// Host blocks released by swap-in this step; reusable only from the next step, so that a
     /// swap-out in the same step cannot overwrite a block before the executor has read it.
     deferred_host_free: Vec<HostBlockId>,
@@ -76,8 +80,16 @@ impl KvCacheManager {
             host: HostPool::new(num_host_blocks),
             block_size: block_size.max(1),
             prefix_caching,
+            key_mask: u128::MAX,
             deferred_host_free: Vec::new(),
         }
+    }
+
+    /// Keys truncated to their low `bits` bits (128: whole). Below 128 only to force
+    /// collisions in tests: hits are still confirmed against the blocks' tokens.
+    pub fn with_key_bits(mut self, bits: u32) -> Self {
+        self.key_mask = if bits >= 128 { u128::MAX } else { (1u128 << bits) - 1 };
+        self
     }
 
     pub fn block_size(&self) -> usize {
@@ -104,7 +116,8 @@ impl KvCacheManager {
         while seq.hashes.len() < full {
             let i = seq.hashes.len();
             let parent = seq.parent(i);
-            seq.hashes.push(hash_block(parent, &tokens[i * self.block_size..(i + 1) * self.block_size]));
+            let h = hash_block(parent, &tokens[i * self.block_size..(i + 1) * self.block_size]);
+            seq.hashes.push(BlockHash(h.0 & self.key_mask));
         }
     }
 
@@ -119,14 +132,21 @@ impl KvCacheManager {
         // A hit is taken only if the block was computed from these very tokens after the same
         // parent: a hash match alone is never trusted.
         let bs = self.block_size;
+        let mut parent = Parent::Root(seq.salt);
+        let mut rejected = false;
         let blocks: Vec<BlockId> = (0..max_blocks)
             .map_while(|i| {
                 let b = self.pool.lookup(seq.hashes[i])?;
-                self.pool.verify(b, seq.parent(i), &tokens[i * bs..(i + 1) * bs]).then_some(b)
+                if !self.pool.verify(b, parent, &tokens[i * bs..(i + 1) * bs]) {
+                    rejected = true;
+                    return None;
+                }
+                parent = self.pool.parent_after(b)?;
+                Some(b)
             })
             .collect();
         let num_tokens = blocks.len() * self.block_size;
-        PrefixHit { blocks, num_tokens }
+        PrefixHit { blocks, num_tokens, rejected }
     }
 
     /// Free blocks that giving `seq` room for `total_tokens` tokens (after taking `hit`) would
@@ -165,7 +185,11 @@ impl KvCacheManager {
         self.extend_hashes(seq, tokens, full * self.block_size);
         let bs = self.block_size;
         for i in seq.num_cached..full {
-            self.pool.register_proven(seq.blocks[i], seq.hashes[i], seq.parent(i), &tokens[i * bs..(i + 1) * bs]);
+            let parent = match i {
+                0 => Some(Parent::Root(seq.salt)),
+                _ => self.pool.parent_after(seq.blocks[i - 1]),
+            };
+            self.pool.register_proven(seq.blocks[i], seq.hashes[i], parent, &tokens[i * bs..(i + 1) * bs]);
         }
         seq.num_cached = full;
     }
@@ -309,7 +333,7 @@ mod tests {
         let mut a = SeqBlocks::default();
         kv.allocate_slots(&mut a, &[], 5);
         let forged = hash_block(None, &b_toks[..4]);
-        kv.pool.register_proven(a.blocks[0], forged, None, &a_toks[..4]);
+        kv.pool.register_proven(a.blocks[0], forged, Some(Parent::Root(None)), &a_toks[..4]);
         let mut b = SeqBlocks::default();
         assert_eq!(kv.find_prefix(&mut b, &b_toks).num_tokens, 0, "tokens differ: no hit");
         // The same block proven with B's own tokens is a hit.

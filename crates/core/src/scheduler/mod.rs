@@ -107,7 +107,8 @@ impl Scheduler {
     ) -> Result<Self, Error> {
         cfg.validate()?;
         let kv =
-            KvCacheManager::new(cfg.num_gpu_blocks, cfg.num_host_blocks, cfg.block_size, cfg.enable_prefix_caching);
+            KvCacheManager::new(cfg.num_gpu_blocks, cfg.num_host_blocks, cfg.block_size, cfg.enable_prefix_caching)
+                .with_key_bits(cfg.prefix_key_bits);
         let base_limits = Limits {
             max_num_seqs: cfg.max_num_seqs,
             max_num_batched_tokens: cfg.max_num_batched_tokens,

@@ -373,6 +373,7 @@ impl Scheduler {
             }
             self.stats.prefix_cache_queries += prompt_len as u64;
             self.stats.prefix_cache_hits += hit.num_tokens as u64;
+            self.stats.prefix_cache_rejections += u64::from(hit.rejected);
             self.kv.allocate_slots(&mut seq.kv, &hit.blocks, total).is_some()
         };
         debug_assert!(ok, "room was checked");

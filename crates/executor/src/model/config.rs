@@ -126,6 +126,25 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// This shape as a Hugging Face `config.json` (what [`Self::from_hf_json`] reads back;
+    /// the weights' RoPE layout is not part of it: HF checkpoints are always half-split).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let class = match self.architecture.as_str() {
+            "qwen2" => "Qwen2ForCausalLM",
+            "mistral" => "MistralForCausalLM",
+            _ => "LlamaForCausalLM",
+        };
+        serde_json::json!({
+            "model_type": self.architecture, "architectures": [class],
+            "hidden_size": self.hidden, "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim, "vocab_size": self.vocab,
+            "rms_norm_eps": self.rms_eps, "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position, "tie_word_embeddings": self.tie_embeddings,
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_ids,
+        })
+    }
+
     fn validate(&self, path: &str) -> Result<(), ExecError> {
         if self.layers == 0 || self.hidden == 0 || self.heads == 0 || self.kv_heads == 0 || self.vocab == 0 {
             return Err(bad(path, format!("degenerate shape {self:?}")));

@@ -30,6 +30,11 @@ fn raise_exception(msg: String) -> Result<String, minijinja::Error> {
 
 impl ChatTemplate {
     /// Parses the template now, so a broken one is reported at load.
+    /// The template's Jinja source, as the model file carries it.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     pub fn new(source: String) -> Result<Self, ExecError> {
         let me = Self { source };
         me.env()?;

@@ -160,6 +160,28 @@ impl TextTokenizer {
         Ok(Self { tok, template, bos_token: bos, eos_token: eos, eos_token_ids: eos_ids, vocab_size, bos_to_add: None })
     }
 
+    /// Writes this tokenizer as a Hugging Face tokenizer directory (`tokenizer.json` and
+    /// `tokenizer_config.json` with the special tokens, `add_bos_token` and the chat template),
+    /// so that `transformers.AutoTokenizer.from_pretrained(dir)` — what `vllm bench serve`,
+    /// guidellm and AIPerf load — encodes exactly as this server does, GGUF models included.
+    pub fn write_hf_dir(&self, dir: &Path) -> Result<(), ExecError> {
+        let io = |e: std::io::Error| tk(e);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        self.save_json(&dir.join("tokenizer.json"))?;
+        let config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "add_bos_token": self.bos_to_add.is_some(),
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": 1_000_000_000_000_000_000u64,
+            "chat_template": self.template.as_ref().map(ChatTemplate::source),
+        });
+        let text = serde_json::to_string_pretty(&config).map_err(tk)?;
+        std::fs::write(dir.join("tokenizer_config.json"), text).map_err(io)
+    }
+
     /// Token ids of `text`; special tokens written in the text are recognised, and BOS is
     /// prepended when the model wants it and the text (a rendered chat template, say) does not
     /// already start with it.
