@@ -91,6 +91,19 @@ pub struct Common {
     /// Every other field of the body: refused unless [`inert_field`] knows it as inactive.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
+    /// The API key the request authenticated with (not a body field).
+    #[serde(skip)]
+    pub tenant: Option<crate::state::Tenant>,
+}
+
+/// The prefix-cache salt of a request: the one it sent, else its tenant's (API key's) own, else
+/// none. The two are namespaced apart, so no sent salt can equal a tenant's.
+pub fn salt(sent: Option<&str>, tenant: Option<crate::state::Tenant>) -> Option<String> {
+    match (sent, tenant) {
+        (Some(s), _) => Some(format!("sent:{s}")),
+        (None, Some(t)) => Some(t.default_salt()),
+        (None, None) => None,
+    }
 }
 
 /// Whether `value` of the field `name` — one OpenAI or vLLM define but tandem does not act on —
@@ -425,7 +438,7 @@ impl Common {
             stop,
             stop_token_ids,
             min_tokens,
-            cache_salt: self.cache_salt.clone(),
+            cache_salt: salt(self.cache_salt.as_deref(), self.tenant),
             grammar: crate::structured::grammar(self)?,
             logit_bias: self.logit_bias()?,
             tools: false,

@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::Extension;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +23,7 @@ use crate::generation::{Choice, TokenLogprob};
 use crate::openai::{
     chat_messages, parse, ChatBody, Common, CompletionBody, GenRequest, PromptInput, MAX_CHOICES, MAX_PROMPTS,
 };
-use crate::state::{AppState, Models};
+use crate::state::{AppState, Models, Tenant};
 use tandem_engine::ModelLease;
 
 pub(crate) type Shared = State<Arc<AppState>>;
@@ -249,22 +250,27 @@ pub async fn set_streams(
     Ok(Json(out))
 }
 
-/// Rejects `/v1` requests without the configured Bearer key (constant-time comparison).
+/// Rejects `/v1` requests without one of the configured Bearer keys (each compared in
+/// constant time, all of them every time), and marks the request with its [`Tenant`].
 pub async fn auth(
     State(s): Shared,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<Response, ApiError> {
-    if let Some(key) = &s.api_key {
+    if !s.api_keys.is_empty() {
         let given = req
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return Err(ApiError::Unauthorized);
-        }
+        let matched = s
+            .api_keys
+            .iter()
+            .enumerate()
+            .fold(None, |found, (i, key)| if constant_time_eq(given.as_bytes(), key.as_bytes()) { Some(i) } else { found });
+        let Some(i) = matched else { return Err(ApiError::Unauthorized) };
+        req.extensions_mut().insert(Tenant(i));
     }
     Ok(next.run(req).await)
 }
@@ -297,8 +303,13 @@ fn encode(m: &ModelLease, text: &str) -> Result<Vec<u32>, ApiError> {
     m.tokenizer.encode(text).map_err(|e| ApiError::invalid("prompt", e.to_string()))
 }
 
-pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let req: CompletionBody = parse(&body(b)?)?;
+pub async fn completions(
+    State(s): Shared,
+    tenant: Option<Extension<Tenant>>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut req: CompletionBody = parse(&body(b)?)?;
+    req.common.tenant = tenant.map(|t| t.0);
     req.common.refuse_unsupported()?;
     if crate::tools::parse(req.common.tools.as_ref(), req.common.tool_choice.as_ref())?.is_some() {
         return Err(ApiError::invalid("tools", "tools are for /v1/chat/completions"));
@@ -336,8 +347,13 @@ pub async fn completions(State(s): Shared, b: Result<Bytes, BytesRejection>) -> 
     respond(s, m, gens, false).await
 }
 
-pub async fn chat(State(s): Shared, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let req: ChatBody = parse(&body(b)?)?;
+pub async fn chat(
+    State(s): Shared,
+    tenant: Option<Extension<Tenant>>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut req: ChatBody = parse(&body(b)?)?;
+    req.common.tenant = tenant.map(|t| t.0);
     req.common.refuse_unsupported()?;
     if req.common.echo == Some(true) {
         return Err(ApiError::invalid("echo", "`echo` is for /v1/completions"));

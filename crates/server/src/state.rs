@@ -108,6 +108,20 @@ fn served_as(m: &ServedModel, name: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
+/// The tenant a request authenticated as (the index of its API key), put in the request's
+/// extensions by [`crate::routes::auth`]. Its requests' default `cache_salt` is the key's own,
+/// so tenants never share prefix-cache blocks unless they send the same `cache_salt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenant(pub usize);
+
+impl Tenant {
+    /// The salt for this tenant's requests that send none (never equal to a sent one: sent
+    /// salts are namespaced apart in [`crate::openai::salt`]).
+    pub fn default_salt(self) -> String {
+        format!("key:{}", self.0)
+    }
+}
+
 /// The server's shared state.
 pub struct AppState {
     pub models: Models,
@@ -117,41 +131,42 @@ pub struct AppState {
     /// requests and restarts).
     boot: u64,
     responses: AtomicU64,
-    /// When set, `/v1/*` requires `Authorization: Bearer <key>`.
-    pub api_key: Option<String>,
+    /// When not empty, `/v1/*` requires `Authorization: Bearer <key>` with one of these keys;
+    /// each key is a tenant whose requests' prefix-cache blocks are their own by default.
+    pub api_keys: Vec<String>,
 }
 
 impl AppState {
-    /// One model, with its root, requiring `api_key` on `/v1/*` when given.
-    pub fn one(model: ServedModel, api_key: Option<String>) -> Arc<Self> {
-        Self::serving(Models::One(Arc::new(model)), api_key)
+    /// One model, with its root, requiring one of `api_keys` on `/v1/*` (none: open).
+    pub fn one(model: ServedModel, api_keys: Vec<String>) -> Arc<Self> {
+        Self::serving(Models::One(Arc::new(model)), api_keys)
     }
 
     /// One model on one engine.
     pub fn new(engine: Engine, tokenizer: TextTokenizer, model_name: String, max_model_len: usize) -> Arc<Self> {
         Self::serving(
             Models::One(Arc::new(ServedModel::new(model_name, engine, tokenizer, max_model_len, String::new()))),
-            None,
+            Vec::new(),
         )
     }
 
-    /// The same, requiring `api_key` on `/v1/*`.
+    /// The same, requiring one of `api_keys` on `/v1/*`.
     pub fn with_api_key(
         engine: Engine,
         tokenizer: TextTokenizer,
         model_name: String,
         max_model_len: usize,
-        api_key: String,
+        api_keys: Vec<String>,
     ) -> Arc<Self> {
         let model = ServedModel::new(model_name, engine, tokenizer, max_model_len, String::new());
-        Self::serving(Models::One(Arc::new(model)), Some(api_key))
+        Self::serving(Models::One(Arc::new(model)), api_keys)
     }
 
     /// Any set of models.
-    pub fn serving(models: Models, api_key: Option<String>) -> Arc<Self> {
+    pub fn serving(models: Models, api_keys: Vec<String>) -> Arc<Self> {
         let boot =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-        Arc::new(Self { models, next_id: AtomicU64::new(1), boot, responses: AtomicU64::new(1), api_key })
+        Arc::new(Self { models, next_id: AtomicU64::new(1), boot, responses: AtomicU64::new(1), api_keys })
     }
 
     /// A fresh engine request id.
@@ -178,7 +193,7 @@ mod tests {
             Box::new(tandem_core::contexts::TierRule),
         )
         .unwrap();
-        let s = AppState::serving(Models::Many(registry), None);
+        let s = AppState::serving(Models::Many(registry), Vec::new());
         let ids: Vec<String> = std::thread::scope(|scope| {
             let workers: Vec<_> =
                 (0..8).map(|_| scope.spawn(|| (0..500).map(|_| s.response_id("cmpl")).collect::<Vec<_>>())).collect();

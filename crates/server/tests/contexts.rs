@@ -72,7 +72,7 @@ async fn a_best_effort_model_is_evicted_for_a_guaranteed_one_and_reloads() {
     let specs =
         vec![spec("smollm2", QosTier::Guaranteed, 400, &smol), spec("tiny", QosTier::BestEffort, 300, &tiny_dir)];
     let registry = ModelRegistry::new(600 * MIB, specs, Box::new(loader(paths)), Box::new(TierRule)).unwrap();
-    let state = AppState::serving(Models::Many(registry.clone()), None);
+    let state = AppState::serving(Models::Many(registry.clone()), Vec::new());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(tandem_server::run(listener, state, std::future::pending()));

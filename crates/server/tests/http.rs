@@ -26,7 +26,7 @@ fn server() -> &'static (String, Arc<AppState>) {
 /// A second server that requires an API key.
 fn auth_server() -> &'static (String, Arc<AppState>) {
     static S: OnceLock<(String, Arc<AppState>)> = OnceLock::new();
-    S.get_or_init(|| start_server(Some("sekrit")))
+    S.get_or_init(|| start_server(Some("sekrit,other-tenant")))
 }
 
 fn start_server(api_key: Option<&str>) -> (String, Arc<AppState>) {
@@ -44,7 +44,13 @@ fn start_server(api_key: Option<&str>) -> (String, Arc<AppState>) {
         Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true, gate: None }, Box::new(exec))
             .unwrap();
     let state = match api_key {
-        Some(k) => AppState::with_api_key(engine, loaded.tokenizer, "smollm2".into(), 2048, k.into()),
+        Some(k) => AppState::with_api_key(
+            engine,
+            loaded.tokenizer,
+            "smollm2".into(),
+            2048,
+            k.split(',').map(str::to_string).collect(),
+        ),
         None => AppState::new(engine, loaded.tokenizer, "smollm2".into(), 2048),
     };
     let (tx, rx) = std::sync::mpsc::channel();
@@ -611,6 +617,32 @@ async fn an_api_key_guards_v1_but_not_health() {
     assert_eq!(http_to(&addr, "POST", "/tokenize", tokenize, "Authorization: Bearer sekrit\r\n").await.0, 200);
     assert_eq!(http_to(&addr, "GET", "/health", "", "").await.0, 200);
     assert_eq!(http_to(&addr, "GET", "/metrics", "", "").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_api_key_is_a_tenant_with_its_own_prefix_cache() {
+    let addr = auth_server().0.clone();
+    let cached = |body: &str| json(body)["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    let ids: Vec<u32> = (0..50).map(|i| 30_000 + i * 3).collect();
+    let plain = serde_json::json!({"prompt": ids, "max_tokens": 1}).to_string();
+    let shared = serde_json::json!({"prompt": ids, "max_tokens": 1, "cache_salt": "team"}).to_string();
+    let send = |key: &'static str, body: String| {
+        let addr = addr.clone();
+        async move {
+            let (code, resp) =
+                http_to(&addr, "POST", "/v1/completions", &body, &format!("Authorization: Bearer {key}\r\n")).await;
+            assert_eq!(code, 200, "{resp}");
+            cached(&resp)
+        }
+    };
+    // The first key's tenant: cold, then warm (48 of 50 tokens: three full 16-token blocks).
+    assert_eq!(send("sekrit", plain.clone()).await, Some(0));
+    assert_eq!(send("sekrit", plain.clone()).await, Some(48));
+    // The second key sends the same tokens: its own blocks, cold.
+    assert_eq!(send("other-tenant", plain.clone()).await, Some(0));
+    // Both choose to share by sending the same cache_salt.
+    assert_eq!(send("sekrit", shared.clone()).await, Some(0));
+    assert_eq!(send("other-tenant", shared).await, Some(48));
 }
 
 /// The value of the sample line starting with `prefix` (labels included) in a scrape.

@@ -16,9 +16,11 @@ pub struct ServeArgs {
     host: String,
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Require `Authorization: Bearer <key>` on /v1 (also read from TANDEM_API_KEY).
-    #[arg(long, env = "TANDEM_API_KEY", hide_env_values = true)]
-    api_key: Option<String>,
+    /// Require `Authorization: Bearer <key>` on /v1 with one of these keys (comma-separated or
+    /// repeated; also read from TANDEM_API_KEY). Each key is a tenant: requests without a
+    /// `cache_salt` share prefix-cache blocks only with requests of the same key.
+    #[arg(long, env = "TANDEM_API_KEY", hide_env_values = true, value_delimiter = ',')]
+    api_key: Vec<String>,
     /// Serve several models from a TOML file of contexts (tiers, memory budgets, shares,
     /// keep-alive) instead of one `--model`; see docs/contexts.md.
     #[arg(long, conflicts_with = "model")]
@@ -46,7 +48,7 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
-    let key = a.api_key.clone().filter(|k| !k.is_empty());
+    let keys: Vec<String> = a.api_key.iter().filter(|k| !k.is_empty()).cloned().collect();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let (state, what) = match &a.models {
         Some(file) => {
@@ -62,7 +64,7 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
                     let _ = tokio::task::spawn_blocking(move || r.unload_idle()).await;
                 }
             });
-            (AppState::serving(Models::Many(registry), key), format!("models {names} (loaded on first request)"))
+            (AppState::serving(Models::Many(registry), keys), format!("models {names} (loaded on first request)"))
         }
         None => {
             let running = start(&a.model)?;
@@ -76,7 +78,7 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
                 running.describe,
             )
             .with_root(running.root);
-            (AppState::one(model, key), what)
+            (AppState::one(model, keys), what)
         }
     };
     rt.block_on(async {
