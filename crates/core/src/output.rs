@@ -198,6 +198,8 @@ pub struct StepTiming {
     pub device: Duration,
     /// Busy time of each stream, aligned with `SchedulerOutput::micro_batches`.
     pub stream_busy: Vec<Duration>,
+    /// Part of `device` spent copying the step's swap-outs and swap-ins.
+    pub swap: Duration,
 }
 
 /// Log-probabilities around one sampled token (OpenAI's `logprobs`), from the model's raw

@@ -24,6 +24,9 @@ pub struct SchedulerStats {
     /// (refused: a hash collision or a forged key; 0 in practice with full-size keys).
     pub prefix_cache_rejections: u64,
     pub preemptions_recompute: u64,
+    /// The figures `auto` preemption decides by, as learned from measured steps (`None` for
+    /// the other modes).
+    pub preemption_cost: Option<crate::PreemptionCost>,
     pub preemptions_swap: u64,
     pub steps: u64,
     pub last_batch_size: usize,

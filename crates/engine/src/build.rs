@@ -169,6 +169,8 @@ impl ModelSource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sizing {
     pub kv_bytes: u64,
+    /// Host memory for swapped-out blocks (0: none, so preemption always recomputes).
+    pub swap_bytes: u64,
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
     /// Scheduler overrides, `key=value` (see `tandem_core::config_text`).
@@ -181,6 +183,7 @@ impl Default for Sizing {
     fn default() -> Self {
         Self {
             kv_bytes: 512 << 20,
+            swap_bytes: 0,
             max_num_seqs: 64,
             max_num_batched_tokens: 512,
             overrides: Vec::new(),
@@ -209,15 +212,18 @@ pub fn kv_bytes_for_tokens(config: &LlamaConfig, device: DeviceKind, tokens: u64
 }
 
 /// An executor for `model` on `device` with a KV pool of about `kv_bytes`; also its block count.
+/// The executor for `device` with `kv_bytes` of device KV and room for `host_blocks` swapped
+/// blocks; returns it with its device block count.
 pub fn executor_for(
     device: DeviceKind,
     model: LlamaModel,
     kv_bytes: u64,
+    host_blocks: usize,
 ) -> Result<(Box<dyn Executor>, usize), BuildError> {
     match device {
         DeviceKind::Cpu => {
             let blocks = CpuExecutor::blocks_for_memory(&model, BLOCK_SIZE, kv_bytes).max(1);
-            Ok((Box::new(CpuExecutor::new(model, BLOCK_SIZE, blocks, 0)), blocks))
+            Ok((Box::new(CpuExecutor::new(model, BLOCK_SIZE, blocks, host_blocks)), blocks))
         }
         DeviceKind::Cuda | DeviceKind::TensorCpu => {
             let on = if device == DeviceKind::Cuda { TensorDevice::Cuda } else { TensorDevice::Cpu };
@@ -245,7 +251,9 @@ pub fn start_loaded(
     }
     let max_position = loaded.model.config.max_position;
     let config = loaded.model.config.clone();
-    let (executor, blocks) = executor_for(source.device, loaded.model, sizing.kv_bytes)?;
+    let block_bytes = config.kv_bytes_per_block(BLOCK_SIZE, source.device.kv_dtype_bytes()).max(1);
+    let host_blocks = (sizing.swap_bytes / block_bytes) as usize;
+    let (executor, blocks) = executor_for(source.device, loaded.model, sizing.kv_bytes, host_blocks)?;
     let max_model_len = max_position.min(blocks * BLOCK_SIZE).max(2);
     let mut scheduler = SchedulerConfig {
         block_size: BLOCK_SIZE,
@@ -253,9 +261,12 @@ pub fn start_loaded(
         max_num_seqs: sizing.max_num_seqs,
         max_num_batched_tokens: sizing.max_num_batched_tokens.max(BLOCK_SIZE),
         max_model_len,
+        num_host_blocks: host_blocks,
         eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
         ..SchedulerConfig::default()
     };
+    // `auto` preemption starts from the real block size (and learns the speeds as it runs).
+    scheduler.preemption_cost.kv_bytes_per_block = executor.kv_spec().bytes_per_block;
     scheduler.apply_overrides(&sizing.overrides)?;
     let describe = format!("{} from {}", executor.describe(), source.path.display());
     let engine = Engine::start(

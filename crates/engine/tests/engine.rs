@@ -84,7 +84,7 @@ impl Executor for ContentExecutor {
         }
         Ok(ModelOutput {
             sampled,
-            timing: StepTiming { device: self.delay, stream_busy: vec![] },
+            timing: StepTiming { device: self.delay, ..StepTiming::default() },
             ..ModelOutput::default()
         })
     }

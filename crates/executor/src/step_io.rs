@@ -31,12 +31,13 @@ pub(crate) fn execute_packed(e: &mut impl PackedForward, out: &SchedulerOutput) 
     let started = std::time::Instant::now();
     e.sampling().forget(&out.finished);
     e.swap(out)?;
+    let swap = started.elapsed();
     let p = pack(out, &e.sampling().last);
     let (logits, busy) = if p.ids.is_empty() { (Vec::new(), None) } else { e.forward(&p, out)? };
     let mut output = e.sampling().sample_all(out, &p.ids, &logits)?;
     let device = started.elapsed();
     let stream_busy = busy.unwrap_or_else(|| crate::fused_busy(out, device));
-    output.timing = tandem_core::StepTiming { device, stream_busy };
+    output.timing = tandem_core::StepTiming { device, stream_busy, swap };
     Ok(output)
 }
 

@@ -11,9 +11,9 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::Extension;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
@@ -160,6 +160,9 @@ pub async fn stats(
             "kv_usage": sc.kv_usage(), "kv_blocks_used": sc.kv_blocks_used, "kv_blocks_total": sc.kv_blocks_total,
             "prefix_cache_hit_rate": sc.prefix_cache_hit_rate(),
             "preemptions_recompute": sc.preemptions_recompute, "preemptions_swap": sc.preemptions_swap,
+            "preemption_cost": sc.preemption_cost.map(|c| json!({"kv_bytes_per_block": c.kv_bytes_per_block,
+                "swap_bytes_per_sec": c.swap_bytes_per_sec, "recompute_tokens_per_sec": c.recompute_tokens_per_sec})),
+            "prefix_cache_rejections": sc.prefix_cache_rejections,
             "max_num_seqs": sc.max_num_seqs, "max_num_batched_tokens": sc.max_num_batched_tokens,
             "tokens_generated": sc.tokens_generated,
         },
@@ -264,11 +267,13 @@ pub async fn auth(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let matched = s
-            .api_keys
-            .iter()
-            .enumerate()
-            .fold(None, |found, (i, key)| if constant_time_eq(given.as_bytes(), key.as_bytes()) { Some(i) } else { found });
+        let matched = s.api_keys.iter().enumerate().fold(None, |found, (i, key)| {
+            if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+                Some(i)
+            } else {
+                found
+            }
+        });
         let Some(i) = matched else { return Err(ApiError::Unauthorized) };
         req.extensions_mut().insert(Tenant(i));
     }

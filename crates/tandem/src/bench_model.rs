@@ -63,7 +63,7 @@ pub fn run(a: BenchModelArgs) -> Result<(), String> {
         DeviceKind::Cpu => kv_bytes_for_tokens(&model.config, a.device, needed * BS as u64),
         _ => a.kv_memory_mb << 20,
     };
-    let (mut exec, blocks) = executor_for(a.device, model, kv_bytes).map_err(|e| e.to_string())?;
+    let (mut exec, blocks) = executor_for(a.device, model, kv_bytes, 0).map_err(|e| e.to_string())?;
     if (blocks as u64) < needed {
         return Err(format!("--kv-memory-mb holds {blocks} blocks, the run needs {needed}"));
     }

@@ -26,6 +26,11 @@ pub struct ModelArgs {
     /// Memory for the KV cache, in MiB.
     #[arg(long, default_value_t = 512)]
     pub kv_memory_mb: u64,
+    /// Host memory for swapped-out KV blocks, in MiB (vLLM's `--swap-space`): with it,
+    /// `--set preemption=swap` or `auto` copies a preempted request's blocks out and back
+    /// instead of recomputing them. 0: no host tier (every preemption recomputes).
+    #[arg(long, default_value_t = 0)]
+    pub swap_space_mb: u64,
     /// Most requests decoding at once.
     #[arg(long, default_value_t = 64)]
     pub max_num_seqs: usize,
@@ -53,6 +58,7 @@ impl ModelArgs {
     pub fn sizing(&self, extra: &[String]) -> Sizing {
         Sizing {
             kv_bytes: self.kv_memory_mb << 20,
+            swap_bytes: self.swap_space_mb << 20,
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
             overrides: self.overrides.iter().chain(extra).cloned().collect(),

@@ -287,3 +287,39 @@ fn bench_compares_in_process_configurations() {
     assert_eq!(csv.lines().count(), 1 + 12, "6 requests × 2 configurations");
     let _ = std::fs::remove_dir_all(out);
 }
+
+#[test]
+fn serve_with_swap_space_swaps_a_preempted_request_out_and_in_with_the_same_tokens() {
+    // 8 MiB of KV holds 11 blocks of 16 tokens (SmolLM2-135M: 30 layers × 2 × 192 floats × 4 B
+    // = 46 KB a token, 737 KB a block): a low-priority request growing to 124 tokens (8 blocks)
+    // and a high-priority one of ~150 tokens (10 blocks) cannot both fit, so the high one's
+    // arrival preempts the low one — by swap, into the 64 MiB host tier — and it resumes after.
+    let server =
+        Served::start(&["--kv-memory-mb", "8", "--swap-space-mb", "64", "--set", "queue=priority,preemption=swap"]);
+    let low = r#"{"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0, "ignore_eos": true}"#;
+    let text = |resp: &str| {
+        let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"));
+        v["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let alone = text(&raw_http(&server.url, "POST", "/v1/completions", low));
+    let url = server.url.clone();
+    let preempted = std::thread::spawn(move || raw_http(&url, "POST", "/v1/completions", low));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let high = format!(
+        r#"{{"prompt": "{}", "max_tokens": 60, "temperature": 0, "ignore_eos": true, "priority": 10}}"#,
+        "one two three ".repeat(30)
+    );
+    let urgent = raw_http(&server.url, "POST", "/v1/completions", &high);
+    assert!(urgent.starts_with("HTTP/1.1 200"), "{urgent}");
+    let resumed = preempted.join().unwrap();
+    assert_eq!(text(&resumed), alone, "swapped out and in: the unpreempted tokens");
+    let metrics = raw_http(&server.url, "GET", "/metrics", "");
+    let swaps = metrics
+        .lines()
+        .find(|l| l.starts_with("tandem:num_preemptions_total{") && l.contains("mode=\"swap\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no swap preemption counter: {metrics}"));
+    assert!(swaps >= 1.0, "the high-priority arrival swapped the low one out: {swaps}");
+}

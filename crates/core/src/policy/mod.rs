@@ -13,7 +13,7 @@ pub use batching::{
 };
 pub use capacity::{AdmissionView, CapacityPolicy, CapacityPolicyKind, GuaranteedNoEvict, MaxUtilization, StaticBatch};
 pub use preemption::{
-    AutoPreemption, PreemptionCost, PreemptionMode, PreemptionModeKind, PreemptionPolicy, RecomputeOnly, SwapFirst,
-    VictimView,
+    AutoPreemption, CostSample, PreemptionCost, PreemptionMode, PreemptionModeKind, PreemptionPolicy, RecomputeOnly,
+    SwapFirst, VictimView,
 };
 pub use queue::{Fcfs, PriorityAging, QueuePolicy, QueuePolicyKind, Rank};

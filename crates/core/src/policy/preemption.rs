@@ -8,6 +8,11 @@
 //!   `2 · blocks · kv_bytes_per_block / swap_bytes_per_sec` seconds (out and back in).
 //!
 //! Swap always falls back to recompute when the host tier has no room.
+//!
+//! `Auto` starts from the configured [`PreemptionCost`] and then learns both speeds from the
+//! executor's measured steps ([`CostSample`]: the time a step spent copying blocks, and the
+//! time its forward took for the tokens it fed), as exponentially weighted averages — so the
+//! choice follows the machine it runs on, not constants.
 
 use crate::error::Error;
 
@@ -29,10 +34,29 @@ pub struct VictimView {
     pub host_free_blocks: usize,
 }
 
+/// What one executed step measured, for a policy that learns speeds.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CostSample {
+    /// Blocks the step copied (swap-outs plus swap-ins) and the time the copies took.
+    pub swapped_blocks: usize,
+    pub swap_secs: f64,
+    /// Tokens the step fed, how many of them were prefill (chunks of more than one token), and
+    /// the forward's time (the step's device time less the copies).
+    pub tokens_fed: usize,
+    pub prefill_tokens: usize,
+    pub compute_secs: f64,
+}
+
 /// Chooses the mode for a victim.
 pub trait PreemptionPolicy: std::fmt::Debug + Send {
     fn choose(&self, victim: &VictimView) -> PreemptionMode;
     fn name(&self) -> &'static str;
+    /// Learns from a measured step (default: nothing to learn).
+    fn observe(&mut self, _sample: &CostSample) {}
+    /// The cost figures it decides by, if it has any.
+    fn cost(&self) -> Option<PreemptionCost> {
+        None
+    }
 }
 
 /// Cost figures for `Auto`. Defaults: a 1 MiB block (e.g. 16 tokens of a 7B model in bf16 is
@@ -106,6 +130,9 @@ pub struct AutoPreemption {
     pub cost: PreemptionCost,
 }
 
+/// Weight of the newest measurement in the learned speeds.
+const LEARN_RATE: f64 = 0.2;
+
 impl PreemptionPolicy for AutoPreemption {
     fn choose(&self, v: &VictimView) -> PreemptionMode {
         if v.blocks <= v.host_free_blocks && self.cost.swap_secs(v) < self.cost.recompute_secs(v) {
@@ -116,6 +143,23 @@ impl PreemptionPolicy for AutoPreemption {
     }
     fn name(&self) -> &'static str {
         "auto"
+    }
+    /// Copy speed from steps that swapped; prefill speed from steps whose tokens were mostly
+    /// prefill (what a recompute is). Implausible samples (no time measured) are skipped.
+    fn observe(&mut self, m: &CostSample) {
+        let blend =
+            |old: f64, new: f64| if new.is_finite() && new > 0.0 { old + LEARN_RATE * (new - old) } else { old };
+        if m.swapped_blocks > 0 && m.swap_secs > 0.0 {
+            let rate = m.swapped_blocks as f64 * self.cost.kv_bytes_per_block as f64 / m.swap_secs;
+            self.cost.swap_bytes_per_sec = blend(self.cost.swap_bytes_per_sec, rate);
+        }
+        if m.prefill_tokens * 2 >= m.tokens_fed && m.prefill_tokens > 0 && m.compute_secs > 0.0 {
+            self.cost.recompute_tokens_per_sec =
+                blend(self.cost.recompute_tokens_per_sec, m.tokens_fed as f64 / m.compute_secs);
+        }
+    }
+    fn cost(&self) -> Option<PreemptionCost> {
+        Some(self.cost)
     }
 }
 
@@ -141,6 +185,38 @@ impl PreemptionModeKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_learns_the_measured_speeds_and_changes_its_mind() {
+        // Configured: 1 MiB blocks, a fast link (1 GiB/s), slow prefill (100 tokens/s): a
+        // 64-block, 1,000-token victim swaps (0.125 s < 10 s).
+        let mut auto = AutoPreemption {
+            cost: PreemptionCost {
+                kv_bytes_per_block: 1 << 20,
+                swap_bytes_per_sec: (1u64 << 30) as f64,
+                recompute_tokens_per_sec: 100.0,
+            },
+        };
+        let v = VictimView { computed_tokens: 1000, blocks: 64, host_free_blocks: 100 };
+        assert_eq!(auto.choose(&v), PreemptionMode::Swap);
+        // Measured: 10 blocks copied in 1 s (10 MiB/s) and 2,000 prefill tokens in 0.1 s (20k
+        // tokens/s). After enough steps the speeds approach those: swapping the victim costs
+        // 2 * 64 MiB / 10 MiB/s = 12.8 s, recompute 1000 / 20k = 0.05 s.
+        let slow_copy = CostSample { swapped_blocks: 10, swap_secs: 1.0, ..CostSample::default() };
+        let fast_prefill =
+            CostSample { tokens_fed: 2000, prefill_tokens: 2000, compute_secs: 0.1, ..CostSample::default() };
+        for _ in 0..60 {
+            auto.observe(&slow_copy);
+            auto.observe(&fast_prefill);
+        }
+        let c = auto.cost().unwrap();
+        assert!((c.swap_bytes_per_sec / (10.0 * (1u64 << 20) as f64) - 1.0).abs() < 0.01, "{c:?}");
+        assert!((c.recompute_tokens_per_sec / 20_000.0 - 1.0).abs() < 0.01, "{c:?}");
+        assert_eq!(auto.choose(&v), PreemptionMode::Recompute);
+        // A decode-heavy step (2 prefill of 40 tokens) says nothing about prefill speed.
+        auto.observe(&CostSample { tokens_fed: 40, prefill_tokens: 2, compute_secs: 1.0, ..CostSample::default() });
+        assert_eq!(auto.cost().unwrap().recompute_tokens_per_sec, c.recompute_tokens_per_sec);
+    }
 
     #[test]
     fn auto_swaps_long_contexts_and_recomputes_short_ones() {

@@ -407,6 +407,7 @@ impl Scheduler {
             host_blocks_used: host.num_blocks() - host.num_free(),
             max_num_seqs: self.limits.max_num_seqs,
             max_num_batched_tokens: self.limits.max_num_batched_tokens,
+            preemption_cost: self.preemption.cost(),
             ..self.stats.clone()
         }
     }

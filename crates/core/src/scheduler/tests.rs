@@ -696,7 +696,7 @@ mod batching {
         let out = s.schedule(t(0));
         let slow = ModelOutput {
             sampled: out.seqs.iter().map(|q| q.sample.then_some(7)).collect(),
-            timing: StepTiming { device: t(20), stream_busy: vec![] },
+            timing: StepTiming { device: t(20), ..StepTiming::default() },
             ..ModelOutput::default()
         };
         s.update(&out, &slow, t(0)).unwrap();

@@ -7,9 +7,21 @@ use std::mem;
 use super::{Inflight, Scheduler};
 use crate::error::Error;
 use crate::output::{ModelOutput, SchedulerOutput};
-use crate::policy::StepFeedback;
+use crate::policy::{CostSample, StepFeedback};
 use crate::request::{AbortCause, FinishReason, RequestDelta, RequestState, StopCause};
 use crate::types::{Time, TokenId};
+
+/// What a finished step measured, for the preemption policy.
+fn cost_sample(out: &SchedulerOutput, model: &ModelOutput) -> CostSample {
+    let swap = model.timing.swap.as_secs_f64();
+    CostSample {
+        swapped_blocks: out.swap_out.len() + out.swap_in.len(),
+        swap_secs: swap,
+        tokens_fed: out.num_batched_tokens,
+        prefill_tokens: out.seqs.iter().map(|s| s.tokens.len()).filter(|&n| n > 1).sum(),
+        compute_secs: (model.timing.device.as_secs_f64() - swap).max(0.0),
+    }
+}
 
 impl Scheduler {
     /// Applies the executor's answer to the oldest step in flight. Returns the deltas of this
@@ -56,6 +68,7 @@ impl Scheduler {
         if inflight.stream.is_some() {
             self.release_stream_step(out.step, &inflight.entries);
         }
+        self.preemption.observe(&cost_sample(out, model));
         let feedback = StepFeedback {
             device_time: model.timing.device,
             batch_size: out.seqs.len(),

@@ -146,6 +146,7 @@ fn run_step(
         view.swap_out(&out.swap_out)?;
         view.swap_in(&out.swap_in)?;
     }
+    let swap = started.elapsed();
     let p = pack(out, &lock(&shared.sampling).last);
     let logits = if p.ids.is_empty() {
         Vec::new()
@@ -158,7 +159,7 @@ fn run_step(
     let device = started.elapsed();
     let mut stream_busy = vec![Duration::ZERO; out.micro_batches.len().max(stream + 1)];
     stream_busy[stream] = device;
-    output.timing = StepTiming { device, stream_busy };
+    output.timing = StepTiming { device, stream_busy, swap };
     Ok(output)
 }
 

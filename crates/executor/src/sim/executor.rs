@@ -107,7 +107,7 @@ impl Executor for SimExecutor {
         }
         Ok(ModelOutput {
             sampled,
-            timing: StepTiming { device: cost.device, stream_busy: cost.stream_busy },
+            timing: StepTiming { device: cost.device, stream_busy: cost.stream_busy, ..StepTiming::default() },
             ..ModelOutput::default()
         })
     }
