@@ -32,6 +32,15 @@ pub enum ApiError {
     /// The model cannot be loaded now (device memory short, or its load failed) (503).
     #[error("{0}")]
     ModelUnavailable(String),
+    /// The server is shutting down: requests in flight finish, new ones go elsewhere (503).
+    #[error("the server is shutting down")]
+    Draining,
+    /// Every connection slot is taken (503, with Retry-After).
+    #[error("too many connections")]
+    Overloaded,
+    /// The request did not arrive whole in time (408).
+    #[error("the request body did not arrive within {0:?}")]
+    SlowRequest(Duration),
     /// The engine or model failed (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -49,18 +58,25 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable | ApiError::ModelUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::ModelUnavailable(_) | ApiError::Draining | ApiError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::SlowRequest(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn kind(&self) -> &'static str {
         match self {
-            ApiError::Invalid { .. } | ApiError::TooLarge(_) => "invalid_request_error",
+            ApiError::Invalid { .. } | ApiError::TooLarge(_) | ApiError::SlowRequest(_) => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::Busy { .. } => "rate_limit_error",
-            ApiError::Unavailable | ApiError::ModelUnavailable(_) | ApiError::Internal(_) => "server_error",
+            ApiError::Unavailable
+            | ApiError::ModelUnavailable(_)
+            | ApiError::Internal(_)
+            | ApiError::Draining
+            | ApiError::Overloaded => "server_error",
         }
     }
 

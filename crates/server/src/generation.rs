@@ -24,6 +24,8 @@ pub struct Choice {
     /// Log-probabilities of tokens not yet reported in a delta.
     logprobs: Vec<TokenLogprob>,
     done: bool,
+    /// Counted as in flight (the drain waits for it) while it lives.
+    _in_flight: crate::state::InFlight,
 }
 
 /// A piece of a choice's output.
@@ -84,6 +86,7 @@ impl Choice {
             first_token: None,
             logprobs: Vec::new(),
             done: false,
+            _in_flight: state.track(),
         })
     }
 

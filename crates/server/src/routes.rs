@@ -36,9 +36,15 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn ready(State(s): Shared) -> Json<serde_json::Value> {
+/// Readiness: 200 while serving, 503 from the shutdown signal on (so a load balancer or
+/// Kubernetes stops sending traffic while requests in flight finish).
+pub async fn ready(State(s): Shared) -> Response {
     let names: Vec<String> = s.models.list().into_iter().map(|(n, _, _)| n).collect();
-    Json(json!({"status": "ready", "model": names.first(), "models": names}))
+    if s.is_draining() {
+        let body = json!({"status": "draining", "model": names.first(), "models": names});
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(json!({"status": "ready", "model": names.first(), "models": names})).into_response()
 }
 
 /// Prometheus scrape (see [`crate::metrics`]): every loaded model's engine, the contexts, and
@@ -278,6 +284,29 @@ pub async fn auth(
         req.extensions_mut().insert(Tenant(i));
     }
     Ok(next.run(req).await)
+}
+
+/// Before any route: while draining, 503 for everything but `/health` and `/metrics` (and
+/// `/ready`, which says so itself); a body must arrive whole within the timeout (408).
+pub async fn gate(
+    State((s, body_timeout)): State<(Arc<AppState>, std::time::Duration)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let path = req.uri().path();
+    if s.is_draining() && !matches!(path, "/health" | "/metrics" | "/ready") {
+        return Err(ApiError::Draining);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, crate::MAX_BODY_BYTES)).await {
+        Err(_) => return Err(ApiError::SlowRequest(body_timeout)),
+        Ok(Err(e)) if e.to_string().contains("length limit") => return Err(ApiError::TooLarge(crate::MAX_BODY_BYTES)),
+        Ok(Err(e)) => {
+            return Err(ApiError::Invalid { message: format!("cannot read the request body: {e}"), param: None })
+        }
+        Ok(Ok(b)) => b,
+    };
+    Ok(next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await)
 }
 
 /// Equality that takes the same time wherever the inputs differ (length aside).

@@ -2,7 +2,7 @@
 //! [`ModelRegistry`] of several contexts routed by the request's `model`), request ids, the API
 //! key.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tandem_engine::{Engine, ModelLease, ModelRegistry, ServedModel};
@@ -134,6 +134,20 @@ pub struct AppState {
     /// When not empty, `/v1/*` requires `Authorization: Bearer <key>` with one of these keys;
     /// each key is a tenant whose requests' prefix-cache blocks are their own by default.
     pub api_keys: Vec<String>,
+    /// Set by the shutdown signal: `/ready` and new `/v1` requests answer 503.
+    draining: AtomicBool,
+    /// Choices running (a streamed one until its stream ends or is dropped).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one running choice while it lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AppState {
@@ -166,7 +180,35 @@ impl AppState {
     pub fn serving(models: Models, api_keys: Vec<String>) -> Arc<Self> {
         let boot =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-        Arc::new(Self { models, next_id: AtomicU64::new(1), boot, responses: AtomicU64::new(1), api_keys })
+        Arc::new(Self {
+            models,
+            next_id: AtomicU64::new(1),
+            boot,
+            responses: AtomicU64::new(1),
+            api_keys,
+            draining: AtomicBool::new(false),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Starts the drain: from now `/ready` and new `/v1` requests answer 503.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Choices running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a choice as running until the guard drops.
+    pub fn track(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(&self.in_flight))
     }
 
     /// A fresh engine request id.

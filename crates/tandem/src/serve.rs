@@ -25,6 +25,17 @@ pub struct ServeArgs {
     /// keep-alive) instead of one `--model`; see docs/contexts.md.
     #[arg(long, conflicts_with = "model")]
     models: Option<std::path::PathBuf>,
+    /// Open connections at most; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a whole request head (from connecting, or after its last
+    /// response: idle keep-alive connections close then) and a whole body (else 408).
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout_secs: f64,
+    /// On SIGTERM or SIGINT: `/ready` and new requests answer 503 at once, requests in flight
+    /// get this many seconds to finish, then the server exits 0.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_grace_secs: f64,
 }
 
 async fn shutdown_signal() {
@@ -41,6 +52,12 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     eprintln!("tandem serve: shutting down");
+}
+
+/// A non-negative, finite number of seconds.
+fn seconds(flag: &str, v: f64) -> Result<std::time::Duration, String> {
+    std::time::Duration::try_from_secs_f64(v)
+        .map_err(|_| format!("{flag} must be a non-negative number of seconds, got {v}"))
 }
 
 pub fn run(a: ServeArgs) -> Result<(), String> {
@@ -87,6 +104,11 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {}:{}: {e}", a.host, a.port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("tandem serve: {what} on http://{addr}/v1 (OpenAI-compatible)");
-        tandem_server::run(listener, state, shutdown_signal()).await.map_err(|e| e.to_string())
+        let opts = tandem_server::ServeOptions {
+            max_connections: a.max_connections,
+            header_timeout: seconds("--header-timeout-secs", a.header_timeout_secs)?,
+            shutdown_grace: seconds("--shutdown-grace-secs", a.shutdown_grace_secs)?,
+        };
+        tandem_server::run_with(listener, state, shutdown_signal(), opts).await.map_err(|e| e.to_string())
     })
 }

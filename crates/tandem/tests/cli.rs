@@ -82,8 +82,23 @@ fn serve_answers_on_its_port_and_shuts_down_gracefully_on_sigterm() {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("ok"), "{resp}");
+    // A stream in flight when SIGTERM comes runs to its end; meanwhile /ready and new
+    // requests answer 503; then the process exits 0.
+    let url = server.url.clone();
+    let stream = std::thread::spawn(move || {
+        let body = r#"{"prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": true, "stream": true}"#;
+        raw_http(&url, "POST", "/v1/completions", body)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let pid = server.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let ready = raw_http(&server.url, "GET", "/ready", "");
+    assert!(ready.starts_with("HTTP/1.1 503") && ready.contains("draining"), "{ready}");
+    let refused = raw_http(&server.url, "POST", "/v1/completions", r#"{"prompt": "hi"}"#);
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    let streamed = stream.join().unwrap();
+    assert!(streamed.contains("\"finish_reason\":\"length\"") && streamed.contains("[DONE]"), "{streamed}");
     let status = server.child.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }

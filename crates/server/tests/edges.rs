@@ -1,0 +1,145 @@
+//! The serving edge on real sockets: slow and idle clients are cut off (header and body
+//! timeouts), the connection limit answers 503, and a drain (the shutdown signal) answers
+//! `/ready` and new requests with 503 while a stream in flight runs to its end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_core::SchedulerConfig;
+use tandem_engine::{Engine, EngineConfig};
+use tandem_executor::cpu::CpuExecutor;
+use tandem_executor::model::load_model;
+use tandem_executor::store::default_model;
+use tandem_server::{AppState, ServeOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+mod common;
+use common::{http_to, json};
+
+/// A server on port 0 with `opts`, shut down when `stop` fires; its address and state.
+async fn start(opts: ServeOptions, stop: tokio::sync::oneshot::Receiver<()>) -> (String, Arc<AppState>) {
+    let loaded = load_model(&default_model().unwrap()).unwrap();
+    let scheduler = SchedulerConfig {
+        num_gpu_blocks: 128,
+        max_model_len: 1024,
+        eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
+        ..SchedulerConfig::default()
+    };
+    let exec = CpuExecutor::new(loaded.model, 16, 128, 0);
+    let engine =
+        Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true, gate: None }, Box::new(exec))
+            .unwrap();
+    let state = AppState::new(engine, loaded.tokenizer, "smollm2".into(), 1024);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let st = state.clone();
+    tokio::spawn(async move {
+        tandem_server::run_with(
+            listener,
+            st,
+            async move {
+                let _ = stop.await;
+            },
+            opts,
+        )
+        .await
+        .unwrap();
+    });
+    (addr, state)
+}
+
+/// Reads until the server closes the connection (or `limit` passes): what it sent, and
+/// whether it closed.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&raw).into_owned(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&raw).into_owned(), true),
+            Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_idle_clients_are_cut_off_and_the_connection_limit_answers_503() {
+    let opts =
+        ServeOptions { max_connections: 3, header_timeout: Duration::from_millis(400), ..ServeOptions::default() };
+    let (_keep, stop) = tokio::sync::oneshot::channel();
+    let (addr, _state) = start(opts, stop).await;
+    // A head that never ends: closed after the 400 ms header timeout, not held open.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t = Instant::now();
+    let (_, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(closed && t.elapsed() < Duration::from_secs(3), "slow head cut off after {:?}", t.elapsed());
+    // A keep-alive connection left idle after its response: closed too.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (answer, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && closed, "idle keep-alive closed: {answer:?}");
+    // A body that never arrives whole: 408, OpenAI-shaped.
+    let mut partial = TcpStream::connect(&addr).await.unwrap();
+    partial
+        .write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"prompt\":")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut partial, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(json(&answer)["error"]["code"], 408, "{answer}");
+    // Three connections hold every slot; a fourth gets a 503 with Retry-After and is closed.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut over = TcpStream::connect(&addr).await.unwrap();
+    let (answer, closed) = read_until_closed(&mut over, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 503") && closed, "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert_eq!(json(&answer)["error"]["type"], "server_error", "{answer}");
+    // The held ones time out (they never sent a head), freeing the slots.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(http_to(&addr, "GET", "/health", "", "").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_answers_503_to_new_requests_while_a_stream_in_flight_finishes() {
+    let opts = ServeOptions { shutdown_grace: Duration::from_secs(60), ..ServeOptions::default() };
+    let (signal, stop) = tokio::sync::oneshot::channel();
+    let (addr, state) = start(opts, stop).await;
+    // A stream of 40 tokens, read chunk by chunk.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let body =
+        r#"{"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0, "ignore_eos": true, "stream": true}"#;
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut first = [0u8; 512];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    assert_eq!(state.in_flight(), 1);
+    // The signal: /ready and new requests answer 503 at once, /health stays 200.
+    signal.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, ready) = http_to(&addr, "GET", "/ready", "", "").await;
+    assert_eq!((code, json(&ready)["status"].as_str()), (503, Some("draining")), "{ready}");
+    let (code, refused) = http_to(&addr, "POST", "/v1/completions", r#"{"prompt": "hi"}"#, "").await;
+    assert_eq!(code, 503, "{refused}");
+    assert!(json(&refused)["error"]["message"].as_str().unwrap().contains("shutting down"), "{refused}");
+    assert_eq!(http_to(&addr, "GET", "/health", "", "").await.0, 200);
+    // The stream in flight runs to its end: 40 tokens, a finish reason, [DONE].
+    let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(120)).await;
+    assert!(rest.contains("\"finish_reason\":\"length\"") && rest.contains("data: [DONE]"), "{rest}");
+    assert!(closed, "the connection closes after the last response");
+    // Nothing is in flight any more, so the server stops: new connections are refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state.in_flight(), 0);
+    assert!(TcpStream::connect(&addr).await.is_err(), "the listener is closed after the drain");
+}
