@@ -24,6 +24,7 @@
 //! assert_eq!(text, vec![7, 7]);
 //! ```
 
+pub mod admission;
 pub mod config;
 pub mod config_text;
 pub mod contexts;

@@ -15,6 +15,8 @@ pub struct SchedulerStats {
     pub kv_blocks_used: usize,
     /// Device blocks findable by prefix hash (used or free).
     pub kv_blocks_cached: usize,
+    /// Prompt tokens not yet fed, of every live request ([`crate::Scheduler::prefill_backlog`]).
+    pub prefill_backlog_tokens: usize,
     pub host_blocks_total: usize,
     pub host_blocks_used: usize,
     /// Prompt tokens looked up in the prefix cache, and how many were found.

@@ -177,6 +177,8 @@ pub struct Sizing {
     pub overrides: Vec<String>,
     /// Requests accepted but not yet running before `submit` refuses (HTTP 429).
     pub max_queued: usize,
+    /// Prompt tokens queued (not yet fed) before `submit` refuses (HTTP 429); 0: no bound.
+    pub max_queued_tokens: usize,
 }
 
 impl Default for Sizing {
@@ -188,6 +190,7 @@ impl Default for Sizing {
             max_num_batched_tokens: 512,
             overrides: Vec::new(),
             max_queued: MAX_QUEUED,
+            max_queued_tokens: 0,
         }
     }
 }
@@ -270,7 +273,13 @@ pub fn start_loaded(
     scheduler.apply_overrides(&sizing.overrides)?;
     let describe = format!("{} from {}", executor.describe(), source.path.display());
     let engine = Engine::start(
-        EngineConfig { scheduler, max_queued: sizing.max_queued, async_scheduling: true, gate },
+        EngineConfig {
+            scheduler,
+            max_queued: sizing.max_queued,
+            max_queued_tokens: sizing.max_queued_tokens,
+            async_scheduling: true,
+            gate,
+        },
         executor,
     )?;
     let root = match source.tokenizer_root(&loaded.tokenizer, &config) {

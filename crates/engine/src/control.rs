@@ -12,7 +12,15 @@ use crate::handle::{PromptCached, RequestEvent};
 
 /// Messages to the step loop.
 pub(crate) enum Control {
-    Add(NewRequest, UnboundedSender<RequestEvent>, PromptCached, Option<Box<Constraint>>),
+    /// A request, its event channel, where to report its cached prompt tokens, its grammar, and
+    /// admission's predicted time to first token.
+    Add(
+        Box<NewRequest>,
+        UnboundedSender<RequestEvent>,
+        PromptCached,
+        Option<Box<Constraint>>,
+        Option<std::time::Duration>,
+    ),
     Abort(RequestId),
     Finish(RequestId, FinishReason),
     SetBatching(BatchingKind, mpsc::Sender<Result<(), EngineError>>),

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tandem_core::admission::{Backlog, StepTimeModel};
 use tandem_core::{BatchingKind, FinishReason, NewRequest, RequestId, Scheduler, SchedulerConfig, StreamConfig};
 use tandem_executor::Executor;
 use tokio::sync::mpsc::unbounded_channel;
@@ -26,6 +27,9 @@ pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     /// Most requests accepted but not yet running; beyond it `submit` fails with `QueueFull`.
     pub max_queued: usize,
+    /// Most prompt tokens queued (not yet fed) before `submit` fails with `QueuedTokensFull`
+    /// (0: no bound).
+    pub max_queued_tokens: usize,
     /// Overlap the next step's CPU work with the device's current step when the executor
     /// supports placeholders.
     pub async_scheduling: bool,
@@ -39,6 +43,7 @@ impl Default for EngineConfig {
         Self {
             scheduler: SchedulerConfig::default(),
             max_queued: crate::build::MAX_QUEUED,
+            max_queued_tokens: 0,
             async_scheduling: true,
             gate: None,
         }
@@ -50,6 +55,8 @@ pub(crate) struct Shared {
     pub stats: Mutex<StatsAccumulator>,
     /// Requests accepted and not yet scheduled (the bounded queue's fill).
     pub queued: AtomicUsize,
+    /// Prompt tokens submitted since the scheduler's last snapshot (not in its backlog yet).
+    pub unseen_tokens: AtomicUsize,
 }
 
 pub(crate) fn lock(m: &Mutex<StatsAccumulator>) -> MutexGuard<'_, StatsAccumulator> {
@@ -61,6 +68,7 @@ pub struct Engine {
     control: Sender<Control>,
     shared: Arc<Shared>,
     max_queued: usize,
+    max_queued_tokens: usize,
     epoch: Instant,
     thread: Option<JoinHandle<()>>,
 }
@@ -81,7 +89,11 @@ impl Engine {
             .into());
         }
         let scheduler = Scheduler::new(config.scheduler.clone())?;
-        let shared = Arc::new(Shared { stats: Mutex::new(StatsAccumulator::default()), queued: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared {
+            stats: Mutex::new(StatsAccumulator::default()),
+            queued: AtomicUsize::new(0),
+            unseen_tokens: AtomicUsize::new(0),
+        });
         let (control, rx) = mpsc::channel();
         let depth = if config.async_scheduling && executor.supports_async() { 2 } else { 1 };
         let epoch = Instant::now();
@@ -91,7 +103,14 @@ impl Engine {
             .name("tandem-engine".into())
             .spawn(move || step_loop.run())
             .map_err(|e| EngineError::Thread { name: "tandem-engine", reason: e.to_string() })?;
-        Ok(Self { control, shared, max_queued: config.max_queued, epoch, thread: Some(thread) })
+        Ok(Self {
+            control,
+            shared,
+            max_queued: config.max_queued,
+            max_queued_tokens: config.max_queued_tokens,
+            epoch,
+            thread: Some(thread),
+        })
     }
 
     /// Submits a request (its `arrival` is overwritten with now). Fails at once with
@@ -105,28 +124,100 @@ impl Engine {
     /// mask, which the engine advances with each token.
     pub fn submit_constrained(
         &self,
-        mut req: NewRequest,
+        req: NewRequest,
         constraint: Option<crate::grammar::Constraint>,
     ) -> Result<RequestHandle, EngineError> {
+        self.submit_with(req, constraint, None)
+    }
+
+    /// [`Self::submit_constrained`] with admission by predicted wait: when `ttft_deadline` is
+    /// set and the predicted time to first token (`tandem_core::admission`) exceeds it, the
+    /// request is refused at once with `WouldMissDeadline` and the time the queue ahead needs
+    /// to drain enough. Also refused: a full queue, by count or by prompt tokens.
+    pub fn submit_with(
+        &self,
+        mut req: NewRequest,
+        constraint: Option<crate::grammar::Constraint>,
+        ttft_deadline: Option<Duration>,
+    ) -> Result<RequestHandle, EngineError> {
         req.params.structured = constraint.is_some();
+        let prompt = req.prompt.len();
+        let (model, backlog) = self.backlog();
+        let predicted = tandem_core::admission::predict_ttft(&model, &backlog, prompt);
+        let refuse = |e: EngineError, deadline: bool| {
+            let mut st = lock(&self.shared.stats);
+            if deadline {
+                st.snapshot.refused_deadline += 1;
+            } else {
+                st.snapshot.refused_queue_full += 1;
+            }
+            Err(e)
+        };
+        if let (Some(deadline), Some(p)) = (ttft_deadline, predicted) {
+            if p > deadline {
+                let retry_after = p - deadline;
+                return refuse(EngineError::WouldMissDeadline { predicted: p, deadline, retry_after }, true);
+            }
+        }
+        if self.max_queued_tokens > 0 && backlog.prefill_tokens + prompt > self.max_queued_tokens {
+            // The backlog must shrink by the excess: that many prompt tokens at the model's rate.
+            let excess = backlog.prefill_tokens + prompt - self.max_queued_tokens;
+            let drain = Backlog { prefill_tokens: excess.saturating_sub(1), ..backlog };
+            let retry_after = tandem_core::admission::predict_ttft(&model, &drain, 1).unwrap_or(Duration::from_secs(1));
+            let e = EngineError::QueuedTokensFull {
+                queued: backlog.prefill_tokens,
+                limit: self.max_queued_tokens,
+                retry_after,
+            };
+            return refuse(e, false);
+        }
         let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.max_queued {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(EngineError::QueueFull { queued, retry_after: self.retry_after(queued) });
+            let retry_after = self.queue_retry_after(queued, &model, &backlog);
+            return refuse(EngineError::QueueFull { queued, retry_after }, false);
         }
+        self.shared.unseen_tokens.fetch_add(prompt, Ordering::SeqCst);
         req.arrival = self.epoch.elapsed();
         let id = req.id;
         let (tx, rx) = unbounded_channel();
         let cached = Arc::new(AtomicUsize::new(usize::MAX));
-        if self.control.send(Control::Add(req, tx, cached.clone(), constraint.map(Box::new))).is_err() {
+        let add = Control::Add(Box::new(req), tx, cached.clone(), constraint.map(Box::new), predicted);
+        if self.control.send(add).is_err() {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            self.shared.unseen_tokens.fetch_sub(prompt, Ordering::SeqCst);
             return Err(EngineError::NotRunning);
         }
         Ok(RequestHandle::new(id, rx, self.control.clone(), cached))
     }
 
-    /// How long a refused client should wait: the queue drained at the recent throughput.
-    fn retry_after(&self, queued: usize) -> Duration {
+    /// Predicted time to first token of a `prompt_len`-token request submitted now (`None`
+    /// until a step has been measured).
+    pub fn predict_ttft(&self, prompt_len: usize) -> Option<Duration> {
+        let (model, backlog) = self.backlog();
+        tandem_core::admission::predict_ttft(&model, &backlog, prompt_len)
+    }
+
+    /// The step-time model and the work queued now (the scheduler's last snapshot plus what
+    /// was submitted since).
+    fn backlog(&self) -> (StepTimeModel, Backlog) {
+        let st = lock(&self.shared.stats);
+        let sc = &st.snapshot.scheduler;
+        let backlog = Backlog {
+            prefill_tokens: sc.prefill_backlog_tokens + self.shared.unseen_tokens.load(Ordering::SeqCst),
+            decodes: sc.running,
+            budget: sc.max_num_batched_tokens,
+        };
+        (st.step_model, backlog)
+    }
+
+    /// How long a client refused for a full queue should wait: until one queued request has
+    /// started — the backlog's predicted drain time shared among the requests in it; before
+    /// any measurement, the queue drained at the recent throughput (1–60 s).
+    fn queue_retry_after(&self, queued: usize, model: &StepTimeModel, backlog: &Backlog) -> Duration {
+        if let Some(all) = tandem_core::admission::predict_ttft(model, backlog, 1) {
+            return all / queued.max(1) as u32;
+        }
         let rps = lock(&self.shared.stats).snapshot.throughput_rps;
         let secs = if rps > 0.0 { queued as f64 / rps } else { 1.0 };
         Duration::from_secs_f64(secs.clamp(1.0, 60.0))

@@ -8,6 +8,13 @@ pub enum EngineError {
     /// The bounded submission queue is full; retry after about this long.
     #[error("the request queue is full ({queued} waiting); retry in about {retry_after:?}")]
     QueueFull { queued: usize, retry_after: Duration },
+    /// The prompt tokens queued would exceed the bound; retry after about this long.
+    #[error("the queued prompt tokens would exceed {limit} ({queued} queued); retry in about {retry_after:?}")]
+    QueuedTokensFull { queued: usize, limit: usize, retry_after: Duration },
+    /// The predicted time to first token exceeds the request's deadline; the queue ahead will
+    /// have drained enough in about `retry_after`.
+    #[error("the predicted time to first token ({predicted:?}) exceeds the deadline ({deadline:?}); retry in about {retry_after:?}")]
+    WouldMissDeadline { predicted: Duration, deadline: Duration, retry_after: Duration },
     /// The scheduler refused the request or a setting.
     #[error(transparent)]
     Scheduler(#[from] tandem_core::Error),
@@ -38,7 +45,8 @@ impl EngineError {
     /// A stable short name, for metric labels and HTTP error codes.
     pub fn kind(&self) -> &'static str {
         match self {
-            EngineError::QueueFull { .. } => "queue_full",
+            EngineError::QueueFull { .. } | EngineError::QueuedTokensFull { .. } => "queue_full",
+            EngineError::WouldMissDeadline { .. } => "deadline_unmeetable",
             EngineError::Scheduler(e) => e.kind(),
             EngineError::NotRunning => "not_running",
             EngineError::Executor(_) => "executor_error",

@@ -95,8 +95,21 @@ impl Generation {
         stop: Vec<String>,
         structured: Option<Structured>,
     ) -> Result<Self, EngineError> {
+        Self::start_admitted(model, request, stop, structured, None)
+    }
+
+    /// [`Self::start_structured`], refused at once (`EngineError::WouldMissDeadline`) when the
+    /// predicted time to first token exceeds `ttft_deadline` (see `Engine::submit_with`). A
+    /// requeue after an eviction is not checked again: the request was admitted.
+    pub fn start_admitted(
+        model: Arc<ModelLease>,
+        request: NewRequest,
+        stop: Vec<String>,
+        structured: Option<Structured>,
+        ttft_deadline: Option<std::time::Duration>,
+    ) -> Result<Self, EngineError> {
         let constraint = structured.as_ref().map(|s| s.constraint(&[])).transpose()?;
-        let handle = model.engine.submit_constrained(request.clone(), constraint)?;
+        let handle = model.engine.submit_with(request.clone(), constraint, ttft_deadline)?;
         Ok(Self {
             structured,
             model,

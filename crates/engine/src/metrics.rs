@@ -12,6 +12,9 @@ use std::time::Duration;
 use tandem_core::FinishReason;
 
 /// vLLM's TTFT buckets (seconds).
+/// Actual over predicted time to first token (1 = exact; below 1 the prediction was high).
+pub const PREDICTION_RATIO_BUCKETS: &[f64] = &[0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0];
+
 pub const TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
     160.0, 640.0, 2560.0,
@@ -107,6 +110,10 @@ pub struct RequestMetrics {
     pub step_tokens: Histogram,
     /// Sequences per step.
     pub step_batch: Histogram,
+    /// Admission's predictions: predicted time to first token, and actual over predicted, of
+    /// each request that had a prediction.
+    pub predicted_ttft: Histogram,
+    pub ttft_prediction_ratio: Histogram,
     pub prompt_tokens_total: u64,
     pub generation_tokens_total: u64,
     pub finished: FinishCounts,
@@ -126,6 +133,8 @@ impl Default for RequestMetrics {
             generation_len: Histogram::new(TOKEN_COUNT_BUCKETS),
             step_tokens: Histogram::new(TOKEN_COUNT_BUCKETS),
             step_batch: Histogram::new(BATCH_SIZE_BUCKETS),
+            predicted_ttft: Histogram::new(TTFT_BUCKETS),
+            ttft_prediction_ratio: Histogram::new(PREDICTION_RATIO_BUCKETS),
             prompt_tokens_total: 0,
             generation_tokens_total: 0,
             finished: FinishCounts::default(),
@@ -142,6 +151,8 @@ pub(crate) struct Timeline {
     pub first_token: Option<Duration>,
     pub last_token: Option<Duration>,
     pub tokens: u64,
+    /// Admission's predicted time to first token, when it made one.
+    pub predicted_ttft: Option<Duration>,
 }
 
 impl RequestMetrics {
@@ -149,7 +160,12 @@ impl RequestMetrics {
     pub(crate) fn on_token(&mut self, t: &mut Timeline, now: Duration) {
         match t.last_token {
             None => {
-                self.ttft.observe_duration(now.saturating_sub(t.arrival));
+                let ttft = now.saturating_sub(t.arrival);
+                self.ttft.observe_duration(ttft);
+                if let Some(p) = t.predicted_ttft.filter(|p| !p.is_zero()) {
+                    self.predicted_ttft.observe_duration(p);
+                    self.ttft_prediction_ratio.observe(ttft.as_secs_f64() / p.as_secs_f64());
+                }
                 if let Some(s) = t.started {
                     self.prefill_time.observe_duration(now.saturating_sub(s));
                 }

@@ -57,6 +57,10 @@ pub struct EngineStats {
     pub streams: tandem_core::StreamConfig,
     pub uptime: Duration,
     pub scheduler: SchedulerStats,
+    /// Requests refused at submission: the queue full (by count or tokens), or a predicted
+    /// time to first token past the request's deadline.
+    pub refused_queue_full: u64,
+    pub refused_deadline: u64,
     /// Latency histograms and token counters (vLLM's request metrics).
     pub requests: RequestMetrics,
 }
@@ -74,6 +78,8 @@ pub(crate) struct StatsAccumulator {
     batched: u64,
     /// (time since start, requests finished, tokens) per step, last 30 s.
     window: VecDeque<(Duration, u64, u64)>,
+    /// Step device time against tokens fed, for predicted waits.
+    pub step_model: tandem_core::admission::StepTimeModel,
 }
 
 const WINDOW: Duration = Duration::from_secs(30);

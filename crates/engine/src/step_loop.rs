@@ -53,6 +53,8 @@ struct PendingStats {
     accepted: u64,
     masks: u64,
     mask_time: Duration,
+    /// Prompt tokens of requests added since the last snapshot of the scheduler's backlog.
+    added_tokens: usize,
 }
 
 pub(crate) struct StepLoop {
@@ -292,16 +294,19 @@ impl StepLoop {
 
     fn handle(&mut self, msg: Control) {
         match msg {
-            Control::Add(req, events, cached, constraint) => {
+            Control::Add(req, events, cached, constraint, predicted_ttft) => {
                 let id = req.id;
-                let timeline = Timeline { arrival: req.arrival, prompt_len: req.prompt.len(), ..Timeline::default() };
-                match self.sched.add_request(req) {
+                let prompt_len = req.prompt.len();
+                let timeline = Timeline { arrival: req.arrival, prompt_len, predicted_ttft, ..Timeline::default() };
+                match self.sched.add_request(*req) {
                     Ok(()) => {
                         self.requests.insert(id, Tracked { events, timeline, cached, constraint });
                         self.pending.accepted += 1;
+                        self.pending.added_tokens += prompt_len;
                     }
                     Err(e) => {
                         self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                        self.shared.unseen_tokens.fetch_sub(prompt_len, Ordering::SeqCst);
                         let _ = events.send(RequestEvent::Failed(e.into()));
                     }
                 }
@@ -360,6 +365,7 @@ impl StepLoop {
         let now = self.now();
         let shared = Arc::clone(&self.shared);
         let mut st = lock(&shared.stats);
+        let added_tokens = self.pending.added_tokens;
         self.flush_pending(&mut st);
         let mut logprobs = FxHashMap::default();
         let (deltas, device, busy) = match result {
@@ -378,6 +384,7 @@ impl StepLoop {
         let sched_stats = self.sched.stats();
         st.snapshot.device_wall = self.device_wall(now);
         if !out.seqs.is_empty() {
+            st.step_model.observe(out.num_batched_tokens, device.as_secs_f64());
             st.record_step(now, out.seqs.len(), device, &busy, finished, tokens);
             st.snapshot.requests.on_step(out.seqs.len(), out.num_batched_tokens);
         }
@@ -386,6 +393,8 @@ impl StepLoop {
         st.snapshot.queue_depth = self.shared.queued.load(Ordering::SeqCst);
         st.snapshot.running = sched_stats.running;
         st.snapshot.scheduler = sched_stats;
+        // Those requests are in the scheduler's backlog now, no longer unseen.
+        self.shared.unseen_tokens.fetch_sub(added_tokens, Ordering::SeqCst);
     }
 
     fn flush_pending(&mut self, st: &mut StatsAccumulator) {

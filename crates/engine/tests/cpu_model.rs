@@ -85,9 +85,11 @@ fn run_on_stats(
     max_tokens: usize,
     sampler: SamplerParams,
 ) -> (Vec<Vec<TokenId>>, tandem_engine::EngineStats) {
-    let engine =
-        Engine::start(EngineConfig { scheduler: cfg, max_queued: 64, async_scheduling: true, gate: None }, exec)
-            .unwrap();
+    let engine = Engine::start(
+        EngineConfig { scheduler: cfg, max_queued: 64, max_queued_tokens: 0, async_scheduling: true, gate: None },
+        exec,
+    )
+    .unwrap();
     let mut handles: Vec<_> = prompts
         .iter()
         .enumerate()

@@ -23,9 +23,10 @@ pub enum ApiError {
     /// The body is larger than the server accepts (413).
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
-    /// The queue is full (429, with Retry-After).
-    #[error("the server is busy ({queued} requests queued); retry after {retry_after:?}")]
-    Busy { queued: usize, retry_after: Duration },
+    /// Refused at admission (429, with Retry-After): the queue is full, or the request would
+    /// miss its time-to-first-token deadline; `retry_after` is the predicted wait.
+    #[error("{reason}; retry after {retry_after:?}")]
+    Busy { reason: String, retry_after: Duration },
     /// The engine is not running (503).
     #[error("the engine is not available")]
     Unavailable,
@@ -93,7 +94,21 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::QueueFull { queued, retry_after } => ApiError::Busy { queued, retry_after },
+            EngineError::QueueFull { queued, retry_after } => {
+                ApiError::Busy { reason: format!("the server is busy ({queued} requests queued)"), retry_after }
+            }
+            EngineError::QueuedTokensFull { queued, limit, retry_after } => ApiError::Busy {
+                reason: format!("the server is busy ({queued} prompt tokens queued, at most {limit})"),
+                retry_after,
+            },
+            EngineError::WouldMissDeadline { predicted, deadline, retry_after } => ApiError::Busy {
+                reason: format!(
+                    "the predicted time to first token ({} ms) exceeds the deadline ({} ms)",
+                    predicted.as_millis(),
+                    deadline.as_millis()
+                ),
+                retry_after,
+            },
             EngineError::Scheduler(s) => ApiError::Invalid { message: s.to_string(), param: None },
             EngineError::NotRunning => ApiError::Unavailable,
             EngineError::Executor(e) => ApiError::Internal(e.to_string()),
@@ -114,9 +129,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
         if let ApiError::Busy { retry_after, .. } = &self {
-            let secs = retry_after.as_secs().max(1).to_string();
+            // Whole seconds (HTTP's Retry-After, rounded up, at least 1) and the exact figure
+            // in `retry-after-ms`, which OpenAI's clients read first.
+            let ms = retry_after.as_millis().max(1);
+            let secs = ms.div_ceil(1000).to_string();
             if let Ok(v) = HeaderValue::from_str(&secs) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&ms.to_string()) {
+                resp.headers_mut().insert("retry-after-ms", v);
             }
         }
         resp

@@ -79,7 +79,8 @@ impl Choice {
                     Some(spec) => Some(Structured { grammars: model.grammars()?, spec: spec.clone() }),
                     None => None,
                 };
-                Generation::start_structured(Arc::clone(model), r, req.stop.clone(), structured)?
+                let deadline = req.ttft_deadline.or(state.ttft_deadline);
+                Generation::start_admitted(Arc::clone(model), r, req.stop.clone(), structured, deadline)?
             },
             prompt_tokens: req.prompt.len(),
             started: Instant::now(),

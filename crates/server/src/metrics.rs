@@ -364,6 +364,22 @@ impl Collector for Snapshot {
         })?;
         w.histogram("tandem:iteration_tokens", "Tokens fed to the model per step.", |st| &st.requests.step_tokens)?;
         w.histogram("tandem:iteration_batch_size", "Sequences per step.", |st| &st.requests.step_batch)?;
+        w.histogram(
+            "tandem:predicted_time_to_first_token_seconds",
+            "Admission's predicted time to first token, of requests admitted with a prediction.",
+            |st| &st.requests.predicted_ttft,
+        )?;
+        w.histogram(
+            "tandem:ttft_prediction_ratio",
+            "Actual over predicted time to first token (1 = exact; below 1 the prediction was high).",
+            |st| &st.requests.ttft_prediction_ratio,
+        )?;
+        w.counters(
+            "tandem:admission_refusals",
+            "Requests refused at submission (HTTP 429), by reason.",
+            "reason",
+            |st| vec![("queue_full", st.refused_queue_full), ("deadline", st.refused_deadline)],
+        )?;
         let mut enc = w.enc;
         if let Some(c) = &self.contexts {
             Self::encode_contexts(c, &mut enc)?;

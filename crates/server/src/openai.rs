@@ -50,6 +50,10 @@ pub struct Common {
     pub ignore_eos: Option<bool>,
     /// Extension (tandem): larger is more urgent (the Priority queue policy uses it).
     pub priority: Option<i32>,
+    /// Extension (tandem): the longest acceptable time to first token, in ms; a request whose
+    /// predicted time to first token is longer is refused at once with 429 and the predicted
+    /// wait (admission by predicted wait). Default: the server's `--ttft-deadline-ms`.
+    pub ttft_deadline_ms: Option<f64>,
     /// Chat: `true` to report log-probabilities (with `top_logprobs` alternatives, 0–20);
     /// completions: the number of alternatives (0–20).
     pub logprobs: Option<serde_json::Value>,
@@ -232,6 +236,8 @@ pub struct GenRequest {
     pub logit_bias: Vec<(u32, f32)>,
     /// Chat with tools offered: answers are parsed for `<tool_call>` blocks.
     pub tools: bool,
+    /// Refuse at admission when the predicted time to first token exceeds this.
+    pub ttft_deadline: Option<std::time::Duration>,
     /// OpenAI's `parallel_tool_calls` (default true): `false` keeps the first call only.
     pub parallel_tool_calls: bool,
     /// Completions' `echo`: this prompt text goes before each choice's (set by the route).
@@ -411,6 +417,18 @@ impl Common {
             Some(x) if x.is_finite() && (0.0..=1.0).contains(&x) => x as f32,
             Some(_) => return Err(ApiError::invalid("min_p", "min_p must be between 0 and 1")),
         };
+        let ttft_deadline = match self.ttft_deadline_ms {
+            None => None,
+            Some(ms) if ms.is_finite() && ms > 0.0 && ms <= 3.6e6 => {
+                Some(std::time::Duration::from_secs_f64(ms / 1000.0))
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "ttft_deadline_ms",
+                    "ttft_deadline_ms must be above 0 and at most an hour",
+                ))
+            }
+        };
         if self.cache_salt.as_ref().is_some_and(|s| s.is_empty()) {
             return Err(ApiError::invalid("cache_salt", "cache_salt must not be empty"));
         }
@@ -442,6 +460,7 @@ impl Common {
             grammar: crate::structured::grammar(self)?,
             logit_bias: self.logit_bias()?,
             tools: false,
+            ttft_deadline,
             parallel_tool_calls: self.parallel_tool_calls.unwrap_or(true),
             echo: None,
             n,

@@ -134,6 +134,9 @@ pub struct AppState {
     /// When not empty, `/v1/*` requires `Authorization: Bearer <key>` with one of these keys;
     /// each key is a tenant whose requests' prefix-cache blocks are their own by default.
     pub api_keys: Vec<String>,
+    /// The time-to-first-token deadline of requests that set none (`None`: no admission by
+    /// predicted wait unless a request asks).
+    pub ttft_deadline: Option<std::time::Duration>,
     /// Set by the shutdown signal: `/ready` and new `/v1` requests answer 503.
     draining: AtomicBool,
     /// Choices running (a streamed one until its stream ends or is dropped).
@@ -151,11 +154,6 @@ impl Drop for InFlight {
 }
 
 impl AppState {
-    /// One model, with its root, requiring one of `api_keys` on `/v1/*` (none: open).
-    pub fn one(model: ServedModel, api_keys: Vec<String>) -> Arc<Self> {
-        Self::serving(Models::One(Arc::new(model)), api_keys)
-    }
-
     /// One model on one engine.
     pub fn new(engine: Engine, tokenizer: TextTokenizer, model_name: String, max_model_len: usize) -> Arc<Self> {
         Self::serving(
@@ -178,6 +176,16 @@ impl AppState {
 
     /// Any set of models.
     pub fn serving(models: Models, api_keys: Vec<String>) -> Arc<Self> {
+        Self::serving_with(models, api_keys, None)
+    }
+
+    /// [`Self::serving`], with a default time-to-first-token deadline for requests that set
+    /// none (admission by predicted wait).
+    pub fn serving_with(
+        models: Models,
+        api_keys: Vec<String>,
+        ttft_deadline: Option<std::time::Duration>,
+    ) -> Arc<Self> {
         let boot =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         Arc::new(Self {
@@ -186,6 +194,7 @@ impl AppState {
             boot,
             responses: AtomicU64::new(1),
             api_keys,
+            ttft_deadline,
             draining: AtomicBool::new(false),
             in_flight: Arc::new(AtomicUsize::new(0)),
         })

@@ -19,17 +19,27 @@ use common::{http_to, json};
 
 /// A server on port 0 with `opts`, shut down when `stop` fires; its address and state.
 async fn start(opts: ServeOptions, stop: tokio::sync::oneshot::Receiver<()>) -> (String, Arc<AppState>) {
+    start_sized(opts, stop, 64, 64).await
+}
+
+/// [`start`] with at most `max_num_seqs` running and `max_queued` waiting.
+async fn start_sized(
+    opts: ServeOptions,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    max_num_seqs: usize,
+    max_queued: usize,
+) -> (String, Arc<AppState>) {
     let loaded = load_model(&default_model().unwrap()).unwrap();
     let scheduler = SchedulerConfig {
         num_gpu_blocks: 128,
         max_model_len: 1024,
+        max_num_seqs,
         eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
         ..SchedulerConfig::default()
     };
     let exec = CpuExecutor::new(loaded.model, 16, 128, 0);
-    let engine =
-        Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true, gate: None }, Box::new(exec))
-            .unwrap();
+    let config = EngineConfig { scheduler, max_queued, max_queued_tokens: 0, async_scheduling: true, gate: None };
+    let engine = Engine::start(config, Box::new(exec)).unwrap();
     let state = AppState::new(engine, loaded.tokenizer, "smollm2".into(), 1024);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -142,4 +152,82 @@ async fn a_drain_answers_503_to_new_requests_while_a_stream_in_flight_finishes()
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(state.in_flight(), 0);
     assert!(TcpStream::connect(&addr).await.is_err(), "the listener is closed after the drain");
+}
+
+/// The value of response header `name` (lower case) in a raw response.
+fn header(raw: &str, name: &str) -> Option<String> {
+    raw.lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix(&format!("{name}: ")).map(|v| v.trim().to_string()))
+}
+
+/// One request over its own connection: the raw response.
+async fn raw(addr: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_until_closed(&mut s, Duration::from_secs(120)).await.0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admission_refuses_with_the_predicted_wait_for_a_deadline_and_for_a_full_queue() {
+    // One request runs at a time; two may wait.
+    let (_keep, stop) = tokio::sync::oneshot::channel();
+    let (addr, state) = start_sized(ServeOptions::default(), stop, 1, 2).await;
+    // Before any step there is nothing to predict from: admitted whatever the deadline.
+    let first = raw(&addr, r#"{"prompt": "Hello", "max_tokens": 4, "ttft_deadline_ms": 0.01}"#).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let model = match &state.models {
+        tandem_server::Models::One(m) => m.clone(),
+        _ => unreachable!(),
+    };
+    let predicted = model.engine.predict_ttft(3).expect("steps measured");
+    // Now every prediction is at least 1.5 steps: a 10 µs deadline is refused at once with a
+    // 429, Retry-After (whole seconds, rounded up) and retry-after-ms = predicted − deadline.
+    let refused = raw(&addr, r#"{"prompt": "Hello", "max_tokens": 4, "ttft_deadline_ms": 0.01}"#).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(
+        json(&refused)["error"]["message"].as_str().unwrap().contains("predicted time to first token"),
+        "{refused}"
+    );
+    let ms: u64 = header(&refused, "retry-after-ms").expect("retry-after-ms").parse().unwrap();
+    let secs: u64 = header(&refused, "retry-after").expect("retry-after").parse().unwrap();
+    assert_eq!(secs, ms.div_ceil(1000).max(1));
+    assert!(ms >= 1 && (ms as f64) < 10.0 * predicted.as_secs_f64() * 1000.0 + 1.0, "{ms} ms vs {predicted:?}");
+    // A generous deadline is admitted.
+    let ok = raw(&addr, r#"{"prompt": "Hello", "max_tokens": 2, "ttft_deadline_ms": 60000}"#).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // A full queue: one running, two waiting, the fourth refused — with the backlog's
+    // predicted drain time, not a constant.
+    let long = r#"{"prompt": "Once upon a time there was", "max_tokens": 40, "ignore_eos": true}"#;
+    let running: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move { raw(&addr, long).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let full = raw(&addr, long).await;
+    assert!(full.starts_with("HTTP/1.1 429"), "{full}");
+    assert!(json(&full)["error"]["message"].as_str().unwrap().contains("requests queued"), "{full}");
+    let ms: u64 = header(&full, "retry-after-ms").expect("retry-after-ms").parse().unwrap();
+    assert!(ms >= 1, "{full}");
+    for r in running {
+        assert!(r.await.unwrap().starts_with("HTTP/1.1 200"));
+    }
+    // The refusals and the predictions' accuracy are in /metrics.
+    let (_, scrape) = http_to(&addr, "GET", "/metrics", "", "").await;
+    let value = |prefix: &str| -> f64 {
+        let line = scrape.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {scrape}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("tandem:admission_refusals_total{model_name=\"smollm2\",reason=\"deadline\"}"), 1.0);
+    assert_eq!(value("tandem:admission_refusals_total{model_name=\"smollm2\",reason=\"queue_full\"}"), 1.0);
+    assert!(
+        value("tandem:ttft_prediction_ratio_count") >= 4.0,
+        "every admitted request after the first had a prediction"
+    );
 }

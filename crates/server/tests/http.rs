@@ -40,9 +40,11 @@ fn start_server(api_key: Option<&str>) -> (String, Arc<AppState>) {
         ..SchedulerConfig::default()
     };
     let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
-    let engine =
-        Engine::start(EngineConfig { scheduler, max_queued: 64, async_scheduling: true, gate: None }, Box::new(exec))
-            .unwrap();
+    let engine = Engine::start(
+        EngineConfig { scheduler, max_queued: 64, max_queued_tokens: 0, async_scheduling: true, gate: None },
+        Box::new(exec),
+    )
+    .unwrap();
     let state = match api_key {
         Some(k) => AppState::with_api_key(
             engine,

@@ -149,7 +149,7 @@ async fn soak_with_random_disconnects_leaks_nothing() {
         ..SchedulerConfig::default()
     };
     let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
-    let config = EngineConfig { scheduler, max_queued: 4096, async_scheduling: true, gate: None };
+    let config = EngineConfig { scheduler, max_queued: 4096, max_queued_tokens: 0, async_scheduling: true, gate: None };
     let engine = Engine::start(config, Box::new(exec)).unwrap();
     let state = AppState::new(engine, loaded.tokenizer, "smollm2".into(), 2048);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -41,6 +41,10 @@ pub struct ModelArgs {
     /// Retry-After (vLLM's scheduler has no bound; TGI's `--max-concurrent-requests` is one).
     #[arg(long, default_value_t = tandem_engine::build::MAX_QUEUED)]
     pub max_queued_requests: usize,
+    /// Prompt tokens queued (waiting to be fed) before new requests are refused with HTTP 429
+    /// and a Retry-After from the predicted drain time; 0: no bound.
+    #[arg(long, default_value_t = 0)]
+    pub max_queued_tokens: usize,
     /// Scheduler overrides, `key=value` (repeatable or comma-separated): batching, streams,
     /// assignment, min_parallel, fusion, sync, stream_priority, capacity, queue, preemption, max_num_seqs,
     /// max_num_batched_tokens. E.g. `--set batching=fixed:4 --set streams=2`.
@@ -63,6 +67,7 @@ impl ModelArgs {
             max_num_batched_tokens: self.max_num_batched_tokens,
             overrides: self.overrides.iter().chain(extra).cloned().collect(),
             max_queued: self.max_queued_requests,
+            max_queued_tokens: self.max_queued_tokens,
         }
     }
 }

@@ -32,6 +32,11 @@ pub struct ServeArgs {
     /// response: idle keep-alive connections close then) and a whole body (else 408).
     #[arg(long, default_value_t = 30.0)]
     header_timeout_secs: f64,
+    /// Admission by predicted wait: a request whose predicted time to first token exceeds this
+    /// many ms (or its own `ttft_deadline_ms`) is refused at once with 429 and Retry-After = the
+    /// predicted wait. Default: none (only requests that set a deadline are checked).
+    #[arg(long)]
+    ttft_deadline_ms: Option<f64>,
     /// On SIGTERM or SIGINT: `/ready` and new requests answer 503 at once, requests in flight
     /// get this many seconds to finish, then the server exits 0.
     #[arg(long, default_value_t = 30.0)]
@@ -66,6 +71,15 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
     let keys: Vec<String> = a.api_key.iter().filter(|k| !k.is_empty()).cloned().collect();
+    let deadline = a
+        .ttft_deadline_ms
+        .map(|ms| {
+            seconds("--ttft-deadline-ms", ms / 1000.0).and_then(|d| match d.is_zero() {
+                true => Err("--ttft-deadline-ms must be above 0".to_string()),
+                false => Ok(d),
+            })
+        })
+        .transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let (state, what) = match &a.models {
         Some(file) => {
@@ -81,7 +95,10 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
                     let _ = tokio::task::spawn_blocking(move || r.unload_idle()).await;
                 }
             });
-            (AppState::serving(Models::Many(registry), keys), format!("models {names} (loaded on first request)"))
+            (
+                AppState::serving_with(Models::Many(registry), keys, deadline),
+                format!("models {names} (loaded on first request)"),
+            )
         }
         None => {
             let running = start(&a.model)?;
@@ -95,7 +112,7 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
                 running.describe,
             )
             .with_root(running.root);
-            (AppState::one(model, keys), what)
+            (AppState::serving_with(Models::One(std::sync::Arc::new(model)), keys, deadline), what)
         }
     };
     rt.block_on(async {

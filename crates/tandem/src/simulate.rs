@@ -273,8 +273,13 @@ fn run_engine(
 ) -> CliResult<RunResult> {
     use tandem_executor::sim::{ClockMode, SimExecutor};
     let exec = SimExecutor::new(model.clone(), device.clone(), cfg.block_size, ClockMode::RealTime);
-    let engine_cfg =
-        tandem_engine::EngineConfig { scheduler: cfg, max_queued: w.len().max(1), async_scheduling, gate: None };
+    let engine_cfg = tandem_engine::EngineConfig {
+        scheduler: cfg,
+        max_queued: w.len().max(1),
+        max_queued_tokens: 0,
+        async_scheduling,
+        gate: None,
+    };
     let engine = Arc::new(tandem_engine::Engine::start(engine_cfg, Box::new(exec)).map_err(|e| e.to_string())?);
     let spec = RunSpec {
         name: name.to_string(),

@@ -408,8 +408,22 @@ impl Scheduler {
             max_num_seqs: self.limits.max_num_seqs,
             max_num_batched_tokens: self.limits.max_num_batched_tokens,
             preemption_cost: self.preemption.cost(),
+            prefill_backlog_tokens: self.prefill_backlog(),
             ..self.stats.clone()
         }
+    }
+
+    /// Prompt (or recompute) tokens not yet fed, of every request waiting, preempted or
+    /// running: the prefill work queued ahead of a new request (for admission by predicted
+    /// wait). A decoding request's one pending token is not prefill.
+    pub fn prefill_backlog(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|q| matches!(q.state, RequestState::Waiting | RequestState::Preempted | RequestState::Running))
+            .map(|q| q.tokens.len().saturating_sub(q.num_computed))
+            .filter(|&n| n > 1)
+            .sum()
     }
 
     /// True when no request is live (nothing waits, runs or is swapped).
