@@ -99,6 +99,48 @@ pub fn predict_ttft(model: &StepTimeModel, backlog: &Backlog, prompt_len: usize)
     Duration::try_from_secs_f64((steps as f64 + 0.5) * secs).ok()
 }
 
+/// How many of the backlog's prompt tokens must be fed before a `prompt_len`-token request's
+/// predicted time to first token, scaled by `calibration`, is within `deadline`: 0 if it is
+/// already; the whole backlog if even an empty one would not do.
+pub fn excess_tokens(
+    model: &StepTimeModel,
+    backlog: &Backlog,
+    prompt_len: usize,
+    calibration: f64,
+    deadline: Duration,
+) -> usize {
+    let fits = |w: usize| {
+        let b = Backlog { prefill_tokens: w, ..*backlog };
+        predict_ttft(model, &b, prompt_len).is_some_and(|p| p.mul_f64(calibration) <= deadline)
+    };
+    if fits(backlog.prefill_tokens) {
+        return 0;
+    }
+    // The prediction grows with the backlog: find the largest backlog that fits.
+    let (mut lo, mut hi) = (0usize, backlog.prefill_tokens);
+    if !fits(0) {
+        return backlog.prefill_tokens;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    backlog.prefill_tokens - lo
+}
+
+/// Time for `tokens` of the backlog's prompt tokens to be fed, at the prefill share of full
+/// steps the model predicts (what a refused request waits for before it would be admitted).
+pub fn drain_time(model: &StepTimeModel, backlog: &Backlog, tokens: usize) -> Option<Duration> {
+    let budget = backlog.budget.max(1);
+    let for_prefill = budget.saturating_sub(backlog.decodes).max(budget.div_ceil(8));
+    let secs = model.step_secs(budget)? * tokens as f64 / for_prefill as f64;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +183,20 @@ mod tests {
         let full = Backlog { prefill_tokens: 600, decodes: 600, budget: 512 };
         assert_eq!(predict_ttft(&m, &full, 40).unwrap().as_millis(), 525);
         assert_eq!(predict_ttft(&StepTimeModel::default(), &b, 10), None, "no step seen yet");
+    }
+
+    #[test]
+    fn the_excess_is_what_must_drain_for_the_deadline_to_hold() {
+        // 50 ms a 512-token step, 12 decoding: 500 prefill tokens a step. A 500-token prompt
+        // behind 2,000 tokens needs 5.5 steps (275 ms). Within 180 ms means at most 3 steps
+        // (3.5 × 50 = 175 ms): ahead + 500 ≤ 1,500, so 1,000 of the 2,000 must drain first.
+        let m = model(&[(512, 0.05)]);
+        let b = Backlog { prefill_tokens: 2000, decodes: 12, budget: 512 };
+        assert_eq!(excess_tokens(&m, &b, 500, 1.0, Duration::from_millis(180)), 1000);
+        assert_eq!(excess_tokens(&m, &b, 500, 1.0, Duration::from_millis(300)), 0);
+        // Calibrated ×2, 300 ms allows 150 ms of model time: 2 steps, ahead ≤ 500.
+        assert_eq!(excess_tokens(&m, &b, 500, 2.0, Duration::from_millis(300)), 1500);
+        // Draining 1,000 of them at 500 a 50 ms step: 100 ms.
+        assert_eq!(drain_time(&m, &b, 1000).unwrap().as_millis(), 100);
     }
 }

@@ -17,6 +17,8 @@ pub struct SchedulerStats {
     pub kv_blocks_cached: usize,
     /// Prompt tokens not yet fed, of every live request ([`crate::Scheduler::prefill_backlog`]).
     pub prefill_backlog_tokens: usize,
+    /// Running requests past their prefill (one token a step each).
+    pub decoding: usize,
     pub host_blocks_total: usize,
     pub host_blocks_used: usize,
     /// Prompt tokens looked up in the prefix cache, and how many were found.
@@ -45,6 +47,8 @@ pub struct SchedulerStats {
     pub requests_aborted: u64,
     pub requests_rejected: u64,
     pub tokens_generated: u64,
+    /// Prompt (and recompute) tokens fed in chunks of more than one token, since start.
+    pub prefill_tokens_fed: u64,
 }
 
 impl SchedulerStats {

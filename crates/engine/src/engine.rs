@@ -142,8 +142,12 @@ impl Engine {
     ) -> Result<RequestHandle, EngineError> {
         req.params.structured = constraint.is_some();
         let prompt = req.prompt.len();
-        let (model, backlog) = self.backlog();
-        let predicted = tandem_core::admission::predict_ttft(&model, &backlog, prompt);
+        let (model, backlog, calibration) = self.backlog();
+        let fed_rate = lock(&self.shared.stats).prefill_rate();
+        // The model's own prediction travels with the request (its error calibrates later
+        // ones); admission decides on it scaled by the calibration.
+        let raw = tandem_core::admission::predict_ttft(&model, &backlog, prompt);
+        let predicted = raw.map(|p| p.mul_f64(calibration));
         let refuse = |e: EngineError, deadline: bool| {
             let mut st = lock(&self.shared.stats);
             if deadline {
@@ -155,8 +159,20 @@ impl Engine {
         };
         if let (Some(deadline), Some(p)) = (ttft_deadline, predicted) {
             if p > deadline {
-                let retry_after = p - deadline;
-                return refuse(EngineError::WouldMissDeadline { predicted: p, deadline, retry_after }, true);
+                // The backlog ahead must drain by this many tokens first; the wait is their
+                // feeding time at the prefill rate measured over the last seconds (else the
+                // step model's).
+                let excess_tokens =
+                    tandem_core::admission::excess_tokens(&model, &backlog, prompt, calibration, deadline);
+                let measured = fed_rate.and_then(|r| Duration::try_from_secs_f64(excess_tokens as f64 / r).ok());
+                let retry_after = measured
+                    .or_else(|| tandem_core::admission::drain_time(&model, &backlog, excess_tokens))
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(p - deadline);
+                return refuse(
+                    EngineError::WouldMissDeadline { predicted: p, deadline, retry_after, excess_tokens },
+                    true,
+                );
             }
         }
         if self.max_queued_tokens > 0 && backlog.prefill_tokens + prompt > self.max_queued_tokens {
@@ -182,7 +198,7 @@ impl Engine {
         let id = req.id;
         let (tx, rx) = unbounded_channel();
         let cached = Arc::new(AtomicUsize::new(usize::MAX));
-        let add = Control::Add(Box::new(req), tx, cached.clone(), constraint.map(Box::new), predicted);
+        let add = Control::Add(Box::new(req), tx, cached.clone(), constraint.map(Box::new), raw);
         if self.control.send(add).is_err() {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             self.shared.unseen_tokens.fetch_sub(prompt, Ordering::SeqCst);
@@ -194,21 +210,21 @@ impl Engine {
     /// Predicted time to first token of a `prompt_len`-token request submitted now (`None`
     /// until a step has been measured).
     pub fn predict_ttft(&self, prompt_len: usize) -> Option<Duration> {
-        let (model, backlog) = self.backlog();
-        tandem_core::admission::predict_ttft(&model, &backlog, prompt_len)
+        let (model, backlog, calibration) = self.backlog();
+        tandem_core::admission::predict_ttft(&model, &backlog, prompt_len).map(|p| p.mul_f64(calibration))
     }
 
-    /// The step-time model and the work queued now (the scheduler's last snapshot plus what
-    /// was submitted since).
-    fn backlog(&self) -> (StepTimeModel, Backlog) {
+    /// The step-time model, the work queued now (the scheduler's last snapshot plus what was
+    /// submitted since), and the calibration factor learned from past predictions' errors.
+    fn backlog(&self) -> (StepTimeModel, Backlog, f64) {
         let st = lock(&self.shared.stats);
         let sc = &st.snapshot.scheduler;
         let backlog = Backlog {
             prefill_tokens: sc.prefill_backlog_tokens + self.shared.unseen_tokens.load(Ordering::SeqCst),
-            decodes: sc.running,
+            decodes: sc.decoding,
             budget: sc.max_num_batched_tokens,
         };
-        (st.step_model, backlog)
+        (st.step_model, backlog, st.calibration())
     }
 
     /// How long a client refused for a full queue should wait: until one queued request has

@@ -14,7 +14,7 @@ pub enum EngineError {
     /// The predicted time to first token exceeds the request's deadline; the queue ahead will
     /// have drained enough in about `retry_after`.
     #[error("the predicted time to first token ({predicted:?}) exceeds the deadline ({deadline:?}); retry in about {retry_after:?}")]
-    WouldMissDeadline { predicted: Duration, deadline: Duration, retry_after: Duration },
+    WouldMissDeadline { predicted: Duration, deadline: Duration, retry_after: Duration, excess_tokens: usize },
     /// The scheduler refused the request or a setting.
     #[error(transparent)]
     Scheduler(#[from] tandem_core::Error),

@@ -156,15 +156,19 @@ pub(crate) struct Timeline {
 }
 
 impl RequestMetrics {
-    /// A token of `t` left the loop at `now`.
-    pub(crate) fn on_token(&mut self, t: &mut Timeline, now: Duration) {
+    /// A token of `t` left the loop at `now`; for its first token, actual over predicted time
+    /// to first token when admission predicted one.
+    pub(crate) fn on_token(&mut self, t: &mut Timeline, now: Duration) -> Option<f64> {
+        let mut ratio = None;
         match t.last_token {
             None => {
                 let ttft = now.saturating_sub(t.arrival);
                 self.ttft.observe_duration(ttft);
                 if let Some(p) = t.predicted_ttft.filter(|p| !p.is_zero()) {
+                    let r = ttft.as_secs_f64() / p.as_secs_f64();
                     self.predicted_ttft.observe_duration(p);
-                    self.ttft_prediction_ratio.observe(ttft.as_secs_f64() / p.as_secs_f64());
+                    self.ttft_prediction_ratio.observe(r);
+                    ratio = Some(r);
                 }
                 if let Some(s) = t.started {
                     self.prefill_time.observe_duration(now.saturating_sub(s));
@@ -176,6 +180,7 @@ impl RequestMetrics {
         t.last_token = Some(now);
         t.tokens += 1;
         self.generation_tokens_total += 1;
+        ratio
     }
 
     /// `t` ended at `now` (`None`: failed).

@@ -80,6 +80,56 @@ pub(crate) struct StatsAccumulator {
     window: VecDeque<(Duration, u64, u64)>,
     /// Step device time against tokens fed, for predicted waits.
     pub step_model: tandem_core::admission::StepTimeModel,
+    /// Actual over predicted time to first token of the last requests admitted with a
+    /// prediction: admission scales its predictions by a high quantile of these.
+    pub ttft_ratios: VecDeque<f64>,
+    /// (time since start, prefill tokens fed since start) after each step of the last
+    /// [`FED_WINDOW`]: the measured prefill rate a refused request's wait is computed from.
+    fed: VecDeque<(Duration, u64)>,
+}
+
+const FED_WINDOW: Duration = Duration::from_secs(3);
+
+/// Requests whose prediction error calibrates admission.
+const CALIBRATION_WINDOW: usize = 64;
+
+impl StatsAccumulator {
+    /// A request admitted with a prediction got its first token: actual / predicted.
+    pub fn record_prediction(&mut self, ratio: f64) {
+        if ratio.is_finite() && ratio > 0.0 {
+            if self.ttft_ratios.len() == CALIBRATION_WINDOW {
+                self.ttft_ratios.pop_front();
+            }
+            self.ttft_ratios.push_back(ratio);
+        }
+    }
+
+    /// A step ended at `now` with `fed` prefill tokens fed since start.
+    pub fn record_fed(&mut self, now: Duration, fed: u64) {
+        self.fed.push_back((now, fed));
+        while self.fed.front().is_some_and(|f| now.saturating_sub(f.0) > FED_WINDOW) {
+            self.fed.pop_front();
+        }
+    }
+
+    /// Prefill tokens fed per second over the last seconds, when at least one second of steps
+    /// fed some (`None` otherwise: the model's rate is used).
+    pub fn prefill_rate(&self) -> Option<f64> {
+        let (first, last) = (self.fed.front()?, self.fed.back()?);
+        let span = last.0.saturating_sub(first.0).as_secs_f64();
+        let fed = last.1.saturating_sub(first.1) as f64;
+        (span >= 1.0 && fed > 0.0).then(|| fed / span)
+    }
+
+    /// The factor admission multiplies its predictions by: the largest recent actual/predicted
+    /// ratio (so that an admitted request starts within its deadline unless the model errs more
+    /// than it has lately), within 0.5–4; 1.5 until 8 requests have been seen.
+    pub fn calibration(&self) -> f64 {
+        if self.ttft_ratios.len() < 8 {
+            return 1.5;
+        }
+        self.ttft_ratios.iter().copied().fold(0.0, f64::max).clamp(0.5, 4.0)
+    }
 }
 
 const WINDOW: Duration = Duration::from_secs(30);

@@ -392,6 +392,7 @@ impl StepLoop {
         st.snapshot.current_batch_size = out.seqs.len();
         st.snapshot.queue_depth = self.shared.queued.load(Ordering::SeqCst);
         st.snapshot.running = sched_stats.running;
+        st.record_fed(now, sched_stats.prefill_tokens_fed);
         st.snapshot.scheduler = sched_stats;
         // Those requests are in the scheduler's backlog now, no longer unseen.
         self.shared.unseen_tokens.fetch_sub(added_tokens, Ordering::SeqCst);
@@ -455,7 +456,9 @@ impl StepLoop {
                     gone |= t.events.send(RequestEvent::Logprobs(lp)).is_err();
                 }
                 gone |= t.events.send(RequestEvent::Token(tok)).is_err();
-                st.snapshot.requests.on_token(&mut t.timeline, now);
+                if let Some(ratio) = st.snapshot.requests.on_token(&mut t.timeline, now) {
+                    st.record_prediction(ratio);
+                }
             }
             if let Some(reason) = d.finish {
                 let _ = t.events.send(RequestEvent::Finished(reason));

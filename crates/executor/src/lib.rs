@@ -8,6 +8,7 @@
 //! scheduling result.
 
 pub mod cpu;
+pub mod fault;
 pub mod model;
 pub mod sim;
 mod step_io;

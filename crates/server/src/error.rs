@@ -26,7 +26,9 @@ pub enum ApiError {
     /// Refused at admission (429, with Retry-After): the queue is full, or the request would
     /// miss its time-to-first-token deadline; `retry_after` is the predicted wait.
     #[error("{reason}; retry after {retry_after:?}")]
-    Busy { reason: String, retry_after: Duration },
+    /// `excess_tokens`: for a deadline refusal, the prompt tokens queued ahead that must be
+    /// fed before it would be admitted (header `x-tandem-excess-tokens`).
+    Busy { reason: String, retry_after: Duration, excess_tokens: Option<usize> },
     /// The engine is not running (503).
     #[error("the engine is not available")]
     Unavailable,
@@ -94,20 +96,24 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::QueueFull { queued, retry_after } => {
-                ApiError::Busy { reason: format!("the server is busy ({queued} requests queued)"), retry_after }
-            }
+            EngineError::QueueFull { queued, retry_after } => ApiError::Busy {
+                reason: format!("the server is busy ({queued} requests queued)"),
+                retry_after,
+                excess_tokens: None,
+            },
             EngineError::QueuedTokensFull { queued, limit, retry_after } => ApiError::Busy {
                 reason: format!("the server is busy ({queued} prompt tokens queued, at most {limit})"),
                 retry_after,
+                excess_tokens: None,
             },
-            EngineError::WouldMissDeadline { predicted, deadline, retry_after } => ApiError::Busy {
+            EngineError::WouldMissDeadline { predicted, deadline, retry_after, excess_tokens } => ApiError::Busy {
                 reason: format!(
                     "the predicted time to first token ({} ms) exceeds the deadline ({} ms)",
                     predicted.as_millis(),
                     deadline.as_millis()
                 ),
                 retry_after,
+                excess_tokens: Some(excess_tokens),
             },
             EngineError::Scheduler(s) => ApiError::Invalid { message: s.to_string(), param: None },
             EngineError::NotRunning => ApiError::Unavailable,
@@ -128,7 +134,10 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
-        if let ApiError::Busy { retry_after, .. } = &self {
+        if let ApiError::Busy { retry_after, excess_tokens, .. } = &self {
+            if let Some(v) = excess_tokens.and_then(|n| HeaderValue::from_str(&n.to_string()).ok()) {
+                resp.headers_mut().insert("x-tandem-excess-tokens", v);
+            }
             // Whole seconds (HTTP's Retry-After, rounded up, at least 1) and the exact figure
             // in `retry-after-ms`, which OpenAI's clients read first.
             let ms = retry_after.as_millis().max(1);

@@ -50,6 +50,7 @@ pub fn router_with(state: Arc<AppState>, body_timeout: std::time::Duration) -> R
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat))
         .route("/v1/stats", get(routes::stats))
+        .route("/v1/admission", get(routes::admission))
         .route("/v1/batching", post(routes::set_batching))
         .route("/v1/streams", post(routes::set_streams))
         .route("/tokenize", post(tokenize::tokenize))

@@ -366,12 +366,12 @@ impl Collector for Snapshot {
         w.histogram("tandem:iteration_batch_size", "Sequences per step.", |st| &st.requests.step_batch)?;
         w.histogram(
             "tandem:predicted_time_to_first_token_seconds",
-            "Admission's predicted time to first token, of requests admitted with a prediction.",
+            "The step model's predicted time to first token (before calibration), of requests admitted with one.",
             |st| &st.requests.predicted_ttft,
         )?;
         w.histogram(
             "tandem:ttft_prediction_ratio",
-            "Actual over predicted time to first token (1 = exact; below 1 the prediction was high).",
+            "Actual over the step model's predicted time to first token; admission scales predictions by its recent 95th percentile.",
             |st| &st.requests.ttft_prediction_ratio,
         )?;
         w.counters(

@@ -124,6 +124,38 @@ pub struct ModelQuery {
     model: Option<String>,
 }
 
+#[derive(serde::Deserialize)]
+pub struct AdmissionQuery {
+    model: Option<String>,
+    prompt_tokens: Option<usize>,
+}
+
+/// `GET /v1/admission?prompt_tokens=N[&model=NAME]`: what admission would predict now for an
+/// N-token prompt (calibrated, as it decides), and the backlog behind it — for a router picking
+/// the replica with the shortest wait, or a client deciding when to come back. Changes nothing.
+pub async fn admission(
+    State(s): Shared,
+    q: Result<Query<AdmissionQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let q = q.map_err(|e| ApiError::invalid("prompt_tokens", e.body_text()))?;
+    let (name, loaded) = s.models.for_control(q.model.as_deref())?;
+    let Some(m) = loaded else { return Ok(Json(json!({"model": name, "loaded": false}))) };
+    let prompt = q.prompt_tokens.unwrap_or(1).max(1);
+    let predicted = m.engine.predict_ttft(prompt);
+    let sc = m.engine.stats().scheduler;
+    Ok(Json(json!({
+        "model": name,
+        "loaded": true,
+        "prompt_tokens": prompt,
+        "predicted_ttft_ms": predicted.map(|d| d.as_secs_f64() * 1e3),
+        "ttft_deadline_ms": s.ttft_deadline.map(|d| d.as_secs_f64() * 1e3),
+        "prefill_backlog_tokens": sc.prefill_backlog_tokens,
+        "prefill_tokens_fed_total": sc.prefill_tokens_fed,
+        "decoding": sc.decoding,
+        "waiting": sc.waiting,
+    })))
+}
+
 /// Live statistics (seed 002's list plus the scheduler's counters) of one model:
 /// `?model=NAME`, by default the only or first loaded one. A configured model that is not
 /// loaded answers `{"model": NAME, "loaded": false}`.

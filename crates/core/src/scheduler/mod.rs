@@ -409,6 +409,11 @@ impl Scheduler {
             max_num_batched_tokens: self.limits.max_num_batched_tokens,
             preemption_cost: self.preemption.cost(),
             prefill_backlog_tokens: self.prefill_backlog(),
+            decoding: self
+                .running
+                .iter()
+                .filter(|&&slot| self.seq(slot).tokens.len() <= self.seq(slot).num_computed + 1)
+                .count(),
             ..self.stats.clone()
         }
     }

@@ -68,7 +68,9 @@ impl Scheduler {
         if inflight.stream.is_some() {
             self.release_stream_step(out.step, &inflight.entries);
         }
-        self.preemption.observe(&cost_sample(out, model));
+        let sample = cost_sample(out, model);
+        self.stats.prefill_tokens_fed += sample.prefill_tokens as u64;
+        self.preemption.observe(&sample);
         let feedback = StepFeedback {
             device_time: model.timing.device,
             batch_size: out.seqs.len(),
