@@ -13,3 +13,5 @@ echo "== doc tests"
 cargo test --workspace --doc --locked
 echo "== the official openai Python client against tandem serve"
 ./scripts/openai_client/run.sh
+echo "== two replicas behind SGLang's router (sglang-router from PyPI)"
+./scripts/router/run.sh

@@ -129,6 +129,22 @@ mod tests {
         // machine device time splits about 3 : 1; under load, time a thread spends descheduled
         // inside its step is charged too, which evens it out, so only the direction is checked:
         // steps never overlap, the larger share gets more, the smaller is not starved.
+        // A wall-clock property: on a machine busy with other work (the rest of the suite) a
+        // run can come out even, so it gets three tries; overlapping steps fail at once.
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let used = contend();
+            let (big, small) = (used["big"].as_secs_f64(), used["small"].as_secs_f64());
+            if big > small && small > 0.1 * (big + small) {
+                return;
+            }
+            runs.push(used);
+        }
+        panic!("the larger share did not get more in three runs: {runs:?}");
+    }
+
+    /// Two threads contending as above for 300 ms; the device time each was charged.
+    fn contend() -> std::collections::BTreeMap<String, Duration> {
         use std::sync::atomic::{AtomicBool, Ordering};
         let dev = FairDevice::new();
         let on_device = Arc::new(AtomicBool::new(false));
@@ -152,9 +168,7 @@ mod tests {
         let (a, b) = (spin(big), spin(small));
         a.join().unwrap();
         b.join().unwrap();
-        let used: std::collections::BTreeMap<_, _> = dev.used().into_iter().collect();
-        let (big, small) = (used["big"].as_secs_f64(), used["small"].as_secs_f64());
-        assert!(big > small && small > 0.1 * (big + small), "{used:?}");
+        dev.used().into_iter().collect()
     }
 
     #[test]

@@ -120,9 +120,15 @@ pub fn inert_field(name: &str, value: &serde_json::Value) -> Option<bool> {
     Some(match name {
         // Identifiers and bookkeeping: nothing to act on.
         "user" | "metadata" | "request_id" => true,
-        "store" | "use_beam_search" | "continue_final_message" | "include_stop_str_in_output" => {
-            null || is(&Value::Bool(false))
-        }
+        "store"
+        | "use_beam_search"
+        | "continue_final_message"
+        | "include_stop_str_in_output"
+        | "no_stop_trim"
+        | "return_hidden_states" => null || is(&Value::Bool(false)),
+        // SGLang's reasoning-parser switches (its router sends them on every chat request):
+        // with no reasoning parser there is nothing to separate, whichever way they are set.
+        "separate_reasoning" | "stream_reasoning" => null || value.is_boolean(),
         "skip_special_tokens" | "spaces_between_special_tokens" | "add_generation_prompt" => {
             null || is(&Value::Bool(true))
         }

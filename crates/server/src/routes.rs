@@ -124,6 +124,47 @@ pub struct ModelQuery {
     model: Option<String>,
 }
 
+/// The model's `config.json` beside its root (an HF directory's own, or the one exported with
+/// a GGUF's tokenizer): `model_type` and `architectures`, when there.
+fn model_shape(root: &str) -> (Option<String>, Option<serde_json::Value>) {
+    let config = std::fs::read(std::path::Path::new(root).join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let model_type = config.as_ref().and_then(|c| c["model_type"].as_str()).map(str::to_string);
+    (model_type, config.and_then(|c| c.get("architectures").cloned()))
+}
+
+/// SGLang's `GET /model_info` (and its old name `/get_model_info`), which SGLang's router reads
+/// when a worker registers: the served model's path and tokenizer path (its root: a directory
+/// the tokenizer loads from), that it generates text, and its architecture.
+pub async fn model_info(State(s): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    let (name, loaded) = s.models.for_control(None)?;
+    let root = loaded.as_ref().map_or(name.clone(), |m| m.root.clone());
+    let (model_type, architectures) = model_shape(&root);
+    Ok(Json(json!({
+        "model_path": root, "tokenizer_path": root, "served_model_name": name, "is_generation": true,
+        "model_type": model_type, "architectures": architectures,
+        "has_image_understanding": false, "has_audio_understanding": false,
+    })))
+}
+
+/// SGLang's `GET /server_info` (and `/get_server_info`): the served model and this replica's
+/// limits, from the running engine (one replica: tp and dp 1).
+pub async fn server_info(State(s): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    let (name, loaded) = s.models.for_control(None)?;
+    let Some(m) = loaded else {
+        return Ok(Json(json!({"model_path": name, "served_model_name": name, "tp_size": 1, "dp_size": 1})));
+    };
+    let sc = m.engine.stats().scheduler;
+    Ok(Json(json!({
+        "model_path": m.root, "tokenizer_path": m.root, "served_model_name": name,
+        "tp_size": 1, "dp_size": 1, "context_length": m.max_model_len,
+        "max_total_num_tokens": sc.kv_blocks_total * sc.block_size,
+        "max_running_requests": sc.max_num_seqs, "max_prefill_tokens": sc.max_num_batched_tokens,
+        "page_size": sc.block_size, "version": env!("CARGO_PKG_VERSION"), "engine": "tandem",
+    })))
+}
+
 #[derive(serde::Deserialize)]
 pub struct AdmissionQuery {
     model: Option<String>,

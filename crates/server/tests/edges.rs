@@ -203,13 +203,23 @@ async fn admission_refuses_with_the_predicted_wait_for_a_deadline_and_for_a_full
     // A full queue: one running, two waiting, the fourth refused — with the backlog's
     // predicted drain time, not a constant.
     let long = r#"{"prompt": "Once upon a time there was", "max_tokens": 40, "ignore_eos": true}"#;
-    let running: Vec<_> = (0..3)
-        .map(|_| {
-            let addr = addr.clone();
-            tokio::spawn(async move { raw(&addr, long).await })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One running, then two waiting (each step of the way awaited), then a fourth.
+    let until = |what: &'static str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < Duration::from_secs(60), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let send = |addr: &String| {
+        let addr = addr.clone();
+        tokio::spawn(async move { raw(&addr, long).await })
+    };
+    let mut running = vec![send(&addr)];
+    until("the first long request never ran", &|| model.engine.stats().running == 1);
+    running.push(send(&addr));
+    running.push(send(&addr));
+    until("the queue never filled", &|| model.engine.stats().queue_depth == 2);
     let full = raw(&addr, long).await;
     assert!(full.starts_with("HTTP/1.1 429"), "{full}");
     assert!(json(&full)["error"]["message"].as_str().unwrap().contains("requests queued"), "{full}");

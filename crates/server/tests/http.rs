@@ -74,6 +74,31 @@ async fn http(method: &str, path: &str, body: &str) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sglang_model_and_server_info_describe_the_served_model() {
+    for path in ["/model_info", "/get_model_info"] {
+        let (code, body) = http("GET", path, "").await;
+        let v = json(&body);
+        assert_eq!(
+            (code, v["served_model_name"].as_str(), v["is_generation"].as_bool()),
+            (200, Some("smollm2"), Some(true))
+        );
+        assert_eq!(v["model_path"], v["tokenizer_path"], "{body}");
+    }
+    let (code, body) = http("GET", "/server_info", "").await;
+    let v = json(&body);
+    // 256 blocks of 16 tokens; the test server's limits.
+    assert_eq!(
+        (code, v["max_total_num_tokens"].as_u64(), v["context_length"].as_u64()),
+        (200, Some(4096), Some(2048)),
+        "{body}"
+    );
+    assert_eq!(
+        (v["tp_size"].as_u64(), v["dp_size"].as_u64(), v["served_model_name"].as_str()),
+        (Some(1), Some(1), Some("smollm2"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn health_ready_and_models() {
     assert_eq!(http("GET", "/health", "").await.0, 200);
     assert_eq!(http("GET", "/ready", "").await.0, 200);
@@ -427,6 +452,23 @@ async fn unknown_fields_are_a_400_naming_them_and_inert_defaults_pass() {
     )
     .await;
     assert_eq!(code, 200, "{body}");
+    // What SGLang's router (sglang-router 0.3.2) adds to every request it forwards.
+    for (path, req) in [
+        (
+            "/v1/chat/completions",
+            r#"{"messages":[{"role":"user","content":"hi"}],"model":"smollm2","logprobs":false,"max_completion_tokens":2,
+                "stream":false,"no_stop_trim":false,"ignore_eos":false,"continue_final_message":false,
+                "skip_special_tokens":true,"separate_reasoning":true,"stream_reasoning":true,"return_hidden_states":false}"#,
+        ),
+        (
+            "/v1/completions",
+            r#"{"model":"smollm2","prompt":"hi","max_tokens":2,"stream":false,"echo":false,"no_stop_trim":false,
+                "ignore_eos":false,"skip_special_tokens":true,"return_hidden_states":false}"#,
+        ),
+    ] {
+        let (code, body) = http("POST", path, req).await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
