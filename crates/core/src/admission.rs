@@ -85,15 +85,21 @@ pub struct Backlog {
     pub budget: usize,
 }
 
+impl Backlog {
+    /// Prompt tokens a step feeds: decodes go first, prefill gets the rest of the budget (at
+    /// least an eighth of it, as a scheduler that never starves prefill would give it).
+    fn prefill_per_step(&self) -> usize {
+        let budget = self.budget.max(1);
+        budget.saturating_sub(self.decodes).max(budget.div_ceil(8))
+    }
+}
+
 /// Predicted time to first token for a `prompt_len`-token prompt behind `backlog`, or `None`
 /// before the model has seen a step.
 pub fn predict_ttft(model: &StepTimeModel, backlog: &Backlog, prompt_len: usize) -> Option<Duration> {
     let budget = backlog.budget.max(1);
-    // Decodes go first; prefill gets the rest (at least an eighth of the budget, as a
-    // scheduler that never starves prefill would give it).
-    let for_prefill = budget.saturating_sub(backlog.decodes).max(budget.div_ceil(8));
     let work = backlog.prefill_tokens + prompt_len.max(1);
-    let steps = work.div_ceil(for_prefill);
+    let steps = work.div_ceil(backlog.prefill_per_step());
     let per_step = if steps == 1 { (backlog.decodes + work).min(budget) } else { budget };
     let secs = model.step_secs(per_step)?;
     Duration::try_from_secs_f64((steps as f64 + 0.5) * secs).ok()
@@ -135,9 +141,7 @@ pub fn excess_tokens(
 /// Time for `tokens` of the backlog's prompt tokens to be fed, at the prefill share of full
 /// steps the model predicts (what a refused request waits for before it would be admitted).
 pub fn drain_time(model: &StepTimeModel, backlog: &Backlog, tokens: usize) -> Option<Duration> {
-    let budget = backlog.budget.max(1);
-    let for_prefill = budget.saturating_sub(backlog.decodes).max(budget.div_ceil(8));
-    let secs = model.step_secs(budget)? * tokens as f64 / for_prefill as f64;
+    let secs = model.step_secs(backlog.budget.max(1))? * tokens as f64 / backlog.prefill_per_step() as f64;
     Duration::try_from_secs_f64(secs).ok()
 }
 

@@ -50,6 +50,40 @@ impl Default for EngineConfig {
     }
 }
 
+/// Admission's inputs at one moment (see [`Engine::submit_with`]).
+struct Outlook {
+    backlog: Backlog,
+    /// Step time against tokens fed.
+    model: StepTimeModel,
+    /// The factor predictions are scaled by, learned from past predictions' errors.
+    calibration: f64,
+    /// Prefill tokens fed per second over the last seconds, once measured.
+    prefill_rate: Option<f64>,
+    /// Requests finished per second recently.
+    throughput_rps: f64,
+}
+
+impl Outlook {
+    /// How long until `tokens` of the backlog have been fed: at the measured prefill rate,
+    /// else at the step model's (what a request refused for the backlog ahead waits for).
+    fn drain_wait(&self, tokens: usize) -> Option<Duration> {
+        self.prefill_rate
+            .and_then(|r| Duration::try_from_secs_f64(tokens as f64 / r).ok())
+            .or_else(|| tandem_core::admission::drain_time(&self.model, &self.backlog, tokens))
+    }
+
+    /// How long a client refused for a full queue should wait: until one queued request has
+    /// started — the backlog's predicted drain time shared among the requests in it; before
+    /// any measurement, the queue drained at the recent throughput (1–60 s).
+    fn queue_wait(&self, queued: usize) -> Duration {
+        if let Some(all) = tandem_core::admission::predict_ttft(&self.model, &self.backlog, 1) {
+            return all / queued.max(1) as u32;
+        }
+        let secs = if self.throughput_rps > 0.0 { queued as f64 / self.throughput_rps } else { 1.0 };
+        Duration::from_secs_f64(secs.clamp(1.0, 60.0))
+    }
+}
+
 /// What the engine and its step loop share.
 pub(crate) struct Shared {
     pub stats: Mutex<StatsAccumulator>,
@@ -142,12 +176,11 @@ impl Engine {
     ) -> Result<RequestHandle, EngineError> {
         req.params.structured = constraint.is_some();
         let prompt = req.prompt.len();
-        let (model, backlog, calibration) = self.backlog();
-        let fed_rate = lock(&self.shared.stats).prefill_rate();
+        let o = self.outlook();
         // The model's own prediction travels with the request (its error calibrates later
         // ones); admission decides on it scaled by the calibration.
-        let raw = tandem_core::admission::predict_ttft(&model, &backlog, prompt);
-        let predicted = raw.map(|p| p.mul_f64(calibration));
+        let raw = tandem_core::admission::predict_ttft(&o.model, &o.backlog, prompt);
+        let predicted = raw.map(|p| p.mul_f64(o.calibration));
         let refuse = |e: EngineError, deadline: bool| {
             let mut st = lock(&self.shared.stats);
             if deadline {
@@ -159,38 +192,28 @@ impl Engine {
         };
         if let (Some(deadline), Some(p)) = (ttft_deadline, predicted) {
             if p > deadline {
-                // The backlog ahead must drain by this many tokens first; the wait is their
-                // feeding time at the prefill rate measured over the last seconds (else the
-                // step model's).
+                // The backlog ahead must drain by this many tokens first.
                 let excess_tokens =
-                    tandem_core::admission::excess_tokens(&model, &backlog, prompt, calibration, deadline);
-                let measured = fed_rate.and_then(|r| Duration::try_from_secs_f64(excess_tokens as f64 / r).ok());
-                let retry_after = measured
-                    .or_else(|| tandem_core::admission::drain_time(&model, &backlog, excess_tokens))
-                    .filter(|d| !d.is_zero())
-                    .unwrap_or(p - deadline);
+                    tandem_core::admission::excess_tokens(&o.model, &o.backlog, prompt, o.calibration, deadline);
+                let retry_after = o.drain_wait(excess_tokens).filter(|d| !d.is_zero()).unwrap_or(p - deadline);
                 return refuse(
                     EngineError::WouldMissDeadline { predicted: p, deadline, retry_after, excess_tokens },
                     true,
                 );
             }
         }
-        if self.max_queued_tokens > 0 && backlog.prefill_tokens + prompt > self.max_queued_tokens {
-            // The backlog must shrink by the excess: that many prompt tokens at the model's rate.
-            let excess = backlog.prefill_tokens + prompt - self.max_queued_tokens;
-            let drain = Backlog { prefill_tokens: excess.saturating_sub(1), ..backlog };
-            let retry_after = tandem_core::admission::predict_ttft(&model, &drain, 1).unwrap_or(Duration::from_secs(1));
-            let e = EngineError::QueuedTokensFull {
-                queued: backlog.prefill_tokens,
-                limit: self.max_queued_tokens,
-                retry_after,
-            };
+        let queued_tokens = o.backlog.prefill_tokens;
+        if self.max_queued_tokens > 0 && queued_tokens + prompt > self.max_queued_tokens {
+            // The backlog must shrink by the excess first.
+            let excess = queued_tokens + prompt - self.max_queued_tokens;
+            let retry_after = o.drain_wait(excess).unwrap_or(Duration::from_secs(1));
+            let e = EngineError::QueuedTokensFull { queued: queued_tokens, limit: self.max_queued_tokens, retry_after };
             return refuse(e, false);
         }
         let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.max_queued {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
-            let retry_after = self.queue_retry_after(queued, &model, &backlog);
+            let retry_after = o.queue_wait(queued);
             return refuse(EngineError::QueueFull { queued, retry_after }, false);
         }
         self.shared.unseen_tokens.fetch_add(prompt, Ordering::SeqCst);
@@ -207,36 +230,30 @@ impl Engine {
         Ok(RequestHandle::new(id, rx, self.control.clone(), cached))
     }
 
-    /// Predicted time to first token of a `prompt_len`-token request submitted now (`None`
-    /// until a step has been measured).
+    /// Predicted time to first token of a `prompt_len`-token request submitted now, as
+    /// admission decides on it (`None` until a step has been measured).
     pub fn predict_ttft(&self, prompt_len: usize) -> Option<Duration> {
-        let (model, backlog, calibration) = self.backlog();
-        tandem_core::admission::predict_ttft(&model, &backlog, prompt_len).map(|p| p.mul_f64(calibration))
+        let o = self.outlook();
+        tandem_core::admission::predict_ttft(&o.model, &o.backlog, prompt_len).map(|p| p.mul_f64(o.calibration))
     }
 
-    /// The step-time model, the work queued now (the scheduler's last snapshot plus what was
-    /// submitted since), and the calibration factor learned from past predictions' errors.
-    fn backlog(&self) -> (StepTimeModel, Backlog, f64) {
+    /// What admission decides on, read under one lock of the shared statistics: the work
+    /// queued now (the scheduler's last snapshot plus what was submitted since) and what the
+    /// engine has measured.
+    fn outlook(&self) -> Outlook {
         let st = lock(&self.shared.stats);
         let sc = &st.snapshot.scheduler;
-        let backlog = Backlog {
-            prefill_tokens: sc.prefill_backlog_tokens + self.shared.unseen_tokens.load(Ordering::SeqCst),
-            decodes: sc.decoding,
-            budget: sc.max_num_batched_tokens,
-        };
-        (st.step_model, backlog, st.calibration())
-    }
-
-    /// How long a client refused for a full queue should wait: until one queued request has
-    /// started — the backlog's predicted drain time shared among the requests in it; before
-    /// any measurement, the queue drained at the recent throughput (1–60 s).
-    fn queue_retry_after(&self, queued: usize, model: &StepTimeModel, backlog: &Backlog) -> Duration {
-        if let Some(all) = tandem_core::admission::predict_ttft(model, backlog, 1) {
-            return all / queued.max(1) as u32;
+        Outlook {
+            backlog: Backlog {
+                prefill_tokens: sc.prefill_backlog_tokens + self.shared.unseen_tokens.load(Ordering::SeqCst),
+                decodes: sc.decoding,
+                budget: sc.max_num_batched_tokens,
+            },
+            model: st.step_model,
+            calibration: st.calibration(),
+            prefill_rate: st.prefill_rate(),
+            throughput_rps: st.snapshot.throughput_rps,
         }
-        let rps = lock(&self.shared.stats).snapshot.throughput_rps;
-        let secs = if rps > 0.0 { queued as f64 / rps } else { 1.0 };
-        Duration::from_secs_f64(secs.clamp(1.0, 60.0))
     }
 
     /// Aborts a request by id (the handle's drop does this too).

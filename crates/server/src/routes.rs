@@ -498,10 +498,8 @@ pub async fn chat(
 /// A chat message for a finished choice: its calls (if tools were offered and it made any) as
 /// OpenAI's `tool_calls`, with finish reason `tool_calls`.
 fn chat_message(text: &str, finish: &str, g: &GenRequest, response: &str, index: usize) -> (serde_json::Value, String) {
-    let (content, mut calls) = if g.tools { crate::tools::split_calls(text) } else { (text.to_string(), Vec::new()) };
-    if !g.parallel_tool_calls {
-        calls.truncate(1);
-    }
+    let (content, calls) =
+        if g.tools { crate::tools::split_calls(text, g.parallel_tool_calls) } else { (text.to_string(), Vec::new()) };
     if calls.is_empty() {
         return (json!({"role": "assistant", "content": text}), finish.to_string());
     }
@@ -630,20 +628,21 @@ fn stream_response(
     let cached = Arc::new(AtomicUsize::new(0));
     let n = g.n.max(1);
     let tools = chat && g.tools;
-    let single_call = !g.parallel_tool_calls;
+    let parallel_calls = g.parallel_tool_calls;
     let created = now_secs();
     let object = if chat { "chat.completion.chunk" } else { "text_completion" };
     let per_choice = choices.into_iter().map(|c| {
+        // Completions' echo: the prompt text, sent with the first chunk.
         let echo = echoes.get(c.index / n).cloned().flatten();
         // Token and cached-prompt counters shared by every choice, for the usage chunk.
         let counters = (generated.clone(), cached.clone());
         // With tools: text that may be a call is held back and parsed at the end.
-        let calls = tools.then(crate::tools::ToolStream::default);
+        let calls = tools.then(|| crate::tools::ToolStream::new(parallel_calls));
         // (choice, (state, counters), first chunk, text length so far for completions'
-        // text_offset, the tool-call parser)
-        stream::unfold((c, counters, true, 0usize, calls), move |(mut c, counters, first, offset, mut calls)| {
-            let echo = echo.clone();
-            async move {
+        // text_offset, the tool-call parser, the echo not yet sent)
+        stream::unfold(
+            (c, counters, true, 0usize, calls, echo),
+            move |(mut c, counters, first, offset, mut calls, mut echo)| async move {
                 let (generated, cached) = &counters;
                 let before = c.tokens();
                 let d = c.next().await?;
@@ -652,7 +651,7 @@ fn stream_response(
                     cached.fetch_add(c.prompt_cached_tokens(), Ordering::Relaxed);
                 }
                 let d = d.map(|mut d| {
-                    if let Some(prompt) = echo.filter(|_| first) {
+                    if let Some(prompt) = echo.take() {
                         d.text.insert_str(0, &prompt);
                     }
                     let mut found = Vec::new();
@@ -662,18 +661,15 @@ fn stream_response(
                             let (rest, parsed) = ts.finish();
                             d.text.push_str(&rest);
                             found = parsed;
-                            if single_call {
-                                found.truncate(1);
-                            }
                         }
                     }
                     (d, found)
                 });
                 let next_offset = offset + d.as_ref().map_or(0, |d| d.0.text.len());
                 let item = d.map(|(d, found)| (c.index, d, first, offset, found));
-                Some((item, (c, counters, false, next_offset, calls)))
-            }
-        })
+                Some((item, (c, counters, false, next_offset, calls, echo)))
+            },
+        )
         .boxed()
     });
     let want_logprobs = g.logprobs.is_some();

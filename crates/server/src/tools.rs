@@ -165,7 +165,8 @@ impl Tools {
 
 /// Splits a finished answer into its text and the calls in it (`<tool_call>` blocks whose JSON
 /// has a `name`; a block that does not parse stays text).
-pub fn split_calls(text: &str) -> (String, Vec<ToolCall>) {
+/// With `parallel` false (OpenAI's `parallel_tool_calls: false`), only the first call is kept.
+pub fn split_calls(text: &str, parallel: bool) -> (String, Vec<ToolCall>) {
     let mut content = String::new();
     let mut calls = Vec::new();
     let mut rest = text;
@@ -182,6 +183,9 @@ pub fn split_calls(text: &str) -> (String, Vec<ToolCall>) {
         rest = &after[end + CLOSE.len()..];
     }
     content.push_str(rest);
+    if !parallel {
+        calls.truncate(1);
+    }
     (content.trim().to_string(), calls)
 }
 
@@ -198,13 +202,19 @@ fn parse_call(body: &str) -> Option<ToolCall> {
 
 /// Streaming with tools: passes text through until a `<tool_call>` may be starting, then holds
 /// the rest back for [`Self::finish`] to parse.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ToolStream {
     held: String,
     holding: bool,
+    /// `parallel_tool_calls`: false keeps the first call only.
+    parallel: bool,
 }
 
 impl ToolStream {
+    pub fn new(parallel: bool) -> Self {
+        Self { held: String::new(), holding: false, parallel }
+    }
+
     /// The part of `text` that can be streamed now.
     pub fn push(&mut self, text: &str) -> String {
         if self.holding {
@@ -234,7 +244,7 @@ impl ToolStream {
     /// At the end: the held-back text that is not a call, and the calls.
     pub fn finish(&mut self) -> (String, Vec<ToolCall>) {
         let held = std::mem::take(&mut self.held);
-        let (text, calls) = split_calls(&held);
+        let (text, calls) = split_calls(&held, self.parallel);
         // Text before the first call was streamed already; keep the spacing of what is left.
         let text = if calls.is_empty() { held } else { text };
         (text, calls)
@@ -278,16 +288,16 @@ mod tests {
     #[test]
     fn calls_are_split_from_the_text_and_bad_blocks_stay_text() {
         let (text, calls) =
-            split_calls("Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>");
+            split_calls("Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>", true);
         assert_eq!(text, "Let me check.");
         assert_eq!(calls, vec![ToolCall { name: "get_weather".into(), arguments: "{\"city\":\"Paris\"}".into() }]);
-        let (text, calls) = split_calls("<tool_call>not json</tool_call> plain");
+        let (text, calls) = split_calls("<tool_call>not json</tool_call> plain", true);
         assert!(calls.is_empty() && text.contains("not json"));
     }
 
     #[test]
     fn a_stream_holds_back_only_what_may_be_a_call() {
-        let mut s = ToolStream::default();
+        let mut s = ToolStream::new(true);
         assert_eq!(s.push("Hello <to"), "Hello ");
         assert_eq!(s.push("day"), "<today");
         assert_eq!(s.push(" <tool_call>{\"name\": \"f\", "), " ");
