@@ -78,7 +78,10 @@ def main():
     router = subprocess.Popen(
         [SMG, "launch", "--host", "127.0.0.1", "--port", str(router_port), "--prometheus-port", str(prom_port),
          "--policy", "cache_aware", "--worker-urls", f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}",
-         "--health-check-interval-secs", "1", "--health-failure-threshold", "1", "--retry-max-retries", "3"],
+         "--health-check-interval-secs", "1", "--health-failure-threshold", "1",
+         # Retries spanning more than a health-check interval: a request routed to the dead
+         # replica before the check marks it down is retried until the check has.
+         "--retry-max-retries", "8", "--retry-initial-backoff-ms", "100", "--retry-max-backoff-ms", "1000"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(router)
     for _ in range(300):
