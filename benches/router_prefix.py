@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
-"""Two tandem replicas behind SGLang's router: cache-aware vs round-robin on a shared-prefix
+"""tandem replicas behind SGLang's router: cache-aware vs round-robin on a shared-prefix
 workload, A B A B in one invocation, and the router's added latency (issue 16).
 
   python3 benches/router_prefix.py --smg target/py-router/bin/smg [--tandem target/release/tandem] [--seed 1600]
+  python3 benches/router_prefix.py --replicas 8 --replica-args "--device sim --sim-model llama3-8b --sim-profile a100" \
+      --kv-memory-mb 448 --groups 32 --num-prompts 256 --rate 16 --seed 1700
+
+By default two replicas of the real default model on this machine's CPU; `--replicas N
+--replica-args "--device sim ..."` runs N simulated replicas instead (the roofline-modelled
+device in real time: no weights, so many fit on a laptop).
 
 Each replica gets a KV cache that holds about half the workload's prefixes (--kv-memory-mb), so
 a policy that sends a prefix group to one replica keeps it cached there, and one that spreads
@@ -13,7 +19,7 @@ prefix-cache hit rate over the run (from their /metrics), mean and P50 TTFT (fir
 text, client side). Then the router's overhead: sequential one-token requests direct to a
 replica vs through the router, alternating, P50 of each. Standard library only.
 """
-import argparse, http.client, json, os, random, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, http.client, json, os, random, shlex, socket, statistics, subprocess, sys, tempfile, threading, time
 
 
 def free_port():
@@ -62,9 +68,12 @@ def words(rng, n):
     return " ".join(rng.choice(WORDS) + str(rng.randrange(10**6)) for _ in range(n))
 
 
+MODEL = "SmolLM2-135M-Instruct"  # replaced by what the first replica serves
+
+
 def streamed_ttft(port, prompt, max_tokens):
     """One streamed completion: seconds to the first text chunk (None on an error)."""
-    body = json.dumps({"model": "SmolLM2-135M-Instruct", "prompt": prompt, "max_tokens": max_tokens,
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens,
                        "ignore_eos": True, "temperature": 0, "stream": True})
     t = time.perf_counter()
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
@@ -83,7 +92,7 @@ def streamed_ttft(port, prompt, max_tokens):
 
 
 def timed_completion(port, prompt):
-    body = json.dumps({"model": "SmolLM2-135M-Instruct", "prompt": prompt, "max_tokens": 1, "temperature": 0})
+    body = json.dumps({"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0})
     t = time.perf_counter()
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
@@ -106,17 +115,22 @@ def main():
     ap.add_argument("--rate", type=float, default=1.0)
     ap.add_argument("--overhead-requests", type=int, default=40)
     ap.add_argument("--overhead-only", action="store_true", help="skip the policy comparison")
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--replica-args", default="", help="more `tandem serve` flags for every replica")
     a = ap.parse_args()
+    global MODEL
     procs, out = [], tempfile.mkdtemp(prefix="tandem-router-bench-")
     try:
         replicas = []
-        for _ in range(2):
+        for _ in range(a.replicas):
             port = free_port()
-            procs.append(subprocess.Popen([a.tandem, "serve", "--port", str(port), "--kv-memory-mb", str(a.kv_memory_mb)],
+            procs.append(subprocess.Popen([a.tandem, "serve", "--port", str(port), "--kv-memory-mb", str(a.kv_memory_mb),
+                                           *shlex.split(a.replica_args)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             replicas.append(port)
         for p in replicas:
             wait(p, "/ready")
+        MODEL = json.loads(get(replicas[0], "/v1/models")[1])["data"][0]["id"]
         rows = []
 
         def router(policy):

@@ -15,3 +15,7 @@ echo "== the official openai Python client against tandem serve"
 ./scripts/openai_client/run.sh
 echo "== two replicas behind SGLang's router (sglang-router from PyPI)"
 ./scripts/router/run.sh
+echo "== KV events as vLLM's subscribers decode them (pyzmq, msgspec from PyPI)"
+./scripts/kv_events/run.sh
+echo "== Kubernetes manifests (kubernetes-validate from PyPI, and how they fit together)"
+./scripts/k8s/run.sh

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tandem_core::kv::{BlockHash, KvEvent};
 use tandem_core::{
     BatchingKind, CapacityPolicyKind, FinishReason, Limits, ModelOutput, NewRequest, PreemptionCost,
     PreemptionModeKind, QueuePolicyKind, RequestId, Scheduler, SchedulerConfig, SchedulerOutput, StopCause,
@@ -204,12 +205,18 @@ struct Harness {
     /// Non-empty sync-off steps scheduled, and how many completed ahead of an older one.
     stream_steps: u64,
     out_of_order: u64,
+    /// The prefix cache's keys as a subscriber to its events sees them.
+    mirror: HashSet<BlockHash>,
+    /// Keys stored and removed by the events so far.
+    kv_events: [u64; 2],
 }
 
 impl Harness {
     fn new(case: &Case, seed: u64) -> Self {
+        let mut s = Scheduler::new(case.cfg.clone()).unwrap();
+        s.record_kv_events(true);
         Self {
-            s: Scheduler::new(case.cfg.clone()).unwrap(),
+            s,
             dev: FakeDevice::new(&case.cfg),
             models: HashMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -220,7 +227,34 @@ impl Harness {
             max_wait_steps: 0,
             stream_steps: 0,
             out_of_order: 0,
+            mirror: HashSet::new(),
+            kv_events: [0; 2],
         }
+    }
+
+    /// Applies the prefix cache's events as a subscriber would: a key is stored only while not
+    /// cached, removed only while cached, and the result is exactly the pool's cached keys.
+    fn follow_kv_events(&mut self) {
+        for e in self.s.take_kv_events() {
+            match e {
+                KvEvent::Stored { hashes, tokens, .. } => {
+                    assert_eq!(tokens.len(), hashes.len() * self.s.config().block_size, "a block's tokens each");
+                    self.kv_events[0] += hashes.len() as u64;
+                    for h in hashes {
+                        assert!(self.mirror.insert(h), "after {} steps: {h:?} stored twice", self.steps);
+                    }
+                }
+                KvEvent::Removed { hashes } => {
+                    self.kv_events[1] += hashes.len() as u64;
+                    for h in hashes {
+                        assert!(self.mirror.remove(&h), "after {} steps: {h:?} removed, never stored", self.steps);
+                    }
+                }
+                KvEvent::Cleared => self.mirror.clear(),
+            }
+        }
+        let cached: HashSet<BlockHash> = self.s.kv().pool().cached_keys().collect();
+        assert_eq!(cached, self.mirror, "after {} steps: events and cache disagree", self.steps);
     }
 
     fn add(&mut self) {
@@ -490,6 +524,7 @@ impl Harness {
         if let Err(e) = self.s.check_invariants() {
             panic!("after {} steps: {e}", self.steps);
         }
+        self.follow_kv_events();
     }
 
     /// Stops adding and steps until every request has ended.
@@ -539,6 +574,7 @@ fn run(total_ops: usize) {
         }
         if case.cfg.enable_prefix_caching {
             assert!(st.prefix_cache_hits > 0, "{}: shared prefixes never hit", case.name);
+            assert!(h.kv_events[0] > 0 && h.kv_events[1] > 0, "{}: KV events {:?}", case.name, h.kv_events);
         } else {
             assert_eq!(st.prefix_cache_hits, 0, "{}: hit with caching off", case.name);
         }

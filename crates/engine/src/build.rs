@@ -11,12 +11,15 @@ use std::str::FromStr;
 use tandem_core::contexts::ContextSpec;
 use tandem_core::SchedulerConfig;
 use tandem_executor::cpu::CpuExecutor;
-use tandem_executor::model::{load_model_as, model_bytes, LlamaConfig, LlamaModel, LoadedModel, WeightFormat};
+use tandem_executor::model::{
+    load_model_as, load_tokenizer, model_bytes, LlamaConfig, LlamaModel, LoadedModel, WeightFormat,
+};
+use tandem_executor::sim::{ClockMode, DeviceProfile, ModelShape, SimExecutor};
 use tandem_executor::tensor::TensorDevice;
 use tandem_executor::text::TextTokenizer;
 use tandem_executor::{ExecError, Executor};
 
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, KvEventSender};
 use crate::error::EngineError;
 use crate::gate::GateHandle;
 use crate::registry::{ModelLoader, ServedModel};
@@ -37,13 +40,16 @@ pub enum DeviceKind {
     Cuda,
     /// The tensor executor on the CPU, f32: the CUDA path checked without a GPU.
     TensorCpu,
+    /// The roofline-modelled device of `tandem simulate` in real time ([`SimSpec`]): no
+    /// weights, the tokenizer only, tokens a hash of (request, position).
+    Sim,
 }
 
 impl DeviceKind {
     /// Bytes of one KV element on this device.
     pub fn kv_dtype_bytes(self) -> usize {
         match self {
-            DeviceKind::Cuda => 2,
+            DeviceKind::Cuda | DeviceKind::Sim => 2,
             DeviceKind::Cpu | DeviceKind::TensorCpu => 4,
         }
     }
@@ -52,7 +58,7 @@ impl DeviceKind {
     /// loader (it converts them to its own dtype on the device).
     pub fn weights_for(self, asked: WeightFormat) -> Result<WeightFormat, BuildError> {
         match (self, asked) {
-            (DeviceKind::Cpu, w) => Ok(w),
+            (DeviceKind::Cpu | DeviceKind::Sim, w) => Ok(w),
             (_, WeightFormat::Q8) => Err(BuildError::WeightsForDevice { device: self }),
             (_, _) => Ok(WeightFormat::F32),
         }
@@ -65,6 +71,7 @@ impl std::fmt::Display for DeviceKind {
             DeviceKind::Cpu => "cpu",
             DeviceKind::Cuda => "cuda",
             DeviceKind::TensorCpu => "tensor-cpu",
+            DeviceKind::Sim => "sim",
         })
     }
 }
@@ -76,6 +83,7 @@ impl FromStr for DeviceKind {
             "cpu" => Ok(DeviceKind::Cpu),
             "cuda" => Ok(DeviceKind::Cuda),
             "tensor-cpu" => Ok(DeviceKind::TensorCpu),
+            "sim" => Ok(DeviceKind::Sim),
             _ => Err(BuildError::UnknownDevice(s.to_string())),
         }
     }
@@ -86,8 +94,16 @@ impl FromStr for DeviceKind {
 pub enum BuildError {
     #[error("--weights q8 is for the CPU executor; the tensor executor on `{device}` uses bf16/f32")]
     WeightsForDevice { device: DeviceKind },
-    #[error("unknown device `{0}`: cpu, cuda or tensor-cpu")]
+    #[error("unknown device `{0}`: cpu, cuda, tensor-cpu or sim")]
     UnknownDevice(String),
+    #[error("unknown simulated model shape `{0}`: smollm2-135m, qwen2.5-0.5b, qwen2.5-1.5b or llama3-8b")]
+    UnknownShape(String),
+    #[error("unknown device profile `{0}`: h100, a100 or cpu-2c")]
+    UnknownProfile(String),
+    #[error("the simulated device serves one model; contexts (`--models`) need real ones")]
+    SimContexts,
+    #[error("the simulated device runs no weights (it models them): here it needs cpu, cuda or tensor-cpu")]
+    SimWeights,
     /// The model could not be found, fetched or loaded, or its executor not built.
     #[error(transparent)]
     Model(#[from] ExecError),
@@ -105,12 +121,46 @@ pub enum BuildError {
     NoSource(String),
 }
 
-/// A model to run: its file, the device and the weights format.
+/// A model to run: its file, the device and the weights format; on the simulated device, the
+/// file gives only the tokenizer and `sim` the modelled shape and device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSource {
     pub path: PathBuf,
     pub device: DeviceKind,
     pub weights: WeightFormat,
+    /// For [`DeviceKind::Sim`] (default when absent: [`SimSpec::default`]).
+    pub sim: Option<SimSpec>,
+}
+
+/// What the simulated device models: a transformer's shape on a device profile (the roofline
+/// numbers of `tandem simulate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimSpec {
+    pub shape: ModelShape,
+    pub profile: DeviceProfile,
+}
+
+impl Default for SimSpec {
+    fn default() -> Self {
+        Self { shape: ModelShape::qwen2_5_0_5b(), profile: DeviceProfile::h100() }
+    }
+}
+
+impl SimSpec {
+    /// By names: `qwen2.5-0.5b` on `h100`, ….
+    pub fn named(shape: &str, profile: &str) -> Result<Self, BuildError> {
+        Ok(Self {
+            shape: ModelShape::by_name(shape).ok_or_else(|| BuildError::UnknownShape(shape.to_string()))?,
+            profile: DeviceProfile::by_name(profile).ok_or_else(|| BuildError::UnknownProfile(profile.to_string()))?,
+        })
+    }
+
+    /// KV bytes in `fraction` of the device's memory once the weights are in (vLLM's
+    /// `--gpu-memory-utilization`).
+    pub fn kv_bytes(&self, fraction: f64) -> u64 {
+        let weights = self.shape.params * self.profile.dtype_bytes;
+        ((self.profile.memory as f64 * fraction) as u64).saturating_sub(weights)
+    }
 }
 
 impl ModelSource {
@@ -120,11 +170,21 @@ impl ModelSource {
             Some(p) => p.to_path_buf(),
             None => tandem_executor::store::default_model()?,
         };
-        Ok(Self { path, device, weights })
+        Ok(Self { path, device, weights, sim: None })
     }
 
-    /// The model's name for clients: the file or directory name up to its first dot.
+    /// The simulated device's shape and profile.
+    pub fn with_sim(mut self, spec: SimSpec) -> Self {
+        self.sim = Some(spec);
+        self
+    }
+
+    /// The model's name for clients: the file or directory name up to its first dot (on the
+    /// simulated device, the modelled shape's name).
     pub fn name(&self) -> String {
+        if self.device == DeviceKind::Sim {
+            return self.sim.clone().unwrap_or_default().shape.name.to_string();
+        }
         let stem = self.path.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
         stem.split('.').next().filter(|s| !s.is_empty()).unwrap_or("model").to_string()
     }
@@ -233,12 +293,50 @@ pub fn executor_for(
             let (exec, blocks) = tandem_executor::tensor::build(model, on, BLOCK_SIZE, kv_bytes)?;
             Ok((Box::new(exec), blocks))
         }
+        DeviceKind::Sim => Err(BuildError::SimWeights),
     }
 }
 
 /// Loads `source` and starts its engine.
 pub fn start(source: &ModelSource, sizing: &Sizing) -> Result<Running, BuildError> {
-    start_loaded(source.load()?, source, sizing, None)
+    start_publishing(source, sizing, None)
+}
+
+/// [`start`], sending the prefix cache's block events to `kv_events`.
+pub fn start_publishing(
+    source: &ModelSource,
+    sizing: &Sizing,
+    kv_events: Option<KvEventSender>,
+) -> Result<Running, BuildError> {
+    if source.device == DeviceKind::Sim {
+        return start_sim(source, sizing, kv_events);
+    }
+    start_loaded(source.load()?, source, sizing, None, kv_events)
+}
+
+/// The simulated device: the tokenizer from `source`'s file, the rest modelled.
+fn start_sim(source: &ModelSource, sizing: &Sizing, kv_events: Option<KvEventSender>) -> Result<Running, BuildError> {
+    let spec = source.sim.clone().unwrap_or_default();
+    let (config, tokenizer) = load_tokenizer(&source.path)?;
+    let exec = SimExecutor::new(spec.shape.clone(), spec.profile.clone(), BLOCK_SIZE, ClockMode::RealTime)
+        .avoiding(tokenizer.eos_token_ids.clone())
+        .sampling_below(tokenizer.vocab_size());
+    let spec_kv = exec.kv_spec();
+    let blocks = spec_kv.blocks_in(sizing.kv_bytes).max(1);
+    let host_blocks = (sizing.swap_bytes / spec_kv.bytes_per_block.max(1)) as usize;
+    let parts = Parts { executor: Box::new(exec), blocks, host_blocks, max_position: SIM_MAX_POSITION };
+    launch(parts, source, sizing, &config, tokenizer, None, kv_events)
+}
+
+/// Longest sequence on the simulated device (the shapes carry no position limit).
+const SIM_MAX_POSITION: usize = 32_768;
+
+/// An executor ready to run, with what the scheduler must know of it.
+struct Parts {
+    executor: Box<dyn Executor>,
+    blocks: usize,
+    host_blocks: usize,
+    max_position: usize,
 }
 
 /// Starts an engine for a model already loaded from `source`, stepping through `gate` when it
@@ -248,15 +346,31 @@ pub fn start_loaded(
     source: &ModelSource,
     sizing: &Sizing,
     gate: Option<GateHandle>,
+    kv_events: Option<KvEventSender>,
 ) -> Result<Running, BuildError> {
-    if sizing.max_queued == 0 {
-        return Err(BuildError::Sizing("--max-queued-requests must be at least 1"));
-    }
     let max_position = loaded.model.config.max_position;
     let config = loaded.model.config.clone();
     let block_bytes = config.kv_bytes_per_block(BLOCK_SIZE, source.device.kv_dtype_bytes()).max(1);
     let host_blocks = (sizing.swap_bytes / block_bytes) as usize;
     let (executor, blocks) = executor_for(source.device, loaded.model, sizing.kv_bytes, host_blocks)?;
+    let parts = Parts { executor, blocks, host_blocks, max_position };
+    launch(parts, source, sizing, &config, loaded.tokenizer, gate, kv_events)
+}
+
+/// The scheduler's config from the executor's pool and the sizing, and the engine started.
+fn launch(
+    parts: Parts,
+    source: &ModelSource,
+    sizing: &Sizing,
+    config: &LlamaConfig,
+    tokenizer: TextTokenizer,
+    gate: Option<GateHandle>,
+    kv_events: Option<KvEventSender>,
+) -> Result<Running, BuildError> {
+    if sizing.max_queued == 0 {
+        return Err(BuildError::Sizing("--max-queued-requests must be at least 1"));
+    }
+    let Parts { executor, blocks, host_blocks, max_position } = parts;
     let max_model_len = max_position.min(blocks * BLOCK_SIZE).max(2);
     let mut scheduler = SchedulerConfig {
         block_size: BLOCK_SIZE,
@@ -265,7 +379,7 @@ pub fn start_loaded(
         max_num_batched_tokens: sizing.max_num_batched_tokens.max(BLOCK_SIZE),
         max_model_len,
         num_host_blocks: host_blocks,
-        eos_token_ids: loaded.tokenizer.eos_token_ids.clone(),
+        eos_token_ids: tokenizer.eos_token_ids.clone(),
         ..SchedulerConfig::default()
     };
     // `auto` preemption starts from the real block size (and learns the speeds as it runs).
@@ -279,17 +393,18 @@ pub fn start_loaded(
             max_queued_tokens: sizing.max_queued_tokens,
             async_scheduling: true,
             gate,
+            kv_events,
         },
         executor,
     )?;
-    let root = match source.tokenizer_root(&loaded.tokenizer, &config) {
+    let root = match source.tokenizer_root(&tokenizer, config) {
         Ok(dir) => dir.display().to_string(),
         Err(e) => {
             tracing::warn!("cannot export the tokenizer for /v1/models' `root` ({e}); reporting the name");
             source.name()
         }
     };
-    Ok(Running { engine, tokenizer: loaded.tokenizer, describe, name: source.name(), root, max_model_len })
+    Ok(Running { engine, tokenizer, describe, name: source.name(), root, max_model_len })
 }
 
 /// Loads the contexts of a [`crate::ModelRegistry`] onto their device: each context's file
@@ -309,10 +424,13 @@ impl DeviceLoader {
 impl ModelLoader for DeviceLoader {
     fn load(&self, spec: &ContextSpec, bytes: u64, gate: GateHandle) -> Result<ServedModel, BuildError> {
         let src = self.sources.get(&spec.name).ok_or_else(|| BuildError::NoSource(spec.name.clone()))?;
+        if src.device == DeviceKind::Sim {
+            return Err(BuildError::SimContexts);
+        }
         let loaded = src.load()?;
         let weights = loaded.model.memory_bytes() as u64;
         let sizing = Sizing { kv_bytes: bytes.saturating_sub(weights), ..self.sizing.clone() };
-        let running = start_loaded(loaded, src, &sizing, Some(gate))?;
+        let running = start_loaded(loaded, src, &sizing, Some(gate), None)?;
         let describe = format!("{} ({} MiB budget)", running.describe, bytes >> 20);
         Ok(ServedModel::new(spec.name.clone(), running.engine, running.tokenizer, running.max_model_len, describe)
             .with_root(running.root))
@@ -325,7 +443,7 @@ mod tests {
 
     #[test]
     fn devices_parse_print_and_pick_their_weights() {
-        for d in [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::TensorCpu] {
+        for d in [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::TensorCpu, DeviceKind::Sim] {
             assert_eq!(d.to_string().parse::<DeviceKind>().unwrap(), d);
         }
         assert!(matches!("tpu".parse::<DeviceKind>(), Err(BuildError::UnknownDevice(_))));
@@ -336,7 +454,8 @@ mod tests {
 
     #[test]
     fn names_are_the_file_stem_up_to_the_first_dot() {
-        let src = |p: &str| ModelSource { path: p.into(), device: DeviceKind::Cpu, weights: WeightFormat::Auto };
+        let src =
+            |p: &str| ModelSource { path: p.into(), device: DeviceKind::Cpu, weights: WeightFormat::Auto, sim: None };
         assert_eq!(src("/m/SmolLM2-135M-Instruct.Q4_1.gguf").name(), "SmolLM2-135M-Instruct");
         assert_eq!(src("/m/tiny").name(), "tiny");
     }

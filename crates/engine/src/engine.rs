@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tandem_core::admission::{Backlog, StepTimeModel};
+use tandem_core::kv::KvEvent;
 use tandem_core::{BatchingKind, FinishReason, NewRequest, RequestId, Scheduler, SchedulerConfig, StreamConfig};
 use tandem_executor::Executor;
 use tokio::sync::mpsc::unbounded_channel;
@@ -36,7 +37,20 @@ pub struct EngineConfig {
     /// When several engines share a device: the way onto it (steps interleaved by compute
     /// share). `None`: this engine has the device to itself.
     pub gate: Option<GateHandle>,
+    /// Where the prefix cache's block events go after each step (vLLM's KV events; `None`:
+    /// not recorded).
+    pub kv_events: Option<KvEventSender>,
 }
+
+/// The prefix-cache events of one step and when they were taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvEventBatch {
+    pub at: std::time::SystemTime,
+    pub events: Vec<KvEvent>,
+}
+
+/// The receiving end is the publisher's (`tandem_kv_events`).
+pub type KvEventSender = tokio::sync::mpsc::UnboundedSender<KvEventBatch>;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -46,6 +60,7 @@ impl Default for EngineConfig {
             max_queued_tokens: 0,
             async_scheduling: true,
             gate: None,
+            kv_events: None,
         }
     }
 }
@@ -122,7 +137,8 @@ impl Engine {
             }
             .into());
         }
-        let scheduler = Scheduler::new(config.scheduler.clone())?;
+        let mut scheduler = Scheduler::new(config.scheduler.clone())?;
+        scheduler.record_kv_events(config.kv_events.is_some());
         let shared = Arc::new(Shared {
             stats: Mutex::new(StatsAccumulator::default()),
             queued: AtomicUsize::new(0),
@@ -132,7 +148,7 @@ impl Engine {
         let depth = if config.async_scheduling && executor.supports_async() { 2 } else { 1 };
         let epoch = Instant::now();
         let device = DeviceWorker::spawn(executor, &scheduler.streams(), config.gate.clone())?;
-        let mut step_loop = StepLoop::new(scheduler, device, rx, shared.clone(), depth, epoch);
+        let mut step_loop = StepLoop::new(scheduler, device, rx, shared.clone(), depth, epoch, config.kv_events);
         let thread = std::thread::Builder::new()
             .name("tandem-engine".into())
             .spawn(move || step_loop.run())

@@ -29,8 +29,8 @@ mod stats;
 mod step_loop;
 mod text;
 
-pub use build::{BuildError, DeviceKind, DeviceLoader, ModelSource, Running, Sizing, BLOCK_SIZE};
-pub use engine::{Engine, EngineConfig};
+pub use build::{BuildError, DeviceKind, DeviceLoader, ModelSource, Running, SimSpec, Sizing, BLOCK_SIZE};
+pub use engine::{Engine, EngineConfig, KvEventBatch, KvEventSender};
 pub use error::EngineError;
 pub use gate::{FairDevice, GateHandle};
 pub use generation::{Generation, GenerationEvent, Structured};

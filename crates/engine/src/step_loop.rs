@@ -21,7 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::control::Control;
 use crate::device::{DeviceResult, DeviceWorker};
-use crate::engine::{lock, Shared};
+use crate::engine::{lock, KvEventBatch, KvEventSender, Shared};
 use crate::error::EngineError;
 use crate::grammar::Constraint;
 use crate::handle::{PromptCached, RequestEvent};
@@ -72,6 +72,8 @@ pub(crate) struct StepLoop {
     busy_since: Option<Duration>,
     /// Busy wall time of the device up to `busy_since`.
     device_wall_done: Duration,
+    /// Where each step's prefix-cache events go.
+    kv_events: Option<KvEventSender>,
 }
 
 impl StepLoop {
@@ -82,6 +84,7 @@ impl StepLoop {
         shared: Arc<Shared>,
         depth: usize,
         epoch: Instant,
+        kv_events: Option<KvEventSender>,
     ) -> Self {
         {
             let mut st = lock(&shared.stats);
@@ -101,6 +104,7 @@ impl StepLoop {
             shutting_down: false,
             busy_since: None,
             device_wall_done: Duration::ZERO,
+            kv_events,
         }
     }
 
@@ -396,6 +400,20 @@ impl StepLoop {
         st.snapshot.scheduler = sched_stats;
         // Those requests are in the scheduler's backlog now, no longer unseen.
         self.shared.unseen_tokens.fetch_sub(added_tokens, Ordering::SeqCst);
+        drop(st);
+        self.publish_kv_events();
+    }
+
+    /// Sends the prefix-cache events of the steps scheduled and applied so far (blocks stored
+    /// by this update, keys removed by the allocations of the steps scheduled before it).
+    fn publish_kv_events(&mut self) {
+        let Some(tx) = &self.kv_events else { return };
+        let events = self.sched.take_kv_events();
+        if !events.is_empty() && tx.send(KvEventBatch { at: std::time::SystemTime::now(), events }).is_err() {
+            // The publisher is gone: stop recording rather than pile events up.
+            self.sched.record_kv_events(false);
+            self.kv_events = None;
+        }
     }
 
     fn flush_pending(&mut self, st: &mut StatsAccumulator) {

@@ -86,7 +86,14 @@ fn run_on_stats(
     sampler: SamplerParams,
 ) -> (Vec<Vec<TokenId>>, tandem_engine::EngineStats) {
     let engine = Engine::start(
-        EngineConfig { scheduler: cfg, max_queued: 64, max_queued_tokens: 0, async_scheduling: true, gate: None },
+        EngineConfig {
+            scheduler: cfg,
+            max_queued: 64,
+            max_queued_tokens: 0,
+            async_scheduling: true,
+            gate: None,
+            kv_events: None,
+        },
         exec,
     )
     .unwrap();

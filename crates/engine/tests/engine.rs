@@ -130,7 +130,14 @@ fn prompt(i: u64) -> Vec<TokenId> {
 fn run_all(cfg: SchedulerConfig, async_scheduling: bool) -> Vec<Vec<TokenId>> {
     let exec = ContentExecutor::new(&cfg);
     let engine = Engine::start(
-        EngineConfig { scheduler: cfg, max_queued: 100, max_queued_tokens: 0, async_scheduling, gate: None },
+        EngineConfig {
+            scheduler: cfg,
+            max_queued: 100,
+            max_queued_tokens: 0,
+            async_scheduling,
+            gate: None,
+            kv_events: None,
+        },
         Box::new(exec),
     )
     .unwrap();
@@ -252,7 +259,14 @@ fn an_executor_failure_fails_that_step_and_the_loop_goes_on() {
     let mut exec = ContentExecutor::new(&cfg);
     exec.fail_step = Some(2);
     let engine = Engine::start(
-        EngineConfig { scheduler: cfg, max_queued: 10, max_queued_tokens: 0, async_scheduling: false, gate: None },
+        EngineConfig {
+            scheduler: cfg,
+            max_queued: 10,
+            max_queued_tokens: 0,
+            async_scheduling: false,
+            gate: None,
+            kv_events: None,
+        },
         Box::new(exec),
     )
     .unwrap();
@@ -271,7 +285,14 @@ fn async_scheduling_hides_cpu_time_and_stats_are_live() {
     let mut exec = ContentExecutor::new(&cfg);
     exec.delay = Duration::from_millis(2);
     let engine = Engine::start(
-        EngineConfig { scheduler: cfg, max_queued: 100, max_queued_tokens: 0, async_scheduling: true, gate: None },
+        EngineConfig {
+            scheduler: cfg,
+            max_queued: 100,
+            max_queued_tokens: 0,
+            async_scheduling: true,
+            gate: None,
+            kv_events: None,
+        },
         Box::new(exec),
     )
     .unwrap();
@@ -297,7 +318,14 @@ fn requests_waiting_for_a_batch_to_fill_do_not_spin_the_loop() {
     let cfg = SchedulerConfig { batching: BatchingKind::Fixed { batch_size: 4, max_wait: None }, ..small_cfg() };
     let exec = ContentExecutor::new(&cfg);
     let engine = Engine::start(
-        EngineConfig { scheduler: cfg, max_queued: 100, max_queued_tokens: 0, async_scheduling: true, gate: None },
+        EngineConfig {
+            scheduler: cfg,
+            max_queued: 100,
+            max_queued_tokens: 0,
+            async_scheduling: true,
+            gate: None,
+            kv_events: None,
+        },
         Box::new(exec),
     )
     .unwrap();

@@ -57,8 +57,12 @@ fn an_evicted_request_is_requeued_in_process_and_delivers_every_token() {
     let tok = tokenizer();
     write_hf_model(&a, &SynthShape::tiny(), 1, Some(&tok)).unwrap();
     write_hf_model(&b, &SynthShape::tiny(), 2, Some(&tok)).unwrap();
-    let source =
-        |p: &std::path::Path| ModelSource { path: p.into(), device: DeviceKind::Cpu, weights: WeightFormat::F32 };
+    let source = |p: &std::path::Path| ModelSource {
+        path: p.into(),
+        device: DeviceKind::Cpu,
+        weights: WeightFormat::F32,
+        sim: None,
+    };
     let sources = HashMap::from([("guaranteed".to_string(), source(&a)), ("besteffort".to_string(), source(&b))]);
     // 72 MiB: each model (~25 MiB of weights) may take 40. The BestEffort one loads first and
     // takes its 40; the Guaranteed one then needs 40 of the 32 left, so the BestEffort one is
@@ -90,7 +94,7 @@ fn an_evicted_request_is_requeued_in_process_and_delivers_every_token() {
 fn a_stop_string_ends_the_request_with_its_text_cut() {
     let dir = std::env::temp_dir().join(format!("tandem-generation-stop-{}", std::process::id()));
     write_hf_model(&dir, &SynthShape::tiny(), 3, Some(&tokenizer())).unwrap();
-    let src = ModelSource { path: dir.clone(), device: DeviceKind::Cpu, weights: WeightFormat::F32 };
+    let src = ModelSource { path: dir.clone(), device: DeviceKind::Cpu, weights: WeightFormat::F32, sim: None };
     let running = tandem_engine::build::start(&src, &Sizing::default()).unwrap();
     let model = Arc::new(tandem_engine::ModelLease::unmanaged(Arc::new(tandem_engine::ServedModel::new(
         running.name,

@@ -28,7 +28,9 @@ const MIB: u64 = 1 << 20;
 fn loader(paths: HashMap<String, PathBuf>) -> DeviceLoader {
     let sources = paths
         .into_iter()
-        .map(|(name, path)| (name, ModelSource { path, device: DeviceKind::Cpu, weights: WeightFormat::Auto }))
+        .map(|(name, path)| {
+            (name, ModelSource { path, device: DeviceKind::Cpu, weights: WeightFormat::Auto, sim: None })
+        })
         .collect();
     let d = SchedulerConfig::default();
     let sizing =

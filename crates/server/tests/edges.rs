@@ -38,7 +38,14 @@ async fn start_sized(
         ..SchedulerConfig::default()
     };
     let exec = CpuExecutor::new(loaded.model, 16, 128, 0);
-    let config = EngineConfig { scheduler, max_queued, max_queued_tokens: 0, async_scheduling: true, gate: None };
+    let config = EngineConfig {
+        scheduler,
+        max_queued,
+        max_queued_tokens: 0,
+        async_scheduling: true,
+        gate: None,
+        kv_events: None,
+    };
     let engine = Engine::start(config, Box::new(exec)).unwrap();
     let state = AppState::new(engine, loaded.tokenizer, "smollm2".into(), 1024);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -116,7 +116,14 @@ async fn random_bytes_and_json_never_panic_and_always_get_a_json_answer() {
         ..SchedulerConfig::default()
     };
     let exec = CpuExecutor::new(loaded.model, 16, 256, 0);
-    let config = EngineConfig { scheduler, max_queued: 256, max_queued_tokens: 0, async_scheduling: true, gate: None };
+    let config = EngineConfig {
+        scheduler,
+        max_queued: 256,
+        max_queued_tokens: 0,
+        async_scheduling: true,
+        gate: None,
+        kv_events: None,
+    };
     let state = AppState::new(Engine::start(config, Box::new(exec)).unwrap(), loaded.tokenizer, "tiny".into(), 512);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

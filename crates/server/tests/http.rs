@@ -41,7 +41,14 @@ fn start_server(api_key: Option<&str>) -> (String, Arc<AppState>) {
     };
     let exec = CpuExecutor::new(loaded.model, 16, blocks, 0);
     let engine = Engine::start(
-        EngineConfig { scheduler, max_queued: 64, max_queued_tokens: 0, async_scheduling: true, gate: None },
+        EngineConfig {
+            scheduler,
+            max_queued: 64,
+            max_queued_tokens: 0,
+            async_scheduling: true,
+            gate: None,
+            kv_events: None,
+        },
         Box::new(exec),
     )
     .unwrap();

@@ -168,7 +168,14 @@ async fn soak_with_random_disconnects_leaks_nothing() {
     };
     let cpu = CpuExecutor::new(loaded.model, 16, blocks, host);
     let exec = tandem_executor::fault::FaultyExecutor::new(Box::new(cpu), faults, seed);
-    let config = EngineConfig { scheduler, max_queued: 4096, max_queued_tokens: 0, async_scheduling: true, gate: None };
+    let config = EngineConfig {
+        scheduler,
+        max_queued: 4096,
+        max_queued_tokens: 0,
+        async_scheduling: true,
+        gate: None,
+        kv_events: None,
+    };
     let engine = Engine::start(config, Box::new(exec)).unwrap();
     let state = AppState::new(engine, loaded.tokenizer, "smollm2".into(), 512);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -6,7 +6,10 @@ use clap::Args;
 use tandem_engine::ServedModel;
 use tandem_server::{AppState, Models};
 
-use crate::model::{start, ModelArgs};
+use tandem_engine::BLOCK_SIZE;
+use tandem_kv_events::KvEventsConfig;
+
+use crate::model::{start, start_publishing, ModelArgs};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -41,6 +44,13 @@ pub struct ServeArgs {
     /// get this many seconds to finish, then the server exits 0.
     #[arg(long, default_value_t = 30.0)]
     shutdown_grace_secs: f64,
+    /// Publish the prefix cache's block events for KV-aware routers, as vLLM does: its
+    /// `KVEventsConfig` JSON, e.g. `{"enable_kv_cache_events": true, "publisher": "zmq",
+    /// "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558", "topic": "kv-events"}`
+    /// (msgpack `BlockStored` / `BlockRemoved` / `AllBlocksCleared` batches on a ZeroMQ PUB
+    /// socket; docs/scale-out.md).
+    #[arg(long, value_name = "JSON")]
+    kv_events_config: Option<String>,
 }
 
 async fn shutdown_signal() {
@@ -80,7 +90,15 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
             })
         })
         .transpose()?;
+    let kv_events = match &a.kv_events_config {
+        Some(json) => Some(KvEventsConfig::parse(json).map_err(|e| e.to_string())?).filter(|c| c.publishes()),
+        None => None,
+    };
+    if kv_events.is_some() && a.models.is_some() {
+        return Err("--kv-events-config publishes one model's cache: it cannot be used with --models".into());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let (state, what) = match &a.models {
         Some(file) => {
             let registry = crate::contexts::registry_from_file(file, a.model.device)?;
@@ -101,7 +119,10 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
             )
         }
         None => {
-            let running = start(&a.model)?;
+            let running = match kv_events {
+                Some(_) => start_publishing(&a.model, events_tx)?,
+                None => start(&a.model)?,
+            };
             eprintln!("tandem serve: {}", running.describe);
             let what = format!("model `{}`", running.name);
             let model = ServedModel::new(
@@ -116,6 +137,11 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
         }
     };
     rt.block_on(async {
+        if let Some(cfg) = &kv_events {
+            let p = tandem_kv_events::publish(cfg, BLOCK_SIZE, events_rx).await.map_err(|e| e.to_string())?;
+            let replay = p.replay_endpoint.as_deref().map(|r| format!(", replay on {r}")).unwrap_or_default();
+            println!("tandem serve: KV events on {} (topic {:?}){replay}", p.endpoint, cfg.topic);
+        }
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", a.host, a.port))?;

@@ -279,6 +279,7 @@ fn run_engine(
         max_queued_tokens: 0,
         async_scheduling,
         gate: None,
+        kv_events: None,
     };
     let engine = Arc::new(tandem_engine::Engine::start(engine_cfg, Box::new(exec)).map_err(|e| e.to_string())?);
     let spec = RunSpec {

@@ -338,3 +338,30 @@ fn serve_with_swap_space_swaps_a_preempted_request_out_and_in_with_the_same_toke
         .unwrap_or_else(|| panic!("no swap preemption counter: {metrics}"));
     assert!(swaps >= 1.0, "the high-priority arrival swapped the low one out: {swaps}");
 }
+
+#[test]
+fn serve_on_the_simulated_device_answers_the_api_in_modelled_time() {
+    // Llama-3-8B on an A100 profile, no weights: a decode step reads 8.03 G params × 2 B =
+    // 16.06 GB at 1.9 TB/s = 8.45 ms (+0.12 ms per step), so 40 tokens take at least 40 × 8.45
+    // = 338 ms however fast this machine is — the sleep is the model, not the CPU.
+    let server = Served::start(&["--device", "sim", "--sim-model", "llama3-8b", "--sim-profile", "a100"]);
+    let models = raw_http(&server.url, "GET", "/v1/models", "");
+    assert!(models.contains(r#""id":"llama3-8b""#), "served under the modelled shape's name: {models}");
+    let body = r#"{"model": "llama3-8b", "prompt": "Hello there", "max_tokens": 40, "ignore_eos": true}"#;
+    let t = std::time::Instant::now();
+    let resp = raw_http(&server.url, "POST", "/v1/completions", body);
+    let took = t.elapsed();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(r#""completion_tokens":40"#), "{resp}");
+    assert!(took >= std::time::Duration::from_millis(338), "40 modelled decode steps in {took:?}");
+    let metrics = raw_http(&server.url, "GET", "/metrics", "");
+    let generated = metrics
+        .lines()
+        .find(|l| l.starts_with("vllm:generation_tokens_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(generated, 40.0, "the same metrics as a real replica");
+    let (code, _, stderr) = tandem(&["serve", "--port", "0", "--device", "sim", "--sim-model", "gpt-5"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown simulated model shape `gpt-5`"), "{stderr}");
+}

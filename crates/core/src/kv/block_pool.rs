@@ -15,6 +15,7 @@
 
 use rustc_hash::FxHashMap;
 
+use super::events::{KvEvent, KvEventLog};
 use super::free_list::FreeList;
 use super::hash::BlockHash;
 use crate::error::InvariantViolation;
@@ -47,6 +48,8 @@ pub struct BlockPool {
     free: FreeList,
     cached: FxHashMap<BlockHash, BlockId>,
     evictions: u64,
+    /// Keys entering and leaving `cached`, for subscribers (off unless asked for).
+    events: KvEventLog,
 }
 
 impl BlockPool {
@@ -60,7 +63,18 @@ impl BlockPool {
             free: FreeList::full(num_blocks),
             cached: FxHashMap::default(),
             evictions: 0,
+            events: KvEventLog::default(),
         }
+    }
+
+    /// Records prefix-cache events ([`KvEvent`]) from now on, or stops.
+    pub fn record_events(&mut self, on: bool) {
+        self.events = KvEventLog::new(on);
+    }
+
+    /// The prefix-cache events since the last call.
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.take()
     }
 
     pub fn num_blocks(&self) -> usize {
@@ -80,6 +94,11 @@ impl BlockPool {
     /// Full blocks currently findable by hash.
     pub fn num_cached(&self) -> usize {
         self.cached.len()
+    }
+
+    /// The keys findable now (what a subscriber applying [`Self::take_events`] holds).
+    pub fn cached_keys(&self) -> impl Iterator<Item = BlockHash> + '_ {
+        self.cached.keys().copied()
     }
 
     /// Cached blocks evicted to make room so far.
@@ -104,6 +123,7 @@ impl BlockPool {
             if let Some(h) = self.hash[b.index()].take() {
                 if self.cached.get(&h) == Some(&b) {
                     self.cached.remove(&h);
+                    self.events.removed(h);
                 }
                 self.evictions += 1;
             }
@@ -172,7 +192,15 @@ impl BlockPool {
     /// parent without a content id, so `b`'s content cannot be proven and it is not cached),
     /// and makes it findable by `h` unless another block holds `h`. A block with the same proof
     /// as the one holding `h` shares its content id (its children are found through either).
-    pub fn register_proven(&mut self, b: BlockId, h: BlockHash, parent: Option<Parent>, tokens: &[TokenId]) {
+    /// A block that becomes findable is a [`KvEvent::Stored`] after `parent_key`.
+    pub fn register_proven(
+        &mut self,
+        b: BlockId,
+        h: BlockHash,
+        parent: Option<Parent>,
+        parent_key: Option<BlockHash>,
+        tokens: &[TokenId],
+    ) {
         let (Some(parent), true) = (parent, b.index() < self.num_blocks()) else { return };
         if self.content[b.index()].is_some() {
             return;
@@ -186,15 +214,20 @@ impl BlockPool {
                 Some(self.next_content)
             }
         };
+        let was_cached = self.cached.contains_key(&h);
         self.register(b, h);
         if self.cached.get(&h) == Some(&b) {
             self.proof[b.index()] = Some(proof);
+            if !was_cached {
+                self.events.stored(h, parent_key, tokens);
+            }
         }
     }
 
     /// Forgets every cached hash (e.g. after the executor's weights change).
     pub fn reset_prefix_cache(&mut self) {
         self.cached.clear();
+        self.events.cleared();
         self.hash.iter_mut().for_each(|h| *h = None);
         self.proof.iter_mut().for_each(|p| *p = None);
         self.content.iter_mut().for_each(|c| *c = None);
@@ -253,8 +286,8 @@ mod tests {
         let mut pool = BlockPool::new(2);
         let mut a = Vec::new();
         pool.allocate(2, &mut a);
-        pool.register_proven(a[0], BlockHash(5), Some(Parent::Root(None)), &[1, 2]);
-        pool.register_proven(a[1], BlockHash(6), pool.parent_after(a[0]), &[3, 4]);
+        pool.register_proven(a[0], BlockHash(5), Some(Parent::Root(None)), None, &[1, 2]);
+        pool.register_proven(a[1], BlockHash(6), pool.parent_after(a[0]), Some(BlockHash(5)), &[3, 4]);
         let after_a0 = pool.parent_after(a[0]).unwrap();
         assert!(pool.verify(a[1], after_a0, &[3, 4]), "the real chain is found");
         // Both freed (queue: A0, A1); one allocation reuses A0's block for C0 = tokens 7,8,
@@ -264,7 +297,7 @@ mod tests {
         let mut c = Vec::new();
         pool.allocate(1, &mut c);
         assert_eq!(c, vec![a[0]]);
-        pool.register_proven(c[0], BlockHash(5), Some(Parent::Root(None)), &[7, 8]);
+        pool.register_proven(c[0], BlockHash(5), Some(Parent::Root(None)), None, &[7, 8]);
         // A request 7,8,3,4 hashing to keys 5, 6 finds C0 (its own tokens) and then A1 — whose
         // KV was computed after 1,2. Matching the parent's key would accept it; its content id
         // does not.

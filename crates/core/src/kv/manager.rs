@@ -98,6 +98,13 @@ impl KvCacheManager {
     pub fn pool(&self) -> &BlockPool {
         &self.pool
     }
+    /// Records prefix-cache events from now on, or stops ([`BlockPool::take_events`]).
+    pub fn record_events(&mut self, on: bool) {
+        self.pool.record_events(on);
+    }
+    pub fn take_events(&mut self) -> Vec<super::KvEvent> {
+        self.pool.take_events()
+    }
     pub fn host(&self) -> &HostPool {
         &self.host
     }
@@ -189,7 +196,10 @@ impl KvCacheManager {
                 0 => Some(Parent::Root(seq.salt)),
                 _ => self.pool.parent_after(seq.blocks[i - 1]),
             };
-            self.pool.register_proven(seq.blocks[i], seq.hashes[i], parent, &tokens[i * bs..(i + 1) * bs]);
+            // Events name a chain's first block with no parent, as vLLM's do (the salt is in
+            // its key).
+            let parent_key = i.checked_sub(1).map(|j| seq.hashes[j]);
+            self.pool.register_proven(seq.blocks[i], seq.hashes[i], parent, parent_key, &tokens[i * bs..(i + 1) * bs]);
         }
         seq.num_cached = full;
     }
@@ -333,7 +343,7 @@ mod tests {
         let mut a = SeqBlocks::default();
         kv.allocate_slots(&mut a, &[], 5);
         let forged = hash_block(None, &b_toks[..4]);
-        kv.pool.register_proven(a.blocks[0], forged, Some(Parent::Root(None)), &a_toks[..4]);
+        kv.pool.register_proven(a.blocks[0], forged, Some(Parent::Root(None)), None, &a_toks[..4]);
         let mut b = SeqBlocks::default();
         assert_eq!(kv.find_prefix(&mut b, &b_toks).num_tokens, 0, "tokens differ: no hit");
         // The same block proven with B's own tokens is a hit.

@@ -7,12 +7,14 @@
 //! The core never touches tensors: it hands block ids to the executor.
 
 mod block_pool;
+mod events;
 mod free_list;
 mod hash;
 mod host_pool;
 mod manager;
 
 pub use block_pool::BlockPool;
+pub use events::{KvEvent, KvEventLog};
 pub use hash::{hash_block, salt_root, BlockHash};
 pub use host_pool::HostPool;
 pub use manager::{KvCacheManager, PrefixHit, SeqBlocks};

@@ -26,7 +26,7 @@ use rustc_hash::FxHashMap;
 
 use crate::config::SchedulerConfig;
 use crate::error::Error;
-use crate::kv::{KvCacheManager, SeqBlocks};
+use crate::kv::{KvCacheManager, KvEvent, SeqBlocks};
 use crate::policy::{BatchingKind, BatchingStrategy, CapacityPolicy, Limits, PreemptionPolicy, QueuePolicy};
 use crate::request::{FinishReason, NewRequest, RequestDelta, RequestState};
 use crate::stats::SchedulerStats;
@@ -154,6 +154,17 @@ impl Scheduler {
     /// The KV cache (read-only), e.g. for usage gauges.
     pub fn kv(&self) -> &KvCacheManager {
         &self.kv
+    }
+
+    /// Records the prefix cache's [`KvEvent`]s from now on (`true`) or stops: what routers
+    /// that route on exact cache contents subscribe to.
+    pub fn record_kv_events(&mut self, on: bool) {
+        self.kv.record_events(on);
+    }
+
+    /// The prefix-cache events since the last call, oldest first (none unless recording).
+    pub fn take_kv_events(&mut self) -> Vec<KvEvent> {
+        self.kv.take_events()
     }
 
     /// Limits in force now.

@@ -506,6 +506,42 @@ fn prefix_cache_reuses_computed_blocks() {
 }
 
 #[test]
+fn prefix_cache_events_store_a_chain_once_and_remove_it_on_reuse() {
+    use crate::kv::{hash_block, KvEvent};
+    // 4 blocks of 4 tokens, budget 16.
+    let cfg = SchedulerConfig { enable_prefix_caching: true, max_num_batched_tokens: 16, ..small(4) };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.record_kv_events(true);
+    s.add_request(req(1, 10, 1, 0)).unwrap();
+    step(&mut s, 0, 7); // tokens 101..=110 computed: blocks of 101..=104 and 105..=108 are full
+    let b0 = hash_block(None, &[101, 102, 103, 104]);
+    let b1 = hash_block(Some(b0), &[105, 106, 107, 108]);
+    let stored = KvEvent::Stored { hashes: vec![b0, b1], parent: None, tokens: (101..=108).collect() };
+    assert_eq!(s.take_kv_events(), vec![stored]);
+    // The same prompt again hits both blocks: nothing new is stored.
+    s.add_request(req(2, 10, 1, 1)).unwrap();
+    step(&mut s, 1, 7);
+    step(&mut s, 2, 7); // request 1's finish is reported; its blocks are free but cached
+    assert_eq!(s.take_kv_events(), vec![]);
+    // A 15-token prompt of other tokens (+1 to sample) needs all 4 blocks: the two cached ones are
+    // reallocated (LRU: request 2 freed its tail first, b1 then b0) and their keys removed.
+    let other = NewRequest::new(3, (200..215).collect(), 1, t(3));
+    s.add_request(other).unwrap();
+    step(&mut s, 3, 7);
+    let events = s.take_kv_events();
+    assert!(
+        matches!(&events[0], KvEvent::Removed { hashes } if hashes.len() == 2 && hashes.contains(&b0) && hashes.contains(&b1)),
+        "{events:?}"
+    );
+    // Its 15 computed tokens fill 3 blocks, stored after that as one chain.
+    assert!(
+        matches!(&events[1], KvEvent::Stored { hashes, parent: None, tokens } if hashes.len() == 3 && tokens[..] == (200..212).collect::<Vec<u32>>()[..]),
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 2);
+}
+
+#[test]
 fn a_penalized_request_gets_the_tokens_the_prefix_cache_skipped() {
     let cfg = SchedulerConfig { enable_prefix_caching: true, max_num_batched_tokens: 16, ..small(16) };
     let mut s = Scheduler::new(cfg).unwrap();

@@ -269,6 +269,31 @@ pub fn model_bytes(path: &Path, format: WeightFormat) -> Result<(LlamaConfig, u6
     Ok((config, total as u64))
 }
 
+/// The model's config and tokenizer only, without reading a weight: what a simulated device
+/// (which has no weights) needs to speak text.
+pub fn load_tokenizer(path: &Path) -> Result<(LlamaConfig, TextTokenizer), ExecError> {
+    match ModelFiles::locate(path)? {
+        ModelFiles::Gguf(p) => {
+            let mut reader = BufReader::new(File::open(&p).map_err(|e| bad(&p, e))?);
+            let content =
+                gguf_file::Content::read(&mut reader).map_err(|e| bad(&p, format!("not a readable GGUF file: {e}")))?;
+            let config = LlamaConfig::from_gguf(&content, &p.display().to_string())?;
+            let tokenizer = TextTokenizer::from_gguf(&content, &config)
+                .map_err(|e| bad(&p, format!("cannot build the tokenizer from its metadata: {e}")))?;
+            Ok((config, tokenizer))
+        }
+        ModelFiles::HfDir(d) => {
+            let cfg_path = d.join("config.json");
+            let json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e))?)
+                    .map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}")))?;
+            let config = LlamaConfig::from_hf_json(&json, &cfg_path.display().to_string())?;
+            let tokenizer = TextTokenizer::from_hf_dir(&d, &config)?;
+            Ok((config, tokenizer))
+        }
+    }
+}
+
 /// Loads the model and tokenizer at `path` (a `.gguf` file or an HF directory) with f32 weights:
 /// the file's values exactly.
 pub fn load_model(path: &Path) -> Result<LoadedModel, ExecError> {

@@ -17,6 +17,6 @@ mod weights;
 
 pub use config::{LlamaConfig, RopeStyle};
 pub use format::WeightFormat;
-pub use load::{load_model, load_model_as, model_bytes, LoadedModel, ModelFiles};
+pub use load::{load_model, load_model_as, load_tokenizer, model_bytes, LoadedModel, ModelFiles};
 pub use sampling::{sample, token_logprobs};
 pub use weights::{Layer, LlamaModel, SeqSlice};

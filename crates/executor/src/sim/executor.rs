@@ -26,6 +26,8 @@ pub struct SimExecutor {
     streams: StreamConfig,
     /// Token ids the sampler must avoid (EOS), so simulated requests run to `max_tokens`.
     avoid: Vec<TokenId>,
+    /// Tokens are drawn from `0..vocab` (the tokenizer's, when it is smaller than the shape's).
+    vocab: usize,
     steps: u64,
     busy: Duration,
 }
@@ -35,7 +37,9 @@ impl SimExecutor {
     pub fn new(mut model: ModelShape, device: DeviceProfile, block_size: usize, clock: ClockMode) -> Self {
         model.dtype_bytes = device.dtype_bytes;
         model.kv_dtype_bytes = device.kv_dtype_bytes;
+        let vocab = model.vocab.max(2);
         Self {
+            vocab,
             model,
             device,
             block_size,
@@ -50,6 +54,13 @@ impl SimExecutor {
     /// Never sample these tokens (the model's EOS ids).
     pub fn avoiding(mut self, tokens: Vec<TokenId>) -> Self {
         self.avoid = tokens;
+        self
+    }
+
+    /// Sample only ids below `n` (a tokenizer's vocabulary: the shape's may be larger), so
+    /// every token decodes to text.
+    pub fn sampling_below(mut self, n: usize) -> Self {
+        self.vocab = n.clamp(2, self.model.vocab.max(2));
         self
     }
 
@@ -79,9 +90,13 @@ impl SimExecutor {
         x ^= x >> 31;
         x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
         x ^= x >> 29;
-        let vocab = self.model.vocab.max(2) as u64;
+        let vocab = self.vocab as u64;
         let mut t = (x % vocab) as TokenId;
-        while self.avoid.contains(&t) {
+        // At most one pass over the vocabulary (if every id is to be avoided, any will do).
+        for _ in 0..self.avoid.len().min(self.vocab) {
+            if !self.avoid.contains(&t) {
+                break;
+            }
             t = (t + 1) % vocab as TokenId;
         }
         t
@@ -149,7 +164,9 @@ mod tests {
         assert_ne!(a.sampled[0], a.sampled[1], "different requests, different text");
         assert!(a.timing.device > Duration::ZERO);
         let banned = a.sampled[0].unwrap();
-        let mut e = e.avoiding(vec![banned]);
-        assert_ne!(e.execute(&out).unwrap().sampled[0], Some(banned));
+        let mut e = e.avoiding(vec![banned]).sampling_below(1000);
+        let s = e.execute(&out).unwrap().sampled;
+        assert_ne!(s[0], Some(banned));
+        assert!(s.iter().all(|t| t.unwrap() < 1000), "{s:?}");
     }
 }
