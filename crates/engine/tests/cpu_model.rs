@@ -144,12 +144,11 @@ fn check_batch_invariance(format: WeightFormat) {
     let ps = prompts();
     let alone: Vec<Vec<TokenId>> =
         ps.iter().map(|p| run(format, base(), std::slice::from_ref(p), MAX_TOKENS).0.remove(0)).collect();
-    // Real text, not a degenerate loop: with exact (f32) weights the first answer names Paris.
-    // With int8 its first token is a coin toss ("The" leads "L" by 0.08 logits in f32), and
-    // int8 picks "L'Étoile, …" — as llama.cpp's own Q4_1 × Q8 kernels do on this file.
+    // Real text, not a degenerate loop: the first answer names Paris, with f32 weights and with
+    // the default int8 ones (smoothed at load; unsmoothed int8 said "L'Étoile, …", as llama.cpp
+    // does on this file: "The" leads "L" by only 0.08 logits in f32).
     let first = loaded().1.decode(&alone[0]).unwrap();
-    let expected = if format == WeightFormat::F32 { "Paris" } else { "L'" };
-    assert!(first.contains(expected), "{format}: {first:?}");
+    assert!(first.contains("Paris"), "{format}: {first:?}");
     // Together, with a 64-token budget: the longer prompts are prefilled in chunks.
     let (together, _) = run(format, base(), &ps, MAX_TOKENS);
     assert_eq!(together, alone, "{format}: batched with chunked prefill");

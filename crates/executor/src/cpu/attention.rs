@@ -22,6 +22,51 @@ fn axpy_impl<const FMA: bool>(o: &mut [f32], w: f32, v: &[f32]) {
     }
 }
 
+/// `o += Σ_slot (w[slot]·inv) · v[slot]` over one block's value rows (`values[slot·stride +
+/// offset ..][..o.len()]`), slot after slot — the same operations per element as repeated
+/// [`axpy_impl`], so the same result; for 64-wide heads on AVX2 the accumulators stay in
+/// registers across the block instead of going through memory at every slot.
+#[inline(always)]
+fn weighted_sum<const FMA: bool>(o: &mut [f32], w: &[f32], inv: f32, values: &[f32], stride: usize, offset: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA && o.len() == 64 && values.len() >= (w.len().max(1) - 1) * stride + offset + 64 {
+        // SAFETY: the FMA variant runs only inside `attend_avx2`, after `has_avx2_fma`; the
+        // bounds were checked above.
+        return unsafe { weighted_sum_avx2_64(o, w, inv, values, stride, offset) };
+    }
+    for (slot, &ws) in w.iter().enumerate() {
+        axpy_impl::<FMA>(o, ws * inv, &values[slot * stride + offset..slot * stride + offset + o.len()]);
+    }
+}
+
+/// [`weighted_sum`] for `o.len() == 64`: eight 8-lane accumulators.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `values` must hold `(w.len() − 1)·stride + offset + 64`
+/// values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn weighted_sum_avx2_64(o: &mut [f32], w: &[f32], inv: f32, values: &[f32], stride: usize, offset: usize) {
+    use std::arch::x86_64::*;
+    let op = o.as_mut_ptr();
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = _mm256_loadu_ps(op.add(i * 8));
+    }
+    let vp = values.as_ptr().add(offset);
+    for (slot, &ws) in w.iter().enumerate() {
+        let wb = _mm256_set1_ps(ws * inv);
+        let row = vp.add(slot * stride);
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(wb, _mm256_loadu_ps(row.add(i * 8)), *a);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(op.add(i * 8), *a);
+    }
+}
+
 /// Shapes for one call.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -44,8 +89,10 @@ pub fn has_avx2_fma() -> bool {
 }
 
 /// One sequence's attention call: `n` fed tokens at positions `start..start + n`, their
-/// queries `q` (`n × heads × head_dim`), read through `table` in layer `layer` of `cache`.
-#[derive(Clone, Copy)]
+/// queries `q` (`n × heads × head_dim`), read through `table` in layer `layer` of `cache`, for
+/// the query heads of KV heads `kv_heads` (all of them, or a share, so that one decode token's
+/// heads can run on several cores).
+#[derive(Clone)]
 pub struct AttnCall<'a> {
     pub cache: &'a KvView<'a>,
     pub layer: usize,
@@ -53,9 +100,11 @@ pub struct AttnCall<'a> {
     pub start: usize,
     pub q: &'a [f32],
     pub shape: AttnShape,
+    pub kv_heads: std::ops::Range<usize>,
 }
 
-/// Writes the attention output of `call` into `out` (same layout as `q`). The cache must already
+/// Writes the attention output of `call` into `out` (`n × (query heads of call.kv_heads) ×
+/// head_dim`: the layout of `q` when `kv_heads` is all of them). The cache must already
 /// hold K/V for every position up to `start + n − 1`. Runs the AVX2+FMA kernel where the CPU has
 /// it (chosen at run time, so the binary still runs on a plain x86-64 machine).
 pub fn attend_sequence(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
@@ -150,20 +199,22 @@ fn block_scores<const FMA: bool>(q: &[f32], keys: &[f32], row: &mut [f32], scale
 
 #[inline(always)]
 fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
-    let AttnCall { cache, layer, table, start, q, shape: s } = call;
+    let AttnCall { cache, layer, table, start, q, shape: s, kv_heads } = call;
     let d = s.head_dim;
     let bs = cache.block_size();
     let kv_dim = s.kv_heads * d;
     let group = s.heads / s.kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
     let n = q.len() / (s.heads * d);
+    // Output rows hold the query heads of `kv_heads` only.
+    let (h0, out_heads) = (kv_heads.start * group, kv_heads.len() * group);
     for i in 0..n {
         let ctx = start + i + 1;
         let blocks = &table[..ctx.div_ceil(bs)];
         let padded = blocks.len() * bs;
         scores.clear();
         scores.resize(group * padded, 0.0);
-        for kvh in 0..s.kv_heads {
+        for kvh in kv_heads.clone() {
             let heads = kvh * group..(kvh + 1) * group;
             for (b, &block) in blocks.iter().enumerate() {
                 let keys = &cache.key_block(layer, block)[kvh * d * bs..(kvh + 1) * d * bs];
@@ -181,14 +232,12 @@ fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mu
                     sum += *x;
                 }
                 let inv = 1.0 / sum;
-                let o = &mut out[(i * s.heads + h) * d..(i * s.heads + h + 1) * d];
+                let o = &mut out[(i * out_heads + h - h0) * d..(i * out_heads + h - h0 + 1) * d];
                 o.fill(0.0);
                 for (b, &block) in blocks.iter().enumerate() {
                     let values = cache.value_block(layer, block);
                     let weights = &row[b * bs..ctx.min((b + 1) * bs)];
-                    for (slot, &w) in weights.iter().enumerate() {
-                        axpy_impl::<FMA>(o, w * inv, &values[slot * kv_dim + kvh * d..slot * kv_dim + (kvh + 1) * d]);
-                    }
+                    weighted_sum::<FMA>(o, weights, inv, values, kv_dim, kvh * d);
                 }
             }
         }
@@ -210,14 +259,14 @@ mod tests {
         let mut out = vec![0.0; 2];
         let mut scratch = Vec::new();
         attend_sequence(
-            AttnCall { cache: &c.view(), layer: 0, table: &table, start: 0, q: &[1.0, 1.0], shape: s },
+            AttnCall { cache: &c.view(), layer: 0, table: &table, start: 0, q: &[1.0, 1.0], shape: s, kv_heads: 0..1 },
             &mut out,
             &mut scratch,
         );
         assert_eq!(out, vec![10.0, 20.0]); // softmax of one score is 1
         c.write(0, &table, 1, &[1.0, 0.0], &[30.0, 40.0]);
         attend_sequence(
-            AttnCall { cache: &c.view(), layer: 0, table: &table, start: 1, q: &[1.0, 1.0], shape: s },
+            AttnCall { cache: &c.view(), layer: 0, table: &table, start: 1, q: &[1.0, 1.0], shape: s, kv_heads: 0..1 },
             &mut out,
             &mut scratch,
         );
@@ -243,7 +292,7 @@ mod tests {
         }
         let mut out = vec![0.0; q.len()];
         attend_sequence(
-            AttnCall { cache: &c.view(), layer: 0, table: &table, start, q, shape },
+            AttnCall { cache: &c.view(), layer: 0, table: &table, start, q, shape, kv_heads: 0..shape.kv_heads },
             &mut out,
             &mut Vec::new(),
         );
@@ -281,6 +330,38 @@ mod tests {
                     let got = by16[(i * 4 + h) * d + e] as f64;
                     assert!((got - want).abs() < 1e-5, "token {i} head {h} dim {e}: {got} vs {want}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_avx2_kernel_agrees_with_the_portable_one() {
+        // The same call through both variants: the AVX2 one fuses multiply-adds, the portable
+        // one rounds each product, so they agree to float rounding, not bit for bit (a machine
+        // runs one of them for every step, so each machine's results stay batch invariant).
+        if !has_avx2_fma() {
+            eprintln!("SKIPPED the_avx2_kernel_agrees_with_the_portable_one: this CPU lacks AVX2+FMA");
+            return;
+        }
+        let shape = AttnShape { heads: 6, kv_heads: 2, head_dim: 64 };
+        let (ctx, n) = (70, 5);
+        let kv_dim = 2 * 64;
+        let (k, v, q) = (values(ctx * kv_dim, 7), values(ctx * kv_dim, 8), values(n * 6 * 64, 9));
+        for bs in [16, 5] {
+            let blocks = ctx.div_ceil(bs);
+            let mut c = PagedKvCache::new(1, kv_dim, bs, blocks, 0);
+            let table: Vec<BlockId> = (0..blocks as u32).rev().map(BlockId).collect();
+            for p in 0..ctx {
+                c.write(0, &table, p, &k[p * kv_dim..(p + 1) * kv_dim], &v[p * kv_dim..(p + 1) * kv_dim]);
+            }
+            let call =
+                AttnCall { cache: &c.view(), layer: 0, table: &table, start: ctx - n, q: &q, shape, kv_heads: 0..2 };
+            let (mut fast, mut portable) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+            attend_sequence(call.clone(), &mut fast, &mut Vec::new());
+            attend_impl::<false>(call, &mut portable, &mut Vec::new());
+            assert_ne!(fast, vec![0.0; q.len()]);
+            for (i, (a, b)) in fast.iter().zip(&portable).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "block size {bs}, element {i}: {a} vs {b}");
             }
         }
     }

@@ -18,6 +18,15 @@ use crate::ExecError;
 /// Most tokens of one sequence per attention work item (parallelism within long prefills).
 const ATTN_CHUNK: usize = 16;
 
+/// Which linear layer of a block an observed input feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinearInput {
+    Qkv,
+    O,
+    GateUp,
+    Down,
+}
+
 /// `out[r] = x[r] / rms(x[r]) · w` for each row of `x` (width `w.len()`).
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.clear();
@@ -86,6 +95,36 @@ impl LlamaModel {
         sample_rows: &[usize],
         cache: &KvView<'_>,
     ) -> Result<Vec<Vec<f32>>, ExecError> {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.forward_observed(ids, positions, seqs, sample_rows, cache, &mut |_, _, _| {}) }
+    }
+
+    /// [`Self::forward`], showing `observe` every linear layer's input (layer, which layer,
+    /// rows × inputs) — what load-time calibration reads ([`crate::model::smooth`]).
+    pub(crate) fn forward_watched(
+        &self,
+        ids: &[u32],
+        positions: &[usize],
+        seqs: &[SeqSlice<'_>],
+        cache: &mut PagedKvCache,
+        observe: &mut impl FnMut(usize, LinearInput, &[f32]),
+    ) -> Result<(), ExecError> {
+        let view = cache.view();
+        // SAFETY: the view is used by this forward alone.
+        unsafe { self.forward_observed(ids, positions, seqs, &[], &view, observe) }.map(drop)
+    }
+
+    /// # Safety
+    /// As [`Self::forward_on`].
+    unsafe fn forward_observed(
+        &self,
+        ids: &[u32],
+        positions: &[usize],
+        seqs: &[SeqSlice<'_>],
+        sample_rows: &[usize],
+        cache: &KvView<'_>,
+        observe: &mut impl FnMut(usize, LinearInput, &[f32]),
+    ) -> Result<Vec<Vec<f32>>, ExecError> {
         let c = &self.config;
         let t = ids.len();
         c.check_step(ids, positions)?;
@@ -101,6 +140,7 @@ impl LlamaModel {
         let mut attn_out = vec![0.0f32; t * qd];
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &layer.attn_norm, eps, &mut h);
+            observe(li, LinearInput::Qkv, &h);
             let mut qkv = layer.wqkv.forward(&h, t)?;
             let row = qd + 2 * kvd;
             if let Some(b) = &layer.bqkv {
@@ -135,29 +175,43 @@ impl LlamaModel {
             let mut items = Vec::new();
             let mut rest: &mut [f32] = &mut attn_out;
             for s in seqs {
+                if s.len == 1 {
+                    // A decode token: one item per KV head (and its query heads), so that even
+                    // a batch of one reads its cache on every core.
+                    let per_kv = (c.heads / c.kv_heads) * d;
+                    for kvh in 0..c.kv_heads {
+                        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(per_kv);
+                        rest = tail;
+                        items.push((s, 0, 1, kvh..kvh + 1, mine));
+                    }
+                    continue;
+                }
                 let mut first = 0;
                 while first < s.len {
                     let len = ATTN_CHUNK.min(s.len - first);
                     let (mine, tail) = std::mem::take(&mut rest).split_at_mut(len * qd);
                     rest = tail;
-                    items.push((s, first, len, mine));
+                    items.push((s, first, len, 0..c.kv_heads, mine));
                     first += len;
                 }
             }
             let cache_ref: &KvView<'_> = cache;
             let qkv_ref = &qkv;
-            let run = |scratch: &mut Vec<f32>, (s, first, len, out): (&SeqSlice<'_>, usize, usize, &mut [f32])| {
+            type Item<'s, 'o> = (&'s SeqSlice<'s>, usize, usize, std::ops::Range<usize>, &'o mut [f32]);
+            let run = |scratch: &mut Vec<f32>, (s, first, len, kv_heads, out): Item<'_, '_>| {
                 let mut q = Vec::with_capacity(len * qd);
                 for r in s.start_row + first..s.start_row + first + len {
                     q.extend_from_slice(&qkv_ref[r * row..r * row + qd]);
                 }
-                let call =
-                    AttnCall { cache: cache_ref, layer: li, table: s.table, start: s.start_pos + first, q: &q, shape };
+                let start = s.start_pos + first;
+                let call = AttnCall { cache: cache_ref, layer: li, table: s.table, start, q: &q, shape, kv_heads };
                 attend_sequence(call, out, scratch);
             };
             items.into_par_iter().for_each_init(Vec::new, run);
+            observe(li, LinearInput::O, &attn_out);
             add_into(&mut x, &layer.wo.forward(&attn_out, t)?);
             rms_norm_rows(&x, &layer.ffn_norm, eps, &mut h);
+            observe(li, LinearInput::GateUp, &h);
             let gu = layer.w_gate_up.forward(&h, t)?;
             let inter = c.intermediate;
             let mut act = Vec::with_capacity(t * inter);
@@ -165,6 +219,7 @@ impl LlamaModel {
                 let (gate, up) = r.split_at(inter);
                 act.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
             }
+            observe(li, LinearInput::Down, &act);
             add_into(&mut x, &layer.w_down.forward(&act, t)?);
         }
         if sample_rows.is_empty() {

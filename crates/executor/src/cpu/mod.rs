@@ -11,6 +11,7 @@
 mod attention;
 mod executor;
 mod forward;
+pub(crate) use forward::LinearInput;
 mod kv_cache;
 mod linear;
 pub mod q8;

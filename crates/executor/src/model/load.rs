@@ -307,6 +307,15 @@ pub fn load_model_as(path: &Path, format: WeightFormat) -> Result<LoadedModel, E
         ModelFiles::Gguf(p) => load_gguf(&p)?,
         ModelFiles::HfDir(d) => (load_hf_dir(&d)?, false),
     };
-    let model = loaded.model.into_format(format.resolve(quantized))?;
-    Ok(LoadedModel { model, ..loaded })
+    let LoadedModel { mut model, tokenizer } = loaded;
+    let format = format.resolve(quantized);
+    if format == WeightFormat::Q8 {
+        // Int8 activations lose least when the inputs' outlier channels are folded into the
+        // weights first (SmoothQuant): on the shipped evaluation text this keeps int8's perplexity
+        // within 0.05% of f32's instead of 1.4% (docs/model.md).
+        let ids = tokenizer.encode_plain(super::smooth::CALIBRATION_TEXT)?;
+        super::smooth::smooth_for_int8(&mut model, &ids, super::smooth::ALPHA)?;
+    }
+    let model = model.into_format(format)?;
+    Ok(LoadedModel { model, tokenizer })
 }
