@@ -70,6 +70,7 @@ pub fn run(a: BenchModelArgs) -> Result<(), String> {
     }
     println!("{} ({linear_mib} MiB of f32/int8 linear layers loaded)", exec.describe());
     println!("threads: {}", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("kernels: {}", tandem_executor::cpu::kernels());
     // Prefill: one prompt of `prefill` tokens in chunks of 512.
     let t = Instant::now();
     let mut pos = 0;

@@ -21,3 +21,11 @@ mod unsynced;
 pub use executor::CpuExecutor;
 pub use kv_cache::PagedKvCache;
 pub use linear::Linear;
+
+/// Which kernel variants this CPU runs (chosen at run time), for reports: the int8 GEMM and
+/// attention.
+pub fn kernels() -> String {
+    let gemm = if q8::has_vnni() { "int8 GEMM: AVX-512 VNNI" } else { "int8 GEMM: portable (no AVX-512 VNNI)" };
+    let attn = if attention::has_avx2_fma() { "attention: AVX2+FMA" } else { "attention: portable (no AVX2+FMA)" };
+    format!("{gemm}; {attn}")
+}
