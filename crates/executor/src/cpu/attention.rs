@@ -197,6 +197,75 @@ fn block_scores<const FMA: bool>(q: &[f32], keys: &[f32], row: &mut [f32], scale
     }
 }
 
+/// Every query head of a group against one block: row `g` of `scores` (stride `padded`) gets
+/// [`block_scores`] of query `g` of `qg` (`heads × d`) at `off..off + block size`. On AVX2 with
+/// 16-token blocks and groups of 2–4, one pass loads each key vector once for all the group's
+/// queries (each lane's operations unchanged, so the same results); otherwise head by head.
+#[inline(always)]
+fn group_scores<const FMA: bool>(
+    qg: &[f32],
+    d: usize,
+    keys: &[f32],
+    scores: &mut [f32],
+    padded: usize,
+    off: usize,
+    scale: f32,
+) {
+    let group = qg.len() / d;
+    let bs = keys.len() / d;
+    #[cfg(target_arch = "x86_64")]
+    if FMA && bs == 16 && keys.len() == d * 16 && scores.len() >= (group.max(1) - 1) * padded + off + 16 {
+        // SAFETY: the FMA variant runs only inside `attend_avx2`, after `has_avx2_fma`; the
+        // shapes were checked above.
+        match group {
+            2 => return unsafe { group_scores_avx2_16::<2>(qg, d, keys, scores, padded, off, scale) },
+            3 => return unsafe { group_scores_avx2_16::<3>(qg, d, keys, scores, padded, off, scale) },
+            4 => return unsafe { group_scores_avx2_16::<4>(qg, d, keys, scores, padded, off, scale) },
+            _ => {}
+        }
+    }
+    for g in 0..group {
+        block_scores::<FMA>(&qg[g * d..(g + 1) * d], keys, &mut scores[g * padded + off..g * padded + off + bs], scale);
+    }
+}
+
+/// [`group_scores`] for `G` queries and 16-token blocks: `2·G` accumulators.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `keys` is `d × 16`, `qg` is `G × d`, and `scores` holds
+/// `(G − 1)·padded + off + 16` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn group_scores_avx2_16<const G: usize>(
+    qg: &[f32],
+    d: usize,
+    keys: &[f32],
+    scores: &mut [f32],
+    padded: usize,
+    off: usize,
+    scale: f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; G];
+    let (kp, qp) = (keys.as_ptr(), qg.as_ptr());
+    for e in 0..d {
+        let k0 = _mm256_loadu_ps(kp.add(e * 16));
+        let k1 = _mm256_loadu_ps(kp.add(e * 16 + 8));
+        for (g, a) in acc.iter_mut().enumerate() {
+            let qb = _mm256_set1_ps(*qp.add(g * d + e));
+            a[0] = _mm256_fmadd_ps(qb, k0, a[0]);
+            a[1] = _mm256_fmadd_ps(qb, k1, a[1]);
+        }
+    }
+    let sc = _mm256_set1_ps(scale);
+    for (g, a) in acc.iter().enumerate() {
+        let row = scores.as_mut_ptr().add(g * padded + off);
+        _mm256_storeu_ps(row, _mm256_mul_ps(a[0], sc));
+        _mm256_storeu_ps(row.add(8), _mm256_mul_ps(a[1], sc));
+    }
+}
+
 #[inline(always)]
 fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
     let AttnCall { cache, layer, table, start, q, shape: s, kv_heads } = call;
@@ -216,12 +285,11 @@ fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mu
         scores.resize(group * padded, 0.0);
         for kvh in kv_heads.clone() {
             let heads = kvh * group..(kvh + 1) * group;
+            // The group's queries, contiguous: heads kvh·group .. (kvh + 1)·group of token i.
+            let qg = &q[(i * s.heads + kvh * group) * d..(i * s.heads + (kvh + 1) * group) * d];
             for (b, &block) in blocks.iter().enumerate() {
                 let keys = &cache.key_block(layer, block)[kvh * d * bs..(kvh + 1) * d * bs];
-                for (g, h) in heads.clone().enumerate() {
-                    let qh = &q[(i * s.heads + h) * d..(i * s.heads + h + 1) * d];
-                    block_scores::<FMA>(qh, keys, &mut scores[g * padded + b * bs..g * padded + (b + 1) * bs], scale);
-                }
+                group_scores::<FMA>(qg, d, keys, scores, padded, b * bs, scale);
             }
             for (g, h) in heads.enumerate() {
                 let row = &mut scores[g * padded..g * padded + ctx];
