@@ -19,21 +19,16 @@
 
 Standard library only. Prints a markdown table and writes JSON next to --out.
 """
-import argparse, http.client, json, os, random, re, socket, subprocess, sys, threading, time
+import argparse, http.client, json, os, random, re, subprocess, sys, threading, time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../scripts"))
+from testkit import free_port  # noqa: E402
 
 WORDS = "apple river stone cloud light garden music paper window silver forest ocean yellow quiet morning story".split()
 
 
 def prompt(rng, n_words):
     return " ".join(rng.choice(WORDS) + str(rng.randrange(10**6)) for _ in range(n_words))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def request(port, body):

@@ -20,7 +20,10 @@ both, each measure A B A B (llama.cpp first), nothing else running:
 Prints one markdown table (medians over the pairs; ratio = tandem / llama.cpp, or for latencies
 llama.cpp / tandem, so > 1 means tandem is better) with the CPU model. Standard library only.
 """
-import argparse, json, os, re, socket, statistics, subprocess, sys, time
+import argparse, json, os, re, statistics, subprocess, sys, time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../scripts"))
+from testkit import free_port  # noqa: E402
 
 
 def cpu_model():
@@ -35,14 +38,6 @@ def run(cmd, env=None):
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
     return out.stdout + out.stderr
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_http(port, path, timeout=300):

@@ -19,15 +19,10 @@ prefix-cache hit rate over the run (from their /metrics), mean and P50 TTFT (fir
 text, client side). Then the router's overhead: sequential one-token requests direct to a
 replica vs through the router, alternating, P50 of each. Standard library only.
 """
-import argparse, http.client, json, os, random, shlex, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, http.client, json, os, random, shlex, statistics, subprocess, sys, tempfile, threading, time
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../scripts"))
+from testkit import free_port  # noqa: E402
 
 
 def get(port, path, timeout=30):

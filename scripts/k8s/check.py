@@ -19,16 +19,13 @@ import glob, os, re, subprocess, sys
 
 import yaml
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testkit import check  # noqa: E402
+
 VALIDATE = sys.argv[1]
 BINS = sys.argv[2:4]
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "kubernetes")
 NO_SCHEMA = {"Kustomization", "HTTPRoute", "InferencePool"}
-
-
-def check(ok, what):
-    print(("ok - " if ok else "FAIL - ") + what, flush=True)
-    if not ok:
-        raise SystemExit(1)
 
 
 def docs(path):

@@ -13,10 +13,13 @@ nothing; prompts that fill the pool make `BlockRemoved` name the first prompt's 
 sequence numbers have no gaps; the replay socket sends the buffered batches again, then the
 end marker. Exits non-zero on the first failure.
 """
-import hashlib, http.client, json, os, socket, struct, subprocess, sys, tempfile, time
+import hashlib, http.client, json, os, struct, subprocess, sys, tempfile, time
 
 import msgspec
 import zmq
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testkit import check, free_port  # noqa: E402
 
 TANDEM = sys.argv[1]
 BLOCK = 16
@@ -84,20 +87,6 @@ decode = msgspec.msgpack.Decoder(type=KVEventBatch)
 decode_old = msgspec.msgpack.Decoder(type=OldBatch)
 
 
-def check(ok, what):
-    print(("ok - " if ok else "FAIL - ") + what, flush=True)
-    if not ok:
-        raise SystemExit(1)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def request(port, body):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     c.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
@@ -124,7 +113,7 @@ class Subscriber:
         self.sub = ctx.socket(zmq.SUB)
         self.sub.connect(f"tcp://127.0.0.1:{port}")
         self.sub.setsockopt_string(zmq.SUBSCRIBE, topic)
-        self.seqs, self.raw, self.events = [], [], []
+        self.raw, self.events = [], []  # raw: (sequence number, payload) as received
 
     def drain(self, seconds):
         """Everything published within `seconds`."""
@@ -132,7 +121,6 @@ class Subscriber:
         while time.time() < end:
             if self.sub.poll(100):
                 topic, seq, payload = self.sub.recv_multipart()
-                self.seqs.append(int.from_bytes(seq, "big"))
                 self.raw.append((int.from_bytes(seq, "big"), payload))
                 batch = decode.decode(payload)
                 old = decode_old.decode(payload)
@@ -188,12 +176,13 @@ def main():
         later = [e for e in sub.events if isinstance(e, BlockStored)][1]
         check(later.block_hashes == chain([2000 + i for i in range(300)])[:len(later.block_hashes)] and len(later.block_hashes) == 18,
               "a 300-token prompt stores its 18 full blocks as one chain")
-        check(sub.seqs == list(range(sub.seqs[0], sub.seqs[0] + len(sub.seqs))), f"sequence numbers without gaps: {sub.seqs[:5]}…")
+        seqs = [n for n, _ in sub.raw]
+        check(seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"sequence numbers without gaps: {seqs[:5]}…")
 
         # A DEALER (with REQ's empty delimiter) takes the whole stream of replies.
         dealer = ctx.socket(zmq.DEALER)
         dealer.connect(f"tcp://127.0.0.1:{replay}")
-        dealer.send_multipart([b"", sub.seqs[0].to_bytes(8, "big")])
+        dealer.send_multipart([b"", seqs[0].to_bytes(8, "big")])
         replayed = []
         while dealer.poll(5000):
             _, seq, payload = dealer.recv_multipart()

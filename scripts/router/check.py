@@ -11,22 +11,11 @@ router fails over). Exits non-zero on the first failure.
 """
 import http.client, json, os, shutil, socket, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testkit import check, free_port  # noqa: E402
+
 TANDEM, SMG = sys.argv[1], sys.argv[2]
 procs = []
-
-
-def check(ok, what):
-    print(("ok - " if ok else "FAIL - ") + what, flush=True)
-    if not ok:
-        raise SystemExit(1)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def request(port, method, path, body=None, timeout=120):

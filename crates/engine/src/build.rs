@@ -158,8 +158,7 @@ impl SimSpec {
     /// KV bytes in `fraction` of the device's memory once the weights are in (vLLM's
     /// `--gpu-memory-utilization`).
     pub fn kv_bytes(&self, fraction: f64) -> u64 {
-        let weights = self.shape.params * self.profile.dtype_bytes;
-        ((self.profile.memory as f64 * fraction) as u64).saturating_sub(weights)
+        self.profile.kv_memory(&self.shape, fraction)
     }
 }
 

@@ -36,10 +36,6 @@ impl KvEventLog {
         Self { on, events: Vec::new() }
     }
 
-    pub fn is_on(&self) -> bool {
-        self.on
-    }
-
     /// Block `hash` (its `tokens`) stored after `parent`; joins the last event when that one
     /// stored `parent` itself.
     pub fn stored(&mut self, hash: BlockHash, parent: Option<BlockHash>, tokens: &[TokenId]) {

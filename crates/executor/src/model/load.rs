@@ -184,15 +184,35 @@ fn has_quantized_weights(content: &gguf_file::Content) -> bool {
     content.tensor_infos.values().any(|t| t.shape.rank() == 2 && !matches!(t.ggml_dtype, F32 | F16 | BF16))
 }
 
-/// Loads a GGUF file; also says whether its linear weights are quantized.
-fn load_gguf(path: &Path) -> Result<(LoadedModel, bool), ExecError> {
-    let file = File::open(path).map_err(|e| bad(path, e))?;
-    let mut reader = BufReader::new(file);
+/// A GGUF file's metadata and tensor index (the reader stays positioned for its tensors), and
+/// the config read from it.
+fn read_gguf(path: &Path) -> Result<(BufReader<File>, gguf_file::Content, LlamaConfig), ExecError> {
+    let mut reader = BufReader::new(File::open(path).map_err(|e| bad(path, e))?);
     let content =
         gguf_file::Content::read(&mut reader).map_err(|e| bad(path, format!("not a readable GGUF file: {e}")))?;
     let config = LlamaConfig::from_gguf(&content, &path.display().to_string())?;
-    let tokenizer = TextTokenizer::from_gguf(&content, &config)
-        .map_err(|e| bad(path, format!("cannot build the tokenizer from its metadata: {e}")))?;
+    Ok((reader, content, config))
+}
+
+/// The tokenizer in a GGUF file's metadata.
+fn gguf_tokenizer(path: &Path, content: &gguf_file::Content, config: &LlamaConfig) -> Result<TextTokenizer, ExecError> {
+    TextTokenizer::from_gguf(content, config)
+        .map_err(|e| bad(path, format!("cannot build the tokenizer from its metadata: {e}")))
+}
+
+/// An HF directory's `config.json`.
+fn read_hf_config(dir: &Path) -> Result<LlamaConfig, ExecError> {
+    let cfg_path = dir.join("config.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e))?)
+            .map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}")))?;
+    LlamaConfig::from_hf_json(&json, &cfg_path.display().to_string())
+}
+
+/// Loads a GGUF file; also says whether its linear weights are quantized.
+fn load_gguf(path: &Path) -> Result<(LoadedModel, bool), ExecError> {
+    let (mut reader, content, config) = read_gguf(path)?;
+    let tokenizer = gguf_tokenizer(path, &content, &config)?;
     let mut w = Named::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
@@ -208,11 +228,7 @@ fn load_gguf(path: &Path) -> Result<(LoadedModel, bool), ExecError> {
 }
 
 fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ExecError> {
-    let cfg_path = dir.join("config.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e))?)
-            .map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}")))?;
-    let config = LlamaConfig::from_hf_json(&json, &cfg_path.display().to_string())?;
+    let config = read_hf_config(dir)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| bad(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -242,18 +258,10 @@ fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ExecError> {
 pub fn model_bytes(path: &Path, format: WeightFormat) -> Result<(LlamaConfig, u64), ExecError> {
     let (config, quantized) = match ModelFiles::locate(path)? {
         ModelFiles::Gguf(p) => {
-            let mut reader = BufReader::new(File::open(&p).map_err(|e| bad(&p, e))?);
-            let content =
-                gguf_file::Content::read(&mut reader).map_err(|e| bad(&p, format!("not a readable GGUF file: {e}")))?;
-            (LlamaConfig::from_gguf(&content, &p.display().to_string())?, has_quantized_weights(&content))
+            let (_, content, config) = read_gguf(&p)?;
+            (config, has_quantized_weights(&content))
         }
-        ModelFiles::HfDir(d) => {
-            let cfg_path = d.join("config.json");
-            let json: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e))?)
-                    .map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}")))?;
-            (LlamaConfig::from_hf_json(&json, &cfg_path.display().to_string())?, false)
-        }
+        ModelFiles::HfDir(d) => (read_hf_config(&d)?, false),
     };
     let f = format.resolve(quantized);
     let c = &config;
@@ -274,20 +282,12 @@ pub fn model_bytes(path: &Path, format: WeightFormat) -> Result<(LlamaConfig, u6
 pub fn load_tokenizer(path: &Path) -> Result<(LlamaConfig, TextTokenizer), ExecError> {
     match ModelFiles::locate(path)? {
         ModelFiles::Gguf(p) => {
-            let mut reader = BufReader::new(File::open(&p).map_err(|e| bad(&p, e))?);
-            let content =
-                gguf_file::Content::read(&mut reader).map_err(|e| bad(&p, format!("not a readable GGUF file: {e}")))?;
-            let config = LlamaConfig::from_gguf(&content, &p.display().to_string())?;
-            let tokenizer = TextTokenizer::from_gguf(&content, &config)
-                .map_err(|e| bad(&p, format!("cannot build the tokenizer from its metadata: {e}")))?;
+            let (_, content, config) = read_gguf(&p)?;
+            let tokenizer = gguf_tokenizer(&p, &content, &config)?;
             Ok((config, tokenizer))
         }
         ModelFiles::HfDir(d) => {
-            let cfg_path = d.join("config.json");
-            let json: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| bad(&cfg_path, e))?)
-                    .map_err(|e| bad(&cfg_path, format!("not valid JSON: {e}")))?;
-            let config = LlamaConfig::from_hf_json(&json, &cfg_path.display().to_string())?;
+            let config = read_hf_config(&d)?;
             let tokenizer = TextTokenizer::from_hf_dir(&d, &config)?;
             Ok((config, tokenizer))
         }

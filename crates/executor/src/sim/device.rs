@@ -124,6 +124,12 @@ impl DeviceProfile {
         }
     }
 
+    /// KV bytes in `fraction` of this device's memory once `model`'s weights are in, stored at
+    /// this device's element size (as [`super::SimExecutor`] stores them).
+    pub fn kv_memory(&self, model: &super::ModelShape, fraction: f64) -> u64 {
+        ((self.memory as f64 * fraction) as u64).saturating_sub(model.params * self.dtype_bytes)
+    }
+
     /// Looks a profile up by name (`h100`, `a100`, `cpu-2c`).
     pub fn by_name(name: &str) -> Option<Self> {
         [Self::h100(), Self::a100(), Self::cpu_2core()].into_iter().find(|d| d.name == name)

@@ -79,8 +79,7 @@ impl SimExecutor {
 
     /// KV blocks that fit in `fraction` of device memory after the weights.
     pub fn kv_blocks_for_memory(&self, fraction: f64) -> usize {
-        let usable = (self.device.memory as f64 * fraction) as u64;
-        self.kv_spec().blocks_in(usable.saturating_sub(self.model.weight_bytes()))
+        self.kv_spec().blocks_in(self.device.kv_memory(&self.model, fraction))
     }
 
     /// The token a sequence samples: a hash of (request, position), so a request's text does
