@@ -110,7 +110,7 @@ pub fn start_with(args: &ModelArgs, extra: &[String]) -> Result<Running, String>
     build::start(&args.source()?, &args.sizing(extra)?).map_err(|e| e.to_string())
 }
 
-/// Like [`start`], sending the prefix cache's block events to `kv_events`.
-pub fn start_publishing(args: &ModelArgs, kv_events: KvEventSender) -> Result<Running, String> {
-    build::start_publishing(&args.source()?, &args.sizing(&[])?, Some(kv_events)).map_err(|e| e.to_string())
+/// Like [`start`], sending the prefix cache's block events to `kv_events` (if any).
+pub fn start_publishing(args: &ModelArgs, kv_events: Option<KvEventSender>) -> Result<Running, String> {
+    build::start_publishing(&args.source()?, &args.sizing(&[])?, kv_events).map_err(|e| e.to_string())
 }

@@ -9,7 +9,7 @@ use tandem_server::{AppState, Models};
 use tandem_engine::BLOCK_SIZE;
 use tandem_kv_events::KvEventsConfig;
 
-use crate::model::{start, start_publishing, ModelArgs};
+use crate::model::{start_publishing, ModelArgs};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -119,10 +119,7 @@ pub fn run(a: ServeArgs) -> Result<(), String> {
             )
         }
         None => {
-            let running = match kv_events {
-                Some(_) => start_publishing(&a.model, events_tx)?,
-                None => start(&a.model)?,
-            };
+            let running = start_publishing(&a.model, kv_events.is_some().then_some(events_tx))?;
             eprintln!("tandem serve: {}", running.describe);
             let what = format!("model `{}`", running.name);
             let model = ServedModel::new(
