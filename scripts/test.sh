@@ -19,3 +19,9 @@ echo "== KV events as vLLM's subscribers decode them (pyzmq, msgspec from PyPI)"
 ./scripts/kv_events/run.sh
 echo "== Kubernetes manifests (kubernetes-validate from PyPI, and how they fit together)"
 ./scripts/k8s/run.sh
+echo "== the CUDA kernels compile to PTX and sm_90 code without spills (nvcc from PyPI)"
+./scripts/cuda/ptx_check.sh
+echo "== the GPU device check, dry run on tensor-cpu (scripts/cuda/device_check.sh)"
+dry="$(mktemp -d)"
+TANDEM=target/debug/tandem OUT_DIR="$dry" ./scripts/cuda/device_check.sh --dry-run
+rm -rf "$dry"

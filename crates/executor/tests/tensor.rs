@@ -129,3 +129,16 @@ fn bad_steps_are_errors() {
     let seq = [TensorSeq { start_row: 0, len: 1, start_pos: 0, table: &table }];
     assert!(tensor_model().forward(&[u32::MAX], &[0], &seq, &[0], &mut cache).is_err(), "token beyond the vocabulary");
 }
+
+#[test]
+fn the_parity_check_passes_on_the_cpu_device() {
+    // `tandem parity`'s check, f32 on the CPU: the tensor model's logits equal the CPU
+    // executor's (RMS difference ~1e-6 of the logits), and batched equals alone.
+    use tandem_executor::tensor::parity::{check, ParityOptions};
+    let opts = ParityOptions { prompt_lens: vec![5, 33], steps: 3, seed: 3 };
+    let r = check(&loaded().model, &Device::Cpu, DType::F32, &opts).unwrap();
+    assert_eq!(r.vs_reference.positions, 8, "2 prompts × (prefill + 3 steps)");
+    assert!(r.vs_reference.rel_rms < 1e-4, "{r:?}");
+    assert_eq!(r.vs_reference.top1_agree, 8, "{r:?}");
+    assert!(r.batched_vs_alone.rel_rms < 1e-4 && r.greedy_batch_invariant, "{r:?}");
+}

@@ -6,6 +6,7 @@ mod contexts;
 mod gen_model;
 mod generate;
 mod model;
+mod parity;
 mod serve;
 mod simulate;
 mod simulate_contexts;
@@ -35,6 +36,9 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Write a random-weight model directory of a preset shape (tiny, qwen2.5-0.5b).
     GenModel(gen_model::GenModelArgs),
+    /// Check the tensor executor (cuda, tensor-cpu): logits against the CPU f32 forward, batched
+    /// against alone.
+    Parity(parity::ParityArgs),
 }
 
 fn main() {
@@ -47,6 +51,7 @@ fn main() {
         Command::Bench(args) => ("bench", bench::run_cli(*args)),
         Command::GenModel(args) => ("gen-model", gen_model::run(args)),
         Command::SimulateContexts(args) => ("simulate-contexts", simulate_contexts::run(args)),
+        Command::Parity(args) => ("parity", parity::run(args)),
     };
     if let Err(e) = result {
         eprintln!("tandem {name}: {e}");

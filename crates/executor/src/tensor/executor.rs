@@ -7,10 +7,11 @@ use candle_core::{Device, Tensor};
 use tandem_core::{HostBlockId, ModelOutput, SchedulerOutput};
 
 use super::model::{TensorKvCache, TensorModel};
+use super::paged;
 use crate::step_io::{execute_packed, Forwarded, Packed, PackedForward, SamplingState};
 use crate::{ExecError, Executor, KvSpec};
 
-/// One block's K and V rows for every layer, on the host.
+/// One block's K and V (`block_size·kv_dim` each) for every layer, on the host.
 type HostBlock = Vec<(Tensor, Tensor)>;
 
 /// The tensor executor (CUDA under the `cuda` feature; any candle device).
@@ -28,48 +29,58 @@ impl TensorExecutor {
         Ok(Self { model, cache, host: HashMap::new(), sampling: SamplingState::new() })
     }
 
-    fn block_rows(&self, block: usize) -> Result<Tensor, ExecError> {
-        let bs = self.cache.block_size;
-        let rows: Vec<u32> = (block * bs..(block + 1) * bs).map(|r| r as u32).collect();
-        Ok(Tensor::from_vec(rows, bs, self.model.device())?)
+    /// Checks that every device block of a swap is in the pool.
+    fn check_pool(&self, blocks: &[u32]) -> Result<(), ExecError> {
+        match blocks.iter().find(|&&b| b as usize >= self.cache.num_blocks) {
+            Some(b) => Err(ExecError::InvalidStep(format!("swap of block {b} beyond the pool"))),
+            None => Ok(()),
+        }
     }
 
+    /// Device → host: per layer, the step's blocks gathered by one block-copy kernel into a
+    /// staging tensor, copied to the host in one transfer, then split per block.
     fn swap_out(&mut self, pairs: &[(tandem_core::BlockId, HostBlockId)]) -> Result<(), ExecError> {
-        for &(d, h) in pairs {
-            if d.index() >= self.cache.num_blocks {
-                return Err(ExecError::InvalidStep(format!("swap-out of block {} beyond the pool", d.0)));
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let blocks: Vec<u32> = pairs.iter().map(|p| p.0 .0).collect();
+        self.check_pool(&blocks)?;
+        let bs = self.cache.block_size;
+        let mut host: Vec<HostBlock> = pairs.iter().map(|_| Vec::with_capacity(self.cache.k.len())).collect();
+        for (k, v) in self.cache.k.iter().zip(&self.cache.v) {
+            let ks = paged::gather_blocks(k, &blocks, bs)?.to_device(&Device::Cpu)?;
+            let vs = paged::gather_blocks(v, &blocks, bs)?.to_device(&Device::Cpu)?;
+            for (i, layers) in host.iter_mut().enumerate() {
+                layers.push((ks.get(i)?, vs.get(i)?));
             }
-            let idx = self.block_rows(d.index())?;
-            let mut layers = Vec::with_capacity(self.cache.k.len());
-            for (k, v) in self.cache.k.iter().zip(&self.cache.v) {
-                layers.push((
-                    k.index_select(&idx, 0)?.to_device(&Device::Cpu)?,
-                    v.index_select(&idx, 0)?.to_device(&Device::Cpu)?,
-                ));
-            }
+        }
+        for (&(_, h), layers) in pairs.iter().zip(host) {
             self.host.insert(h, layers);
         }
         Ok(())
     }
 
+    /// Host → device: per layer, the blocks stacked on the host, one transfer, then one
+    /// block-copy kernel into their slots.
     fn swap_in(&mut self, pairs: &[(HostBlockId, tandem_core::BlockId)]) -> Result<(), ExecError> {
-        for &(h, d) in pairs {
-            if d.index() >= self.cache.num_blocks {
-                return Err(ExecError::InvalidStep(format!("swap-in to block {} beyond the pool", d.0)));
-            }
-            let layers =
-                self.host.remove(&h).ok_or_else(|| ExecError::InvalidStep(format!("host block {} is empty", h.0)))?;
-            let dev = self.model.device().clone();
-            let kvd = self.model.config.kv_dim();
-            let idx = self
-                .block_rows(d.index())?
-                .reshape((self.cache.block_size, 1))?
-                .broadcast_as((self.cache.block_size, kvd))?
-                .contiguous()?;
-            for (li, (k, v)) in layers.into_iter().enumerate() {
-                self.cache.k[li].scatter_set(&idx, &k.to_device(&dev)?, 0)?;
-                self.cache.v[li].scatter_set(&idx, &v.to_device(&dev)?, 0)?;
-            }
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let blocks: Vec<u32> = pairs.iter().map(|p| p.1 .0).collect();
+        self.check_pool(&blocks)?;
+        let mut host = Vec::with_capacity(pairs.len());
+        for &(h, _) in pairs {
+            host.push(
+                self.host.remove(&h).ok_or_else(|| ExecError::InvalidStep(format!("host block {} is empty", h.0)))?,
+            );
+        }
+        let dev = self.model.device().clone();
+        let bs = self.cache.block_size;
+        for li in 0..self.cache.k.len() {
+            let ks: Vec<&Tensor> = host.iter().map(|layers| &layers[li].0).collect();
+            let vs: Vec<&Tensor> = host.iter().map(|layers| &layers[li].1).collect();
+            paged::scatter_blocks(&self.cache.k[li], &Tensor::stack(&ks, 0)?.to_device(&dev)?, &blocks, bs)?;
+            paged::scatter_blocks(&self.cache.v[li], &Tensor::stack(&vs, 0)?.to_device(&dev)?, &blocks, bs)?;
         }
         Ok(())
     }
@@ -86,7 +97,7 @@ impl PackedForward for TensorExecutor {
     }
 
     fn forward(&mut self, p: &Packed<'_>, _: &SchedulerOutput) -> Result<Forwarded, ExecError> {
-        // One fused forward on one device stream (CUDA streams per micro-batch: issue 19).
+        // One fused forward on one device stream (CUDA streams per micro-batch: not built yet).
         Ok((self.model.forward(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &mut self.cache)?, None))
     }
 }

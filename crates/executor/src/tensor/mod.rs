@@ -1,11 +1,14 @@
 //! The model on candle tensors of any device: [`TensorModel`] (the Llama-family forward over
 //! the packed batch and a paged KV cache in device memory) and [`TensorExecutor`]. This is the
 //! CUDA path — built with the `cuda` feature (`Device::new_cuda`, bf16) — and runs on the CPU
-//! too, where it is tested against `crate::cpu` (f32). See docs/cuda.md for what is still to be
-//! built and measured on a GPU.
+//! too, where it is tested against `crate::cpu` (f32). Attention, the KV write and the swap
+//! copies are `paged`'s kernels (their CPU reference on the CPU). See docs/cuda.md for what is
+//! still to be built and measured on a GPU.
 
 mod executor;
 mod model;
+pub mod paged;
+pub mod parity;
 
 pub use executor::TensorExecutor;
 pub use model::{TensorKvCache, TensorModel, TensorSeq};
@@ -53,6 +56,16 @@ pub fn build(
         TensorDevice::Cuda => (cuda_device()?, candle_core::DType::BF16),
         TensorDevice::Cpu => (candle_core::Device::Cpu, candle_core::DType::F32),
     };
+    if device == TensorDevice::Cuda && !paged::kernels_cover(model.config.head_dim, dtype) {
+        return Err(crate::ExecError::Device(
+            format!(
+                "head_dim {} has no paged-attention kernel (built for {:?})",
+                model.config.head_dim,
+                paged::KERNEL_HEAD_DIMS
+            )
+            .into(),
+        ));
+    }
     let tm = TensorModel::from_cpu(&model, &dev, dtype)?;
     drop(model);
     let per_block = tm.config.kv_bytes_per_block(block_size, dtype.size_in_bytes());

@@ -3,15 +3,15 @@
 //!
 //! Same math and layout as `crate::cpu`'s forward (which it is tested against), written with
 //! candle ops so that every op has a CUDA kernel: cuBLAS matmuls, candle's `rms_norm`, `rope` /
-//! `rope_i` and `softmax_last_dim`. The paged cache is one `(blocks · block_size) × kv_dim`
-//! tensor per layer for K and for V; a step's new rows are written in place with `scatter_set`
-//! at their slots (`block · block_size + offset`), and each sequence's context is gathered by
-//! slot with `index_select` before its attention — correct on any device, but one gather and a
-//! few small kernels per sequence and layer. A fused paged-attention kernel (reading K/V through
-//! the block table, vLLM's `paged_attention_v2`) is the next step on the GPU.
+//! `rope_i`. The paged cache is one `(blocks · block_size) × kv_dim` tensor per layer for K and
+//! for V. Attention is `super::paged`'s: once per step the block tables, slots, decode rows and
+//! prefill tiles go to the device ([`DevicePlan`]); per layer one kernel writes the step's new
+//! K/V rows into their slots and the attention kernels (decode split-K + reduce, prefill tiles)
+//! read K/V through the block tables — on the CPU device, their reference runs instead.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
+use super::paged::{self, AttentionPlan, AttentionShape, DevicePlan};
 use crate::cpu::Linear;
 use crate::model::{LlamaConfig, LlamaModel, RopeStyle, SeqSlice};
 use crate::ExecError;
@@ -62,11 +62,6 @@ impl TensorKvCache {
             v.push(zeros()?);
         }
         Ok(Self { block_size, num_blocks, k, v })
-    }
-
-    /// The slot of position `pos` of a sequence with block table `table`.
-    fn slot(&self, table: &[tandem_core::BlockId], pos: usize) -> u32 {
-        (table[pos / self.block_size].index() * self.block_size + pos % self.block_size) as u32
     }
 }
 
@@ -137,35 +132,6 @@ impl TensorModel {
         Ok(out.squeeze(0)?.transpose(0, 1)?.reshape((t, heads * c.head_dim))?)
     }
 
-    /// Causal attention of one sequence's `n` new tokens (queries `q`: `n × heads·d`) over its
-    /// cached context `0 .. start + n`.
-    fn attend(&self, cache: &TensorKvCache, layer: usize, s: &TensorSeq<'_>, q: &Tensor) -> Result<Tensor, ExecError> {
-        let c = &self.config;
-        let (n, d, kvh) = (s.len, c.head_dim, c.kv_heads);
-        let group = c.heads / kvh;
-        let ctx = s.start_pos + n;
-        let slots: Vec<u32> = (0..ctx).map(|p| cache.slot(s.table, p)).collect();
-        let idx = Tensor::from_vec(slots, ctx, &self.device)?;
-        // (ctx, kvh, d) → (kvh, ctx, d)
-        let k = cache.k[layer].index_select(&idx, 0)?.reshape((ctx, kvh, d))?.transpose(0, 1)?.contiguous()?;
-        let v = cache.v[layer].index_select(&idx, 0)?.reshape((ctx, kvh, d))?.transpose(0, 1)?.contiguous()?;
-        // (n, kvh, group, d) → (kvh, group·n, d): query head h = kvh·group + g.
-        let qh = q.reshape((n, kvh, group, d))?.permute((1, 2, 0, 3))?.reshape((kvh, group * n, d))?.contiguous()?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = (qh.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?; // (kvh, group·n, ctx)
-                                                                           // Token i (position start + i) sees positions ≤ start + i.
-        let mask: Vec<f32> = (0..group * n)
-            .flat_map(|r| {
-                let i = r % n;
-                (0..ctx).map(move |j| if j <= s.start_pos + i { 0.0 } else { f32::NEG_INFINITY })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (1, group * n, ctx), &self.device)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?.to_dtype(self.dtype)?;
-        let out = probs.matmul(&v)?; // (kvh, group·n, d)
-        Ok(out.reshape((kvh, group, n, d))?.permute((2, 0, 1, 3))?.reshape((n, c.heads * d))?)
-    }
-
     /// Runs the packed batch; returns the logits (f32, on the host) of `sample_rows`.
     pub fn forward(
         &self,
@@ -178,23 +144,15 @@ impl TensorModel {
         let c = &self.config;
         let t = ids.len();
         c.check_step(ids, positions)?;
-        for s in seqs {
-            if let Some(b) = s.table.iter().find(|b| b.index() >= cache.num_blocks) {
-                return Err(ExecError::InvalidStep(format!("block {} beyond the pool of {}", b.0, cache.num_blocks)));
-            }
-        }
         let dev = &self.device;
+        let shape =
+            AttentionShape { heads: c.heads, kv_heads: c.kv_heads, head_dim: c.head_dim, block_size: cache.block_size };
+        // The step's tables, built once and read by every layer's KV write and attention.
+        let plan = DevicePlan::new(AttentionPlan::new(shape, seqs, t, cache.num_blocks)?, dev)?;
         let (qd, kvd) = (c.heads * c.head_dim, c.kv_dim());
         let eps = c.rms_eps as f32;
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
         let pos = Tensor::from_vec(positions.iter().map(|&p| p as u32).collect::<Vec<_>>(), t, dev)?;
-        // Every row's slot, broadcast over kv_dim: the scatter index for writing K and V.
-        let mut slots = vec![0u32; t];
-        for s in seqs {
-            for (i, slot) in slots[s.start_row..s.start_row + s.len].iter_mut().enumerate() {
-                *slot = cache.slot(s.table, s.start_pos + i);
-            }
-        }
-        let slot_idx = Tensor::from_vec(slots, (t, 1), dev)?.broadcast_as((t, kvd))?.contiguous()?;
         let mut x = self.embed.index_select(&Tensor::from_slice(ids, t, dev)?, 0)?;
         for (li, l) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
@@ -205,13 +163,9 @@ impl TensorModel {
             let q = self.rope(&qkv.narrow(1, 0, qd)?, c.heads, &pos)?;
             let k = self.rope(&qkv.narrow(1, qd, kvd)?, c.kv_heads, &pos)?;
             let v = qkv.narrow(1, qd + kvd, kvd)?.contiguous()?;
-            cache.k[li].scatter_set(&slot_idx, &k.contiguous()?, 0)?;
-            cache.v[li].scatter_set(&slot_idx, &v, 0)?;
-            let outs = seqs
-                .iter()
-                .map(|s| self.attend(cache, li, s, &q.narrow(0, s.start_row, s.len)?))
-                .collect::<Result<Vec<_>, _>>()?;
-            let attn = Tensor::cat(&outs, 0)?;
+            paged::write_slots(&cache.k[li], &k, &plan)?;
+            paged::write_slots(&cache.v[li], &v, &plan)?;
+            let attn = paged::attention(&q, &cache.k[li], &cache.v[li], &plan, scale)?;
             x = (x + attn.matmul(&l.wo)?)?;
             let h = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
             let gu = h.matmul(&l.w_gate_up)?;
