@@ -66,8 +66,14 @@ impl PackedForward for CpuExecutor {
             let (logits, busy) = r?;
             return Ok((logits, Some(busy)));
         }
+        // The whole forward inside the global pool (`rayon::scope` from outside runs its body on
+        // a worker), so its ~5 parallel regions a layer fork from a worker and join there,
+        // instead of each being injected from this thread, which then sleeps until woken.
+        let model = &self.model;
         // SAFETY: one forward on the view.
-        Ok((unsafe { self.model.forward_on(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &view) }?, None))
+        let logits =
+            rayon::scope(|_| unsafe { model.forward_on(&p.ids, &p.positions, &p.seqs, &p.sample_rows, &view) })?;
+        Ok((logits, None))
     }
 }
 
