@@ -74,6 +74,8 @@ struct Outlook {
     calibration: f64,
     /// Prefill tokens fed per second over the last seconds, once measured.
     prefill_rate: Option<f64>,
+    /// The factor drain waits are scaled by, learned from refusals' actual waits.
+    drain_calibration: f64,
     /// Requests finished per second recently.
     throughput_rps: f64,
 }
@@ -85,6 +87,7 @@ impl Outlook {
         self.prefill_rate
             .and_then(|r| Duration::try_from_secs_f64(tokens as f64 / r).ok())
             .or_else(|| tandem_core::admission::drain_time(&self.model, &self.backlog, tokens))
+            .map(|d| d.mul_f64(self.drain_calibration))
     }
 
     /// How long a client refused for a full queue should wait: until one queued request has
@@ -212,6 +215,7 @@ impl Engine {
                 let excess_tokens =
                     tandem_core::admission::excess_tokens(&o.model, &o.backlog, prompt, o.calibration, deadline);
                 let retry_after = o.drain_wait(excess_tokens).filter(|d| !d.is_zero()).unwrap_or(p - deadline);
+                lock(&self.shared.stats).expect_drain(self.epoch.elapsed(), excess_tokens, retry_after);
                 return refuse(
                     EngineError::WouldMissDeadline { predicted: p, deadline, retry_after, excess_tokens },
                     true,
@@ -223,6 +227,7 @@ impl Engine {
             // The backlog must shrink by the excess first.
             let excess = queued_tokens + prompt - self.max_queued_tokens;
             let retry_after = o.drain_wait(excess).unwrap_or(Duration::from_secs(1));
+            lock(&self.shared.stats).expect_drain(self.epoch.elapsed(), excess, retry_after);
             let e = EngineError::QueuedTokensFull { queued: queued_tokens, limit: self.max_queued_tokens, retry_after };
             return refuse(e, false);
         }
@@ -268,6 +273,7 @@ impl Engine {
             model: st.step_model,
             calibration: st.calibration(),
             prefill_rate: st.prefill_rate(),
+            drain_calibration: st.drain_calibration(),
             throughput_rps: st.snapshot.throughput_rps,
         }
     }

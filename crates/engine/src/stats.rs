@@ -86,9 +86,19 @@ pub(crate) struct StatsAccumulator {
     /// (time since start, prefill tokens fed since start) after each step of the last
     /// [`FED_WINDOW`]: the measured prefill rate a refused request's wait is computed from.
     fed: VecDeque<(Duration, u64)>,
+    /// Refusals whose wait is still being timed: (refused at, fed count to reach, predicted wait).
+    drains: VecDeque<(Duration, u64, Duration)>,
+    /// Actual over predicted wait of the last refusals whose excess has been fed.
+    drain_ratios: VecDeque<f64>,
 }
 
 const FED_WINDOW: Duration = Duration::from_secs(3);
+
+/// Refusals timed at once, at most; the last ones of them calibrate waits; a wait not over after
+/// this long is dropped (its backlog was aborted).
+const MAX_TIMED_DRAINS: usize = 256;
+const DRAIN_WINDOW: usize = 32;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Requests whose prediction error calibrates admission.
 const CALIBRATION_WINDOW: usize = 64;
@@ -104,8 +114,50 @@ impl StatsAccumulator {
         }
     }
 
+    /// A request was refused at `now` with a predicted wait of `predicted` for `excess` more
+    /// prompt tokens to be fed: the step loop times how long they actually take.
+    pub fn expect_drain(&mut self, now: Duration, excess: usize, predicted: Duration) {
+        if excess == 0 || predicted.is_zero() || self.drains.len() >= MAX_TIMED_DRAINS {
+            return;
+        }
+        let fed = self.fed.back().map_or(0, |f| f.1);
+        // Timed against the uncalibrated prediction, so the median ratio is the factor itself.
+        self.drains.push_back((now, fed + excess as u64, predicted.div_f64(self.drain_calibration())));
+    }
+
+    /// The factor refusals' waits are scaled by: the median of recent actual/predicted waits
+    /// (within 0.5–2; 1 until 8 have been timed). The median, not a high quantile as for
+    /// admission: a Retry-After should be right on average, not safe.
+    pub fn drain_calibration(&self) -> f64 {
+        if self.drain_ratios.len() < 8 {
+            return 1.0;
+        }
+        let mut r: Vec<f64> = self.drain_ratios.iter().copied().collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2].clamp(0.5, 2.0)
+    }
+
     /// A step ended at `now` with `fed` prefill tokens fed since start.
     pub fn record_fed(&mut self, now: Duration, fed: u64) {
+        // Refusals whose excess this step fed: the time the counter crossed their target, read
+        // as rising linearly over the step (as a client polling it would see).
+        if let Some(&(then, before)) = self.fed.back() {
+            let ratios = &mut self.drain_ratios;
+            self.drains.retain(|&(at, target, predicted)| {
+                if target > fed {
+                    return now.saturating_sub(at) < DRAIN_TIMEOUT;
+                }
+                let share =
+                    if fed > before { (target.saturating_sub(before)) as f64 / (fed - before) as f64 } else { 1.0 };
+                let crossed = then.as_secs_f64() + share.clamp(0.0, 1.0) * now.saturating_sub(then).as_secs_f64();
+                let actual = (crossed - at.as_secs_f64()).max(0.0);
+                if ratios.len() == DRAIN_WINDOW {
+                    ratios.pop_front();
+                }
+                ratios.push_back(actual / predicted.as_secs_f64());
+                false
+            });
+        }
         self.fed.push_back((now, fed));
         while self.fed.front().is_some_and(|f| now.saturating_sub(f.0) > FED_WINDOW) {
             self.fed.pop_front();
@@ -183,5 +235,38 @@ impl StatsAccumulator {
         let (reqs, toks) = self.window.iter().fold((0, 0), |a, w| (a.0 + w.1, a.1 + w.2));
         self.snapshot.throughput_rps = reqs as f64 / span;
         self.snapshot.throughput_tps = toks as f64 / span;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn refusals_waits_calibrate_later_ones_by_their_median() {
+        // Steps every 0.5 s feed 100 prompt tokens each. Ten refusals, one per step, each
+        // predicted to wait 1 s for 150 tokens: the counter passes their target halfway through
+        // the second step after them (100 + 50 of 200), 0.75 s later: ratio 0.75.
+        let mut st = StatsAccumulator::default();
+        st.record_fed(secs(0.0), 0);
+        assert_eq!(st.drain_calibration(), 1.0, "nothing timed yet");
+        for i in 0..10u64 {
+            st.expect_drain(secs(0.5 * i as f64), 150, secs(1.0));
+            st.record_fed(secs(0.5 * (i + 1) as f64), 100 * (i + 1));
+        }
+        st.record_fed(secs(5.5), 1100);
+        st.record_fed(secs(6.0), 1200);
+        assert_eq!(st.drain_ratios.len(), 10);
+        assert!((st.drain_calibration() - 0.75).abs() < 1e-9, "{:?}", st.drain_ratios);
+        // Later predictions are timed against their uncalibrated value: a wait predicted at
+        // 0.75 s (1 s raw) that takes 0.75 s still reads 0.75.
+        st.expect_drain(secs(6.0), 150, secs(0.75));
+        st.record_fed(secs(6.5), 1300);
+        st.record_fed(secs(7.0), 1400);
+        assert!((st.drain_ratios.back().unwrap() - 0.75).abs() < 1e-9);
     }
 }
