@@ -120,7 +120,7 @@ pub(super) fn attention(
 
 /// A copying kernel's launch: `kernel(dst, src, index, scalar)` over `grid` blocks of `threads`.
 #[allow(clippy::too_many_arguments)]
-fn launch_copy(
+pub(super) fn launch_copy(
     kernel: &str,
     dst: &mut CudaStorage,
     dl: &Layout,
@@ -145,30 +145,4 @@ fn launch_copy(
     // (the plan's slots, ops::check_blocks's blocks).
     unsafe { builder.launch(cfg((grid as u32, 1, 1), threads)) }.w()?;
     Ok(())
-}
-
-/// `write_kv_slots_bf16`: `rows` rows of `src` into their slots of the cache `dst`.
-pub(super) fn write_slots(
-    dst: &mut CudaStorage,
-    dl: &Layout,
-    src: &CudaStorage,
-    sl: &Layout,
-    slots: &Tensor,
-    rows: usize,
-    kv_dim: usize,
-) -> candle_core::Result<()> {
-    launch_copy("write_kv_slots_bf16", dst, dl, src, sl, slots, rows, NUM_THREADS as u32, kv_dim)
-}
-
-/// `copy_blocks_bf16`: `n` (source block, destination block) pairs.
-pub(super) fn copy_blocks(
-    dst: &mut CudaStorage,
-    dl: &Layout,
-    src: &CudaStorage,
-    sl: &Layout,
-    pairs: &Tensor,
-    n: usize,
-    block_elems: usize,
-) -> candle_core::Result<()> {
-    launch_copy("copy_blocks_bf16", dst, dl, src, sl, pairs, n, 256, block_elems)
 }

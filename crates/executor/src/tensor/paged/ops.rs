@@ -152,25 +152,67 @@ impl CustomOp1 for Attention<'_> {
     }
 }
 
-/// An element copy from one CPU tensor into another (the reference of a copying kernel).
-trait CpuCopy: InplaceOp2 {
-    fn copy<T: Copy>(&self, dst: &mut [T], src: &[T]);
+/// Which copying kernel.
+#[derive(Debug, Clone, Copy)]
+enum CopyKind {
+    /// `write_kv_slots`: row `r` of the source into slot `index[r]`; `scalar` = kv_dim.
+    Slots,
+    /// `copy_blocks`: block `index[2i]` of the source to block `index[2i + 1]`; `scalar` =
+    /// elements of a block.
+    Blocks,
 }
 
-/// `op`'s copy on the contiguous elements of `dst` and `src`, both f32 or both bf16.
-fn copy_on_cpu(
-    dst: &mut CpuStorage,
-    dl: &Layout,
-    src: &CpuStorage,
-    sl: &Layout,
-    op: &impl CpuCopy,
-) -> candle_core::Result<()> {
-    match (dst, src) {
-        (CpuStorage::F32(d), CpuStorage::F32(s)) => op.copy(contiguous_mut(d, dl)?, contiguous(s, sl)?),
-        (CpuStorage::BF16(d), CpuStorage::BF16(s)) => op.copy(contiguous_mut(d, dl)?, contiguous(s, sl)?),
-        _ => bail!("{}: both tensors f32 or both bf16", op.name()),
+/// A copying kernel with its index on the host (for the reference) and, on a CUDA device, on
+/// the device.
+struct CopyOp<'a> {
+    kind: CopyKind,
+    index: &'a [u32],
+    #[cfg(feature = "cuda")]
+    index_t: Option<&'a Tensor>,
+    scalar: usize,
+}
+
+impl CopyOp<'_> {
+    fn copy<T: Copy>(&self, dst: &mut [T], src: &[T]) {
+        match self.kind {
+            CopyKind::Slots => reference::write_slots(dst, src, self.index, self.scalar),
+            CopyKind::Blocks => reference::copy_blocks(dst, src, self.index, self.scalar),
+        }
     }
-    Ok(())
+}
+
+impl InplaceOp2 for CopyOp<'_> {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            CopyKind::Slots => "write_kv_slots_bf16",
+            CopyKind::Blocks => "copy_blocks_bf16",
+        }
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> candle_core::Result<()> {
+        match (dst, src) {
+            (CpuStorage::F32(d), CpuStorage::F32(s)) => self.copy(contiguous_mut(d, dl)?, contiguous(s, sl)?),
+            (CpuStorage::BF16(d), CpuStorage::BF16(s)) => self.copy(contiguous_mut(d, dl)?, contiguous(s, sl)?),
+            _ => bail!("{}: both tensors f32 or both bf16", self.name()),
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dl: &Layout,
+        src: &candle_core::CudaStorage,
+        sl: &Layout,
+    ) -> candle_core::Result<()> {
+        let Some(index) = self.index_t else { bail!("{}: its index is not on the device", self.name()) };
+        let (grid, threads) = match self.kind {
+            CopyKind::Slots => (self.index.len(), super::plan::NUM_THREADS as u32),
+            CopyKind::Blocks => (self.index.len() / 2, 256),
+        };
+        super::cuda::launch_copy(self.name(), dst, dl, src, sl, index, grid, threads, self.scalar)
+    }
 }
 
 /// Writes row `r` of `rows` (`rows × kv_dim`) into slot `plan.slots[r]` of `cache`, in place.
@@ -186,40 +228,14 @@ pub fn write_slots(cache: &Tensor, rows: &Tensor, plan: &DevicePlan) -> Result<(
     if n == 0 {
         return Ok(());
     }
-    Ok(cache.inplace_op2(&rows.contiguous()?, &WriteSlots { plan, kv_dim: kvd })?)
-}
-
-struct WriteSlots<'a> {
-    plan: &'a DevicePlan,
-    kv_dim: usize,
-}
-
-impl CpuCopy for WriteSlots<'_> {
-    fn copy<T: Copy>(&self, dst: &mut [T], src: &[T]) {
-        reference::write_slots(dst, src, &self.plan.host.slots, self.kv_dim)
-    }
-}
-
-impl InplaceOp2 for WriteSlots<'_> {
-    fn name(&self) -> &'static str {
-        "write-kv-slots"
-    }
-
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> candle_core::Result<()> {
-        copy_on_cpu(dst, dl, src, sl, self)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        dst: &mut candle_core::CudaStorage,
-        dl: &Layout,
-        src: &candle_core::CudaStorage,
-        sl: &Layout,
-    ) -> candle_core::Result<()> {
-        let Some(tables) = &self.plan.tables else { bail!("KV write: the plan is not on the device") };
-        super::cuda::write_slots(dst, dl, src, sl, &tables.slots, self.plan.host.rows, self.kv_dim)
-    }
+    let op = CopyOp {
+        kind: CopyKind::Slots,
+        index: &plan.host.slots,
+        #[cfg(feature = "cuda")]
+        index_t: plan.tables.as_ref().map(|t| &t.slots),
+        scalar: kvd,
+    };
+    Ok(cache.inplace_op2(&rows.contiguous()?, &op)?)
 }
 
 /// Checks that `cache` is `blocks·block_size × kv_dim` and that every block named is in it.
@@ -241,8 +257,7 @@ pub fn gather_blocks(cache: &Tensor, blocks: &[u32], block_size: usize) -> Resul
     if blocks.is_empty() {
         return Ok(out);
     }
-    let copy = CopyBlocks::new(pairs, elems, cache.device())?;
-    out.inplace_op2(&cache.contiguous()?, &copy)?;
+    copy_blocks(&out, cache, &pairs, elems)?;
     Ok(out)
 }
 
@@ -256,59 +271,21 @@ pub fn scatter_blocks(cache: &Tensor, staging: &Tensor, blocks: &[u32], block_si
         return Ok(());
     }
     let pairs: Vec<u32> = blocks.iter().enumerate().flat_map(|(i, &b)| [i as u32, b]).collect();
-    let copy = CopyBlocks::new(pairs, elems, cache.device())?;
-    Ok(cache.inplace_op2(&staging.contiguous()?, &copy)?)
+    copy_blocks(cache, staging, &pairs, elems)
 }
 
-/// `copy_blocks` with its pairs on the host (for the reference) and on a CUDA device.
-struct CopyBlocks {
-    pairs: Vec<u32>,
+/// `copy_blocks` of `pairs` from `src` into `dst`, in place.
+fn copy_blocks(dst: &Tensor, src: &Tensor, pairs: &[u32], block_elems: usize) -> Result<(), ExecError> {
     #[cfg(feature = "cuda")]
-    pairs_t: Option<Tensor>,
-    block_elems: usize,
-}
-
-impl CopyBlocks {
-    fn new(pairs: Vec<u32>, block_elems: usize, dev: &Device) -> Result<Self, ExecError> {
+    let index_t = if dst.device().is_cuda() { Some(table(pairs, dst.device())?) } else { None };
+    let op = CopyOp {
+        kind: CopyKind::Blocks,
+        index: pairs,
         #[cfg(feature = "cuda")]
-        let pairs_t = if dev.is_cuda() { Some(table(&pairs, dev)?) } else { None };
-        #[cfg(not(feature = "cuda"))]
-        let _ = dev;
-        Ok(Self {
-            pairs,
-            #[cfg(feature = "cuda")]
-            pairs_t,
-            block_elems,
-        })
-    }
-}
-
-impl CpuCopy for CopyBlocks {
-    fn copy<T: Copy>(&self, dst: &mut [T], src: &[T]) {
-        reference::copy_blocks(dst, src, &self.pairs, self.block_elems)
-    }
-}
-
-impl InplaceOp2 for CopyBlocks {
-    fn name(&self) -> &'static str {
-        "copy-blocks"
-    }
-
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> candle_core::Result<()> {
-        copy_on_cpu(dst, dl, src, sl, self)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        dst: &mut candle_core::CudaStorage,
-        dl: &Layout,
-        src: &candle_core::CudaStorage,
-        sl: &Layout,
-    ) -> candle_core::Result<()> {
-        let Some(pairs) = &self.pairs_t else { bail!("block copy: pairs not on the device") };
-        super::cuda::copy_blocks(dst, dl, src, sl, pairs, self.pairs.len() / 2, self.block_elems)
-    }
+        index_t: index_t.as_ref(),
+        scalar: block_elems,
+    };
+    Ok(dst.inplace_op2(&src.contiguous()?, &op)?)
 }
 
 /// Whether the GPU kernels cover `head_dim` and `dtype` (checked when a model is moved to CUDA).
