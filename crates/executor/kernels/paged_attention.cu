@@ -64,7 +64,8 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
   return r;
 }
 
-// Decode: one block per (query head, decode row, partition of PARTITION_SIZE context tokens).
+// Decode: one block per (decode row, query head, partition of PARTITION_SIZE context tokens) —
+// rows on grid x, whose limit is 2^31 - 1 (y and z stop at 65,535).
 // Scores one key per warp (lanes split the head dimension), softmax over the partition, then
 // the weighted sum of V with threads over channels. With one partition the normalized result
 // goes straight to `out`; with more, each partition's (max, sum, normalized partial) goes to
@@ -79,7 +80,7 @@ __device__ void paged_decode(bf16* __restrict__ out, float* __restrict__ tmp_out
   static_assert(HEAD_DIM % WARP_SIZE == 0 && HEAD_DIM <= NUM_THREADS, "head_dim: a multiple of 32, at most 128");
   constexpr int PER_LANE = HEAD_DIM / WARP_SIZE;
   constexpr int GROUPS = NUM_THREADS / HEAD_DIM;
-  const uint32_t h = blockIdx.x, i = blockIdx.y, part = blockIdx.z;
+  const uint32_t i = blockIdx.x, h = blockIdx.y, part = blockIdx.z;
   const uint32_t row = decode_rows[2 * i], seq = decode_rows[2 * i + 1];
   const uint32_t ctx = ctx_lens[seq];
   const uint32_t start = part * PARTITION_SIZE;
@@ -148,13 +149,13 @@ __device__ void paged_decode(bf16* __restrict__ out, float* __restrict__ tmp_out
 }
 
 // Combines a decode row's partitions: weight of partition p = exp_sum_p * exp(max_p - max),
-// out = sum_p weight_p * partial_p / sum_p weight_p. One block per (head, decode row).
+// out = sum_p weight_p * partial_p / sum_p weight_p. One block per (decode row, head).
 template <int HEAD_DIM>
 __device__ void paged_decode_reduce(bf16* __restrict__ out, const float* __restrict__ tmp_out,
                                     const float* __restrict__ max_logits, const float* __restrict__ exp_sums,
                                     const uint32_t* __restrict__ ctx_lens, const uint32_t* __restrict__ decode_rows,
                                     uint32_t heads, uint32_t max_parts) {
-  const uint32_t h = blockIdx.x, i = blockIdx.y;
+  const uint32_t i = blockIdx.x, h = blockIdx.y;
   const uint32_t row = decode_rows[2 * i], seq = decode_rows[2 * i + 1];
   const uint32_t parts = (ctx_lens[seq] + PARTITION_SIZE - 1) / PARTITION_SIZE;
   const int64_t base = ((int64_t)i * heads + h) * max_parts;
@@ -171,8 +172,8 @@ __device__ void paged_decode_reduce(bf16* __restrict__ out, const float* __restr
   }
 }
 
-// Prefill chunks: one block per (query head, tile of up to Q_TILE consecutive query rows of
-// one sequence). Query r of the tile, at position first_pos + r, sees positions 0 ..= first_pos
+// Prefill chunks: one block per (tile of up to Q_TILE consecutive query rows of one sequence,
+// query head). Query r of the tile, at position first_pos + r, sees positions 0 ..= first_pos
 // + r (its cached context and the chunk's earlier tokens). Key tiles of K_TILE positions are
 // staged in shared memory; each warp owns Q_TILE / NUM_WARPS queries, lane j scores key j of
 // the tile, and an online softmax (running max and sum per query) folds the tile into the
@@ -186,7 +187,7 @@ __device__ void paged_prefill(bf16* __restrict__ out, const bf16* __restrict__ q
   static_assert(K_TILE == WARP_SIZE, "one key of a tile per lane");
   constexpr int PER_LANE = HEAD_DIM / WARP_SIZE;
   constexpr int Q_PER_WARP = Q_TILE / NUM_WARPS;
-  const uint32_t h = blockIdx.x, tile = blockIdx.y;
+  const uint32_t tile = blockIdx.x, h = blockIdx.y;
   const uint32_t seq = tiles[4 * tile], first_row = tiles[4 * tile + 1];
   const uint32_t first_pos = tiles[4 * tile + 2], len = tiles[4 * tile + 3];
   const uint32_t kvh = h / (heads / kv_heads);

@@ -57,6 +57,10 @@ pub(super) fn attention(
     if !KERNEL_HEAD_DIMS.contains(&s.head_dim) {
         bail!("paged attention: no kernel for head_dim {} (built for {KERNEL_HEAD_DIMS:?})", s.head_dim)
     }
+    // Rows and tiles go on grid x (2^31 - 1); heads and partitions on y and z (65,535).
+    if s.heads > 65_535 || p.max_partitions > 65_535 {
+        bail!("paged attention: {} heads, {} partitions exceed the grid", s.heads, p.max_partitions)
+    }
     let dev = q.device().clone();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
@@ -97,13 +101,13 @@ pub(super) fn attention(
             .arg(&scale);
         // SAFETY: the arguments match the kernel's signature; every index it reads was checked
         // on the host (AttentionPlan::new, ops::attention's shapes).
-        unsafe { b.launch(cfg((heads, decodes, parts), NUM_THREADS as u32)) }.w()?;
+        unsafe { b.launch(cfg((decodes, heads, parts), NUM_THREADS as u32)) }.w()?;
         if parts > 1 {
             let func = dev.get_or_load_custom_func(&format!("paged_decode_reduce_bf16_hd{hd}"), MODULE, PTX)?;
             let mut b = func.builder();
             b.arg(&out).arg(&tmp_out).arg(&max_logits).arg(&exp_sums).arg(&ctx).arg(&rows).arg(&heads).arg(&parts);
             // SAFETY: as above; the temporaries hold decodes × heads × parts entries.
-            unsafe { b.launch(cfg((heads, decodes, 1), hd as u32)) }.w()?;
+            unsafe { b.launch(cfg((decodes, heads, 1), hd as u32)) }.w()?;
         }
     }
     let ntiles = p.num_tiles() as u32;
@@ -113,7 +117,7 @@ pub(super) fn attention(
         b.arg(&out).arg(&q).arg(&k).arg(&v).arg(&tables).arg(&tiles);
         b.arg(&max_blocks).arg(&heads).arg(&kv_heads).arg(&bs).arg(&scale);
         // SAFETY: as above.
-        unsafe { b.launch(cfg((heads, ntiles, 1), NUM_THREADS as u32)) }.w()?;
+        unsafe { b.launch(cfg((ntiles, heads, 1), NUM_THREADS as u32)) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
