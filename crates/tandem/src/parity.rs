@@ -39,6 +39,10 @@ pub fn run(a: ParityArgs) -> Result<(), String> {
         DeviceKind::TensorCpu => TensorDevice::Cpu,
         other => return Err(format!("--device {other}: parity checks the tensor executor (cuda or tensor-cpu)")),
     };
+    if device == TensorDevice::Cuda {
+        // Before loading the model: without a GPU, say so at once.
+        tandem_executor::tensor::cuda_device().map_err(|e| e.to_string())?;
+    }
     let source = ModelSource::resolve(a.model.as_deref(), a.device, WeightFormat::F32).map_err(|e| e.to_string())?;
     let model = source.load().map_err(|e| e.to_string())?.model;
     let opts = ParityOptions { prompt_lens: a.prompt_lens, steps: a.steps, seed: a.seed };
