@@ -81,13 +81,13 @@ struct Outlook {
 }
 
 impl Outlook {
-    /// How long until `tokens` of the backlog have been fed: at the measured prefill rate,
-    /// else at the step model's (what a request refused for the backlog ahead waits for).
-    fn drain_wait(&self, tokens: usize) -> Option<Duration> {
+    /// How long until `tokens` of the backlog have been fed, before calibration: at the
+    /// measured prefill rate, else at the step model's (what a request refused for the backlog
+    /// ahead waits for; its Retry-After is this times `drain_calibration`).
+    fn drain_estimate(&self, tokens: usize) -> Option<Duration> {
         self.prefill_rate
             .and_then(|r| Duration::try_from_secs_f64(tokens as f64 / r).ok())
             .or_else(|| tandem_core::admission::drain_time(&self.model, &self.backlog, tokens))
-            .map(|d| d.mul_f64(self.drain_calibration))
     }
 
     /// How long a client refused for a full queue should wait: until one queued request has
@@ -200,8 +200,13 @@ impl Engine {
         // ones); admission decides on it scaled by the calibration.
         let raw = tandem_core::admission::predict_ttft(&o.model, &o.backlog, prompt);
         let predicted = raw.map(|p| p.mul_f64(o.calibration));
-        let refuse = |e: EngineError, deadline: bool| {
+        // A refusal waiting for `tokens` to drain, estimated at `estimate` before calibration,
+        // is timed by the step loop; its error calibrates later waits.
+        let refuse = |e: EngineError, deadline: bool, drain: Option<(usize, Duration)>| {
             let mut st = lock(&self.shared.stats);
+            if let Some((tokens, estimate)) = drain {
+                st.expect_drain(self.epoch.elapsed(), tokens, estimate);
+            }
             if deadline {
                 st.snapshot.refused_deadline += 1;
             } else {
@@ -214,11 +219,12 @@ impl Engine {
                 // The backlog ahead must drain by this many tokens first.
                 let excess_tokens =
                     tandem_core::admission::excess_tokens(&o.model, &o.backlog, prompt, o.calibration, deadline);
-                let retry_after = o.drain_wait(excess_tokens).filter(|d| !d.is_zero()).unwrap_or(p - deadline);
-                lock(&self.shared.stats).expect_drain(self.epoch.elapsed(), excess_tokens, retry_after);
+                let estimate = o.drain_estimate(excess_tokens).filter(|d| !d.is_zero());
+                let retry_after = estimate.map_or(p - deadline, |d| d.mul_f64(o.drain_calibration));
                 return refuse(
                     EngineError::WouldMissDeadline { predicted: p, deadline, retry_after, excess_tokens },
                     true,
+                    estimate.map(|d| (excess_tokens, d)),
                 );
             }
         }
@@ -226,16 +232,16 @@ impl Engine {
         if self.max_queued_tokens > 0 && queued_tokens + prompt > self.max_queued_tokens {
             // The backlog must shrink by the excess first.
             let excess = queued_tokens + prompt - self.max_queued_tokens;
-            let retry_after = o.drain_wait(excess).unwrap_or(Duration::from_secs(1));
-            lock(&self.shared.stats).expect_drain(self.epoch.elapsed(), excess, retry_after);
+            let estimate = o.drain_estimate(excess);
+            let retry_after = estimate.map_or(Duration::from_secs(1), |d| d.mul_f64(o.drain_calibration));
             let e = EngineError::QueuedTokensFull { queued: queued_tokens, limit: self.max_queued_tokens, retry_after };
-            return refuse(e, false);
+            return refuse(e, false, estimate.map(|d| (excess, d)));
         }
         let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
         if queued >= self.max_queued {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             let retry_after = o.queue_wait(queued);
-            return refuse(EngineError::QueueFull { queued, retry_after }, false);
+            return refuse(EngineError::QueueFull { queued, retry_after }, false, None);
         }
         self.shared.unseen_tokens.fetch_add(prompt, Ordering::SeqCst);
         req.arrival = self.epoch.elapsed();

@@ -114,15 +114,15 @@ impl StatsAccumulator {
         }
     }
 
-    /// A request was refused at `now` with a predicted wait of `predicted` for `excess` more
-    /// prompt tokens to be fed: the step loop times how long they actually take.
+    /// A request was refused at `now` waiting for `excess` more prompt tokens to be fed, an
+    /// estimated `predicted` before calibration: the step loop times how long they actually
+    /// take (against the uncalibrated estimate, so the median ratio is the factor itself).
     pub fn expect_drain(&mut self, now: Duration, excess: usize, predicted: Duration) {
         if excess == 0 || predicted.is_zero() || self.drains.len() >= MAX_TIMED_DRAINS {
             return;
         }
         let fed = self.fed.back().map_or(0, |f| f.1);
-        // Timed against the uncalibrated prediction, so the median ratio is the factor itself.
-        self.drains.push_back((now, fed + excess as u64, predicted.div_f64(self.drain_calibration())));
+        self.drains.push_back((now, fed + excess as u64, predicted));
     }
 
     /// The factor refusals' waits are scaled by: the median of recent actual/predicted waits
@@ -262,9 +262,9 @@ mod tests {
         st.record_fed(secs(6.0), 1200);
         assert_eq!(st.drain_ratios.len(), 10);
         assert!((st.drain_calibration() - 0.75).abs() < 1e-9, "{:?}", st.drain_ratios);
-        // Later predictions are timed against their uncalibrated value: a wait predicted at
-        // 0.75 s (1 s raw) that takes 0.75 s still reads 0.75.
-        st.expect_drain(secs(6.0), 150, secs(0.75));
+        // Later refusals are timed against their uncalibrated estimate: one estimated at 1 s
+        // (told 0.75 s once calibrated) that takes 0.75 s still reads 0.75.
+        st.expect_drain(secs(6.0), 150, secs(1.0));
         st.record_fed(secs(6.5), 1300);
         st.record_fed(secs(7.0), 1400);
         assert!((st.drain_ratios.back().unwrap() - 0.75).abs() < 1e-9);
