@@ -5,8 +5,8 @@
 use clap::Args;
 use tandem_engine::build::{DeviceKind, ModelSource};
 use tandem_executor::model::WeightFormat;
-use tandem_executor::tensor::parity::{check_on, ParityOptions};
-use tandem_executor::tensor::TensorDevice;
+use tandem_executor::tensor::parity::{check, ParityOptions};
+use tandem_executor::tensor::{device_and_dtype, TensorDevice};
 
 #[derive(Debug, Args)]
 pub struct ParityArgs {
@@ -39,14 +39,12 @@ pub fn run(a: ParityArgs) -> Result<(), String> {
         DeviceKind::TensorCpu => TensorDevice::Cpu,
         other => return Err(format!("--device {other}: parity checks the tensor executor (cuda or tensor-cpu)")),
     };
-    if device == TensorDevice::Cuda {
-        // Before loading the model: without a GPU, say so at once.
-        tandem_executor::tensor::cuda_device().map_err(|e| e.to_string())?;
-    }
+    // Before loading the model: without a GPU, say so at once.
+    let (dev, dtype) = device_and_dtype(device, a.bf16).map_err(|e| e.to_string())?;
     let source = ModelSource::resolve(a.model.as_deref(), a.device, WeightFormat::F32).map_err(|e| e.to_string())?;
     let model = source.load().map_err(|e| e.to_string())?.model;
     let opts = ParityOptions { prompt_lens: a.prompt_lens, steps: a.steps, seed: a.seed };
-    let report = check_on(&model, device, a.bf16, &opts).map_err(|e| e.to_string())?;
+    let report = check(&model, &dev, dtype, &opts).map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
     let bf16 = device == TensorDevice::Cuda || a.bf16;
     let bound = a.max_rel_rms.unwrap_or(if bf16 { 0.03 } else { 1e-4 });

@@ -29,7 +29,8 @@ impl TensorExecutor {
         Ok(Self { model, cache, host: HashMap::new(), sampling: SamplingState::new() })
     }
 
-    /// Checks that every device block of a swap is in the pool.
+    /// Checks that every device block of a swap-in is in the pool, before its host blocks are
+    /// taken out (the block copy checks again, but only after that).
     fn check_pool(&self, blocks: &[u32]) -> Result<(), ExecError> {
         match blocks.iter().find(|&&b| b as usize >= self.cache.num_blocks) {
             Some(b) => Err(ExecError::InvalidStep(format!("swap of block {b} beyond the pool"))),
@@ -43,8 +44,8 @@ impl TensorExecutor {
         if pairs.is_empty() {
             return Ok(());
         }
+        // gather_blocks checks the blocks are in the pool before anything changes.
         let blocks: Vec<u32> = pairs.iter().map(|p| p.0 .0).collect();
-        self.check_pool(&blocks)?;
         let bs = self.cache.block_size;
         let mut host: Vec<HostBlock> = pairs.iter().map(|_| Vec::with_capacity(self.cache.k.len())).collect();
         for (k, v) in self.cache.k.iter().zip(&self.cache.v) {

@@ -44,6 +44,19 @@ pub enum TensorDevice {
     Cpu,
 }
 
+/// The candle device and dtype of the tensor executor on `device`: the GPU in bf16; the CPU in
+/// f32, or in bf16 with `bf16_on_cpu` (to see bf16's own error without a GPU).
+pub fn device_and_dtype(
+    device: TensorDevice,
+    bf16_on_cpu: bool,
+) -> Result<(candle_core::Device, candle_core::DType), crate::ExecError> {
+    Ok(match device {
+        TensorDevice::Cuda => (cuda_device()?, candle_core::DType::BF16),
+        TensorDevice::Cpu if bf16_on_cpu => (candle_core::Device::Cpu, candle_core::DType::BF16),
+        TensorDevice::Cpu => (candle_core::Device::Cpu, candle_core::DType::F32),
+    })
+}
+
 /// A tensor executor for `model` (loaded with f32 weights) on `device`, with as many
 /// `block_size`-token KV blocks as fit in `kv_bytes`; also that block count.
 pub fn build(
@@ -52,10 +65,7 @@ pub fn build(
     block_size: usize,
     kv_bytes: u64,
 ) -> Result<(TensorExecutor, usize), crate::ExecError> {
-    let (dev, dtype) = match device {
-        TensorDevice::Cuda => (cuda_device()?, candle_core::DType::BF16),
-        TensorDevice::Cpu => (candle_core::Device::Cpu, candle_core::DType::F32),
-    };
+    let (dev, dtype) = device_and_dtype(device, false)?;
     if device == TensorDevice::Cuda && !paged::kernels_cover(model.config.head_dim, dtype) {
         return Err(crate::ExecError::Device(
             format!(

@@ -123,7 +123,9 @@ pub fn check(
     let hi = (c.vocab as u32).clamp(2, 30_000);
     let prompts: Vec<Vec<u32>> =
         opts.prompt_lens.iter().map(|&n| (0..n.max(1)).map(|_| rng.random_range(1..hi)).collect()).collect();
-    let tables = tables(&opts.prompt_lens, opts.steps);
+    // Tables sized for the prompts as generated (a length of 0 gets one token).
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let tables = tables(&lens, opts.steps);
     let blocks = tables.iter().map(Vec::len).sum::<usize>();
     let tm = TensorModel::from_cpu(model, device, dtype)?;
 
@@ -175,22 +177,6 @@ pub fn check(
         batched_vs_alone: LogitDiff::of(&flat(&device_alone), &flat(&batched)),
         greedy_batch_invariant: greedy(&device_alone) == greedy(&batched),
     })
-}
-
-/// [`check`] on the tensor executor's device: the GPU in bf16, or the CPU in f32 — or in bf16
-/// with `bf16_on_cpu` (to see bf16's own error without a GPU).
-pub fn check_on(
-    model: &LlamaModel,
-    device: super::TensorDevice,
-    bf16_on_cpu: bool,
-    opts: &ParityOptions,
-) -> Result<ParityReport, ExecError> {
-    let (dev, dtype) = match device {
-        super::TensorDevice::Cuda => (super::cuda_device()?, DType::BF16),
-        super::TensorDevice::Cpu if bf16_on_cpu => (Device::Cpu, DType::BF16),
-        super::TensorDevice::Cpu => (Device::Cpu, DType::F32),
-    };
-    check(model, &dev, dtype, opts)
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ impl DevicePlan {
 }
 
 /// The contiguous elements of a CPU tensor's storage.
-pub(super) fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => bail!("paged attention: a non-contiguous input"),
