@@ -20,7 +20,10 @@ trap 'rm -rf "$out"' EXIT
 "$nvcc" --ptx -arch=compute_90 -O3 --use_fast_math -o "$out/k.ptx" "$src"
 "$nvcc" --cubin -arch=sm_90 -O3 --use_fast_math -Xptxas -v -o "$out/k.cubin" "$src" 2> "$out/ptxas.txt"
 missing=0
-for hd in 32 64 96 128; do
+# The head dims the kernel file instantiates (a Rust test checks they equal KERNEL_HEAD_DIMS).
+hds="$(sed -n 's/^INSTANTIATE(\([0-9]*\))$/\1/p' "$src")"
+[ -n "$hds" ] || { echo "no INSTANTIATE(...) lines in $src"; exit 1; }
+for hd in $hds; do
   for k in paged_decode_bf16_hd$hd paged_decode_reduce_bf16_hd$hd paged_prefill_bf16_hd$hd; do
     grep -q "^.visible .entry $k(" "$out/k.ptx" || { echo "missing entry $k"; missing=1; }
   done
