@@ -33,7 +33,7 @@ pub const MAX_QUEUED: usize = 1024;
 /// Where a model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceKind {
-    /// The CPU executor (f32 or int8 weights).
+    /// The CPU executor (f32, int8 or 4-bit weights).
     #[default]
     Cpu,
     /// The tensor executor on the first GPU, bf16 (a build with `--features cuda`).
@@ -59,7 +59,7 @@ impl DeviceKind {
     pub fn weights_for(self, asked: WeightFormat) -> Result<WeightFormat, BuildError> {
         match (self, asked) {
             (DeviceKind::Cpu | DeviceKind::Sim, w) => Ok(w),
-            (_, WeightFormat::Q8) => Err(BuildError::WeightsForDevice { device: self }),
+            (_, WeightFormat::Q8 | WeightFormat::Q4) => Err(BuildError::WeightsForDevice { device: self }),
             (_, _) => Ok(WeightFormat::F32),
         }
     }
@@ -92,7 +92,7 @@ impl FromStr for DeviceKind {
 /// Why an engine could not be assembled.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("--weights q8 is for the CPU executor; the tensor executor on `{device}` uses bf16/f32")]
+    #[error("--weights q8 and q4 are for the CPU executor; the tensor executor on `{device}` uses bf16/f32")]
     WeightsForDevice { device: DeviceKind },
     #[error("unknown device `{0}`: cpu, cuda, tensor-cpu or sim")]
     UnknownDevice(String),

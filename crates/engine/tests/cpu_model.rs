@@ -144,9 +144,9 @@ fn check_batch_invariance(format: WeightFormat) {
     let ps = prompts();
     let alone: Vec<Vec<TokenId>> =
         ps.iter().map(|p| run(format, base(), std::slice::from_ref(p), MAX_TOKENS).0.remove(0)).collect();
-    // Real text, not a degenerate loop: the first answer names Paris, with f32 weights and with
-    // the default int8 ones (smoothed at load; unsmoothed int8 said "L'Étoile, …", as llama.cpp
-    // does on this file: "The" leads "L" by only 0.08 logits in f32).
+    // Real text, not a degenerate loop: the first answer names Paris, with f32 weights, with
+    // int8 ones (smoothed at load; unsmoothed int8 said "L'Étoile, …", as llama.cpp does on this
+    // file: "The" leads "L" by only 0.08 logits in f32) and with the default 4-bit ones.
     let first = loaded().1.decode(&alone[0]).unwrap();
     assert!(first.contains("Paris"), "{format}: {first:?}");
     // Together, with a 64-token budget: the longer prompts are prefilled in chunks.
@@ -175,6 +175,13 @@ fn greedy_outputs_are_batch_invariant_with_chunking_and_preemption() {
 #[test]
 fn int8_greedy_outputs_are_batch_invariant_too() {
     check_batch_invariance(WeightFormat::Q8);
+}
+
+#[test]
+fn int4_greedy_outputs_are_batch_invariant_too() {
+    // The default for this file (its layers are Q4_1): the outlier channels' f32 part is added
+    // per tile, in channel order, whatever the batch.
+    check_batch_invariance(WeightFormat::Q4);
 }
 
 #[test]

@@ -14,7 +14,7 @@ pub struct BenchModelArgs {
     /// A .gguf file or HF directory; default: the embedded model.
     #[arg(long)]
     model: Option<std::path::PathBuf>,
-    /// Linear-layer weights: auto, f32 or q8 (as for `serve`).
+    /// Linear-layer weights: auto, f32, q8 or q4 (as for `serve`).
     #[arg(long, default_value_t = WeightFormat::Auto)]
     weights: WeightFormat,
     /// cpu, cuda or tensor-cpu (as for `serve`).
@@ -68,7 +68,7 @@ pub fn run(a: BenchModelArgs) -> Result<(), String> {
     if (blocks as u64) < needed {
         return Err(format!("--kv-memory-mb holds {blocks} blocks, the run needs {needed}"));
     }
-    println!("{} ({linear_mib} MiB of f32/int8 linear layers loaded)", exec.describe());
+    println!("{} ({linear_mib} MiB of linear layers loaded)", exec.describe());
     println!("threads: {}", std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!("kernels: {}", tandem_executor::cpu::kernels());
     // Prefill: one prompt of `prefill` tokens in chunks of 512.

@@ -19,7 +19,7 @@
 //! tier = "burstable"
 //! base_memory_mb = 100             # reserved; may borrow up to max_memory_mb
 //! max_memory_mb = 400
-//! weights = "f32"                  # auto | f32 | q8 (default auto)
+//! weights = "f32"                  # auto | f32 | q8 | q4 (default auto)
 //! ```
 
 use std::path::Path;

@@ -15,8 +15,10 @@ pub struct ModelArgs {
     /// default: the embedded SmolLM2-135M-Instruct, fetched once into the cache.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Linear-layer weights: `auto` (int8 for a quantized GGUF file, f32 otherwise), `f32` (the
-    /// file's values exactly) or `q8` (int8 weights and activations, ~4× faster matmuls).
+    /// Linear-layer weights: `auto` (q4 for a GGUF file whose layers are Q4_1, q8 for another
+    /// quantized GGUF file, f32 otherwise), `f32` (the file's values exactly), `q8` (int8
+    /// weights and activations, ~4× faster matmuls) or `q4` (4-bit weights on Q4_1's grid ×
+    /// int8 activations: half q8's bytes, ~1.4× its batch-1 decode).
     #[arg(long, default_value_t = WeightFormat::Auto)]
     pub weights: WeightFormat,
     /// Where the model runs: `cpu` (the CPU executor), `cuda` (the tensor executor on the first

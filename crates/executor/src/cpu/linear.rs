@@ -1,10 +1,11 @@
 //! A linear layer's weights in the format the CPU forward multiplies with: f32 (candle's gemm,
-//! exact to the file) or int8 ([`Q8Matrix`], about four times faster at decode batch sizes and
-//! a quarter of the memory). The format is chosen per model at load ([`WeightFormat`]), as
+//! exact to the file), int8 ([`Q8Matrix`], about four times faster at decode batch sizes and
+//! a quarter of the memory) or 4-bit ([`Q4Matrix`], a Q4_1 file's own grid, half int8's bytes). The format is chosen per model at load ([`WeightFormat`]), as
 //! mistral.rs's in-situ quantization (`--isq Q8_0`) does.
 
 use candle_core::{Device, Tensor};
 
+use super::q4::Q4Matrix;
 use super::q8::Q8Matrix;
 use crate::model::WeightFormat;
 use crate::ExecError;
@@ -15,6 +16,7 @@ pub enum Linear {
     /// Contiguous f32 `k × n` tensor.
     F32(Tensor),
     Q8(Q8Matrix),
+    Q4(Q4Matrix),
 }
 
 impl Linear {
@@ -31,21 +33,48 @@ impl Linear {
         match self {
             Linear::F32(w) => (w.dims()[0], w.dims()[1]),
             Linear::Q8(q) => (q.k(), q.n()),
+            Linear::Q4(q) => (q.k(), q.n()),
         }
     }
 
     /// This layer in `format` (`Auto` keeps it as it is).
     pub fn into_format(self, format: WeightFormat) -> Result<Self, ExecError> {
         match (self, format) {
-            (Linear::F32(w), WeightFormat::Q8) => {
+            (Linear::F32(w), format @ (WeightFormat::Q8 | WeightFormat::Q4)) => {
                 let (k, n) = (w.dims()[0], w.dims()[1]);
                 let values = w.flatten_all()?.to_vec1::<f32>()?;
-                Ok(Linear::Q8(Q8Matrix::quantize(&values, k, n)))
+                Ok(match format {
+                    WeightFormat::Q4 => Linear::Q4(Q4Matrix::quantize(&values, k, n)),
+                    _ => Linear::Q8(Q8Matrix::quantize(&values, k, n)),
+                })
             }
-            (Linear::Q8(_), WeightFormat::F32) => {
-                Err(ExecError::Device("int8 weights cannot be turned back into f32".into()))
+            (same @ Linear::F32(_), WeightFormat::F32 | WeightFormat::Auto)
+            | (same @ Linear::Q8(_), WeightFormat::Q8 | WeightFormat::Auto)
+            | (same @ Linear::Q4(_), WeightFormat::Q4 | WeightFormat::Auto) => Ok(same),
+            (held, asked) => {
+                Err(ExecError::Device(format!("{} weights cannot be turned into {asked}", held.format()).into()))
             }
-            (same, _) => Ok(same),
+        }
+    }
+
+    /// The format these weights are held in.
+    pub fn format(&self) -> WeightFormat {
+        match self {
+            Linear::F32(_) => WeightFormat::F32,
+            Linear::Q8(_) => WeightFormat::Q8,
+            Linear::Q4(_) => WeightFormat::Q4,
+        }
+    }
+
+    /// This layer (f32) in 4-bit weights, input channels `outliers` multiplied in f32.
+    pub fn into_q4(self, outliers: &[usize]) -> Result<Self, ExecError> {
+        match self {
+            Linear::F32(w) => {
+                let (k, n) = (w.dims()[0], w.dims()[1]);
+                let values = w.flatten_all()?.to_vec1::<f32>()?;
+                Ok(Linear::Q4(Q4Matrix::quantize_with_outliers(&values, k, n, outliers)))
+            }
+            held => Err(ExecError::Device(format!("{} weights cannot be turned into q4", held.format()).into())),
         }
     }
 
@@ -53,6 +82,7 @@ impl Linear {
     pub fn bytes_for(format: WeightFormat, k: usize, n: usize) -> usize {
         match format {
             WeightFormat::Q8 => Q8Matrix::bytes_for(k, n),
+            WeightFormat::Q4 => Q4Matrix::bytes_with_outliers(k, n, crate::model::outliers::OUTLIERS),
             WeightFormat::F32 | WeightFormat::Auto => 4 * k * n,
         }
     }
@@ -62,6 +92,7 @@ impl Linear {
         match self {
             Linear::F32(w) => w.elem_count() * 4,
             Linear::Q8(q) => q.bytes(),
+            Linear::Q4(q) => q.bytes(),
         }
     }
 
@@ -77,6 +108,7 @@ impl Linear {
                 Ok(xt.matmul(w)?.flatten_all()?.to_vec1::<f32>()?)
             }
             Linear::Q8(q) => Ok(q.matmul(x, m)),
+            Linear::Q4(q) => Ok(q.matmul(x, m)),
         }
     }
 }
@@ -84,15 +116,18 @@ impl Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::StoredWeights;
 
     #[test]
     fn formats_parse_and_resolve() {
         assert_eq!("Q8_0".parse::<WeightFormat>(), Ok(WeightFormat::Q8));
         assert_eq!("f32".parse::<WeightFormat>(), Ok(WeightFormat::F32));
         assert!("fp4".parse::<WeightFormat>().is_err());
-        assert_eq!(WeightFormat::Auto.resolve(true), WeightFormat::Q8);
-        assert_eq!(WeightFormat::Auto.resolve(false), WeightFormat::F32);
-        assert_eq!(WeightFormat::F32.resolve(true), WeightFormat::F32);
+        assert_eq!("q4_1".parse::<WeightFormat>(), Ok(WeightFormat::Q4));
+        assert_eq!(WeightFormat::Auto.resolve(StoredWeights::Quantized), WeightFormat::Q8);
+        assert_eq!(WeightFormat::Auto.resolve(StoredWeights::Q4_1), WeightFormat::Q4);
+        assert_eq!(WeightFormat::Auto.resolve(StoredWeights::Float), WeightFormat::F32);
+        assert_eq!(WeightFormat::F32.resolve(StoredWeights::Q4_1), WeightFormat::F32);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Real model execution on the CPU: our own Llama-family forward over the scheduler's packed,
 //! variable-length batch (`forward.rs`), reading and writing K/V through its block tables
-//! (paged attention, `attention.rs`, over `kv_cache.rs`), with f32 (candle's gemm) or int8
-//! ([`q8`]) linear layers (`linear.rs`), and the [`CpuExecutor`]. The model itself (config,
+//! (paged attention, `attention.rs`, over `kv_cache.rs`), with f32 (candle's gemm), int8
+//! ([`q8`]) or 4-bit ([`q4`]) linear layers (`linear.rs`), and the [`CpuExecutor`]. The model itself (config,
 //! loading, weights, sampling) is device-neutral, in `crate::model`.
 //!
 //! candle-transformers' models keep one dense KV cache and one position for the whole batch, so
@@ -14,6 +14,7 @@ mod forward;
 pub(crate) use forward::LinearInput;
 mod kv_cache;
 mod linear;
+pub mod q4;
 pub mod q8;
 mod streams;
 mod unsynced;
@@ -26,6 +27,7 @@ pub use linear::Linear;
 /// attention.
 pub fn kernels() -> String {
     let gemm = if q8::has_vnni() { "int8 GEMM: AVX-512 VNNI" } else { "int8 GEMM: portable (no AVX-512 VNNI)" };
+    let int4 = if q4::has_vnni_f16c() { "int4 GEMM: AVX-512 VNNI" } else { "int4 GEMM: portable" };
     let attn = if attention::has_avx2_fma() { "attention: AVX2+FMA" } else { "attention: portable (no AVX2+FMA)" };
-    format!("{gemm}; {attn}")
+    format!("{gemm}; {int4}; {attn}")
 }

@@ -19,9 +19,9 @@ use rayon::prelude::*;
 /// Inputs per quantization group (one scale per group and column).
 pub const GROUP: usize = 32;
 /// Output columns per packed panel (two 8-lane vectors).
-const NR: usize = 16;
+pub(super) const NR: usize = 16;
 /// Rows per register tile of the VNNI kernel.
-const MR: usize = 4;
+pub(super) const MR: usize = 4;
 /// Four-input steps per group.
 const STEPS: usize = GROUP / 4;
 
@@ -41,15 +41,19 @@ pub struct Q8Matrix {
     offsets: Vec<i32>,
 }
 
-/// Activations quantized per row and group: `+128`-offset bytes and one scale per group.
-struct QuantRows {
-    k_pad: usize,
-    groups: usize,
-    bytes: Vec<u8>,
-    scales: Vec<f32>,
+/// Activations quantized per row and group: bytes (`q + bias`: `+128`-offset unsigned for the
+/// int8 kernel, plain two's-complement `i8` bits for the int4 one, [`super::q4`]), one scale and
+/// the integer sum of the group's `q` per group.
+pub(super) struct QuantRows {
+    pub(super) k_pad: usize,
+    pub(super) groups: usize,
+    pub(super) bytes: Vec<u8>,
+    pub(super) scales: Vec<f32>,
+    /// Per row and group: Σ q (what a weight grid's offset multiplies).
+    pub(super) sums: Vec<i32>,
 }
 
-fn quantize_group(vals: impl Iterator<Item = f32> + Clone) -> (f32, impl Iterator<Item = i32>) {
+pub(super) fn quantize_group(vals: impl Iterator<Item = f32> + Clone) -> (f32, impl Iterator<Item = i32>) {
     let amax = vals.clone().fold(0.0f32, |m, v| m.max(v.abs()));
     let scale = amax / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -65,29 +69,64 @@ fn quantize_group(vals: impl Iterator<Item = f32> + Clone) -> (f32, impl Iterato
 }
 
 impl QuantRows {
-    fn new(x: &[f32], m: usize, k: usize, groups: usize) -> Self {
+    /// Quantizes `x` (`m × k`), each stored byte `q + bias` (wrapping), padding `bias`.
+    pub(super) fn new(x: &[f32], m: usize, k: usize, groups: usize, bias: u8) -> Self {
         let k_pad = groups * GROUP;
-        let mut bytes = vec![128u8; m * k_pad];
+        let mut bytes = vec![bias; m * k_pad];
         let mut scales = vec![0.0f32; m * groups];
-        let quantize_row = |(row, (out, sc)): (&[f32], (&mut [u8], &mut [f32]))| {
-            for (g, s) in sc.iter_mut().enumerate() {
+        let mut sums = vec![0i32; m * groups];
+        /// One row's input, and its bytes, scales and sums to fill.
+        type Row<'a> = (&'a [f32], (&'a mut [u8], (&'a mut [f32], &'a mut [i32])));
+        let quantize_row = |(row, (out, (sc, sm))): Row<'_>| {
+            for (g, (s, sum)) in sc.iter_mut().zip(sm.iter_mut()).enumerate() {
                 let lo = g * GROUP;
                 let hi = (lo + GROUP).min(k);
                 let (scale, q) = quantize_group(row[lo..hi].iter().copied());
                 *s = scale;
                 for (o, v) in out[lo..hi].iter_mut().zip(q) {
-                    *o = (v + 128) as u8;
+                    *sum += v;
+                    *o = (v as u8).wrapping_add(bias);
                 }
             }
         };
-        let work = x.chunks_exact(k).zip(bytes.chunks_exact_mut(k_pad).zip(scales.chunks_exact_mut(groups)));
+        let work = x
+            .chunks_exact(k)
+            .zip(bytes.chunks_exact_mut(k_pad).zip(scales.chunks_exact_mut(groups).zip(sums.chunks_exact_mut(groups))));
         if m * k >= 1 << 16 {
             work.par_bridge().for_each(quantize_row);
         } else {
             work.for_each(quantize_row);
         }
-        Self { k_pad, groups, bytes, scales }
+        Self { k_pad, groups, bytes, scales, sums }
     }
+}
+
+/// `m × n` row-major from `panels` panels of [`NR`] columns, each computed by `tile(p, row,
+/// rows, out)` into `out` (`rows × NR`, at most [`MR`] rows) — one panel per parallel task.
+pub(super) fn panel_matmul(
+    panels: usize,
+    n: usize,
+    m: usize,
+    tile: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    // Panel-major result, one panel per task, then transposed to rows.
+    let mut panel_out = vec![0.0f32; panels * m * NR];
+    panel_out.par_chunks_mut(m * NR).enumerate().for_each(|(p, out)| {
+        let mut row = 0;
+        while row < m {
+            let rows = MR.min(m - row);
+            tile(p, row, rows, &mut out[row * NR..(row + rows) * NR]);
+            row += rows;
+        }
+    });
+    let mut y = vec![0.0f32; m * n];
+    for (p, panel) in panel_out.chunks_exact(m * NR).enumerate() {
+        let cols = NR.min(n - p * NR);
+        for (r, vals) in panel.chunks_exact(NR).enumerate() {
+            y[r * n + p * NR..r * n + p * NR + cols].copy_from_slice(&vals[..cols]);
+        }
+    }
+    y
 }
 
 impl Q8Matrix {
@@ -143,32 +182,16 @@ impl Q8Matrix {
     /// `x · w` for `x` of `m × k` (row-major); returns `m × n`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input is {} values, not {m} × {}", x.len(), self.k);
-        let a = QuantRows::new(x, m, self.k, self.groups);
+        let a = QuantRows::new(x, m, self.k, self.groups, 128);
         let vnni = has_vnni();
-        // Panel-major result, one panel per task, then transposed to rows.
-        let mut panel_out = vec![0.0f32; self.panels * m * NR];
-        panel_out.par_chunks_mut(m * NR).enumerate().for_each(|(p, out)| {
-            let mut row = 0;
-            while row < m {
-                let rows = MR.min(m - row);
-                let tile = &mut out[row * NR..(row + rows) * NR];
-                if vnni {
-                    // SAFETY: `has_vnni` checked the CPU features the kernel is compiled for.
-                    unsafe { vnni::tile(self, &a, p, row, rows, tile) };
-                } else {
-                    portable_tile(self, &a, p, row, rows, tile);
-                }
-                row += rows;
+        panel_matmul(self.panels, self.n, m, |p, row, rows, tile| {
+            if vnni {
+                // SAFETY: `has_vnni` checked the CPU features the kernel is compiled for.
+                unsafe { vnni::tile(self, &a, p, row, rows, tile) };
+            } else {
+                portable_tile(self, &a, p, row, rows, tile);
             }
-        });
-        let mut y = vec![0.0f32; m * self.n];
-        for (p, panel) in panel_out.chunks_exact(m * NR).enumerate() {
-            let cols = NR.min(self.n - p * NR);
-            for (r, vals) in panel.chunks_exact(NR).enumerate() {
-                y[r * self.n + p * NR..r * self.n + p * NR + cols].copy_from_slice(&vals[..cols]);
-            }
-        }
-        y
+        })
     }
 }
 
@@ -293,11 +316,11 @@ mod vnni {
     }
 }
 
+/// Shared by the int8 and int4 kernels' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lcg(seed: u64, n: usize) -> Vec<f32> {
+pub(super) mod test_support {
+    /// `n` values in [−1, 1) from a linear congruential generator seeded with `seed`.
+    pub fn lcg(seed: u64, n: usize) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {
@@ -307,7 +330,8 @@ mod tests {
             .collect()
     }
 
-    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    /// `x · w` in f32, `m × k` by `k × n`.
+    pub fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         let mut y = vec![0.0f32; m * n];
         for r in 0..m {
             for c in 0..n {
@@ -316,6 +340,12 @@ mod tests {
         }
         y
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{lcg, reference};
+    use super::*;
 
     #[test]
     fn exact_on_values_the_grid_holds() {
@@ -376,7 +406,7 @@ mod tests {
         let (m, k, n) = (6, 128, 32);
         let (x, w) = (lcg(5, m * k), lcg(6, k * n));
         let q = Q8Matrix::quantize(&w, k, n);
-        let a = QuantRows::new(&x, m, k, q.groups);
+        let a = QuantRows::new(&x, m, k, q.groups, 128);
         for p in 0..q.panels {
             let mut portable = vec![0.0; m * NR];
             portable_body(&q, &a, p, 0, 4, &mut portable[..4 * NR]);

@@ -11,7 +11,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
-use super::format::WeightFormat;
+use super::format::{StoredWeights, WeightFormat};
 use super::weights::{Layer, LlamaModel};
 use crate::cpu::Linear;
 use crate::text::TextTokenizer;
@@ -178,10 +178,19 @@ pub struct LoadedModel {
     pub tokenizer: TextTokenizer,
 }
 
-/// Whether a GGUF file's matrices are stored quantized (not f32/f16/bf16).
-fn has_quantized_weights(content: &gguf_file::Content) -> bool {
-    use candle_core::quantized::GgmlDType::{BF16, F16, F32};
-    content.tensor_infos.values().any(|t| t.shape.rank() == 2 && !matches!(t.ggml_dtype, F32 | F16 | BF16))
+/// How a GGUF file stores its matrices: all float, every layer matrix (`blk.*`) Q4_1, or
+/// otherwise quantized.
+fn stored_weights(content: &gguf_file::Content) -> StoredWeights {
+    use candle_core::quantized::GgmlDType::{BF16, F16, F32, Q4_1};
+    let matrices = || content.tensor_infos.iter().filter(|(_, t)| t.shape.rank() == 2);
+    let mut layers = matrices().filter(|(name, _)| name.starts_with("blk.")).peekable();
+    if layers.peek().is_some() && layers.all(|(_, t)| t.ggml_dtype == Q4_1) {
+        StoredWeights::Q4_1
+    } else if matrices().any(|(_, t)| !matches!(t.ggml_dtype, F32 | F16 | BF16)) {
+        StoredWeights::Quantized
+    } else {
+        StoredWeights::Float
+    }
 }
 
 /// A GGUF file's metadata and tensor index (the reader stays positioned for its tensors), and
@@ -209,14 +218,14 @@ fn read_hf_config(dir: &Path) -> Result<LlamaConfig, ExecError> {
     LlamaConfig::from_hf_json(&json, &cfg_path.display().to_string())
 }
 
-/// Loads a GGUF file; also says whether its linear weights are quantized.
-fn load_gguf(path: &Path) -> Result<(LoadedModel, bool), ExecError> {
+/// Loads a GGUF file; also says how its linear weights are stored.
+fn load_gguf(path: &Path) -> Result<(LoadedModel, StoredWeights), ExecError> {
     let (mut reader, content, config) = read_gguf(path)?;
     let tokenizer = gguf_tokenizer(path, &content, &config)?;
     let mut w = Named::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
-    let quantized = has_quantized_weights(&content);
+    let stored = stored_weights(&content);
     for name in names {
         let Some(ours) = gguf_name(name) else { continue };
         let q = content
@@ -224,7 +233,7 @@ fn load_gguf(path: &Path) -> Result<(LoadedModel, bool), ExecError> {
             .map_err(|e| bad(path, format!("tensor `{name}` cannot be read (truncated file?): {e}")))?;
         w.insert(ours, q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?);
     }
-    Ok((LoadedModel { model: assemble(config, w, path)?, tokenizer }, quantized))
+    Ok((LoadedModel { model: assemble(config, w, path)?, tokenizer }, stored))
 }
 
 fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ExecError> {
@@ -256,14 +265,14 @@ fn load_hf_dir(dir: &Path) -> Result<LoadedModel, ExecError> {
 /// norms, RoPE tables; not the KV cache), read from its config without loading the weights —
 /// what a memory budget must hold before any KV block.
 pub fn model_bytes(path: &Path, format: WeightFormat) -> Result<(LlamaConfig, u64), ExecError> {
-    let (config, quantized) = match ModelFiles::locate(path)? {
+    let (config, stored) = match ModelFiles::locate(path)? {
         ModelFiles::Gguf(p) => {
             let (_, content, config) = read_gguf(&p)?;
-            (config, has_quantized_weights(&content))
+            (config, stored_weights(&content))
         }
-        ModelFiles::HfDir(d) => (read_hf_config(&d)?, false),
+        ModelFiles::HfDir(d) => (read_hf_config(&d)?, StoredWeights::Float),
     };
-    let f = format.resolve(quantized);
+    let f = format.resolve(stored);
     let c = &config;
     let (h, q, kv, i) = (c.hidden, c.heads * c.head_dim, c.kv_dim(), c.intermediate);
     let per_layer = Linear::bytes_for(f, h, q + 2 * kv)
@@ -273,7 +282,7 @@ pub fn model_bytes(path: &Path, format: WeightFormat) -> Result<(LlamaConfig, u6
         + 4 * 2 * h
         + if c.architecture == "qwen2" { 4 * (q + 2 * kv) } else { 0 }; // Qwen2's QKV biases
     let rope = 2 * 4 * c.max_position.max(1) * (c.head_dim / 2);
-    let total = 4 * c.vocab * h + c.layers * per_layer + Linear::bytes_for(f, h, c.vocab) + 4 * h + rope;
+    let total = 4 * c.vocab * h + c.layers * per_layer + Linear::bytes_for(f.lm_head(), h, c.vocab) + 4 * h + rope;
     Ok((config, total as u64))
 }
 
@@ -300,15 +309,15 @@ pub fn load_model(path: &Path) -> Result<LoadedModel, ExecError> {
     load_model_as(path, WeightFormat::F32)
 }
 
-/// Loads the model at `path` with its linear layers in `format`; `Auto` means int8 for a
-/// quantized GGUF file and f32 otherwise.
+/// Loads the model at `path` with its linear layers in `format`; `Auto` means 4-bit for a
+/// GGUF file whose layers are Q4_1, int8 for another quantized GGUF file and f32 otherwise.
 pub fn load_model_as(path: &Path, format: WeightFormat) -> Result<LoadedModel, ExecError> {
-    let (loaded, quantized) = match ModelFiles::locate(path)? {
+    let (loaded, stored) = match ModelFiles::locate(path)? {
         ModelFiles::Gguf(p) => load_gguf(&p)?,
-        ModelFiles::HfDir(d) => (load_hf_dir(&d)?, false),
+        ModelFiles::HfDir(d) => (load_hf_dir(&d)?, StoredWeights::Float),
     };
     let LoadedModel { mut model, tokenizer } = loaded;
-    let format = format.resolve(quantized);
+    let format = format.resolve(stored);
     if format == WeightFormat::Q8 {
         // Int8 activations lose least when the inputs' outlier channels are folded into the
         // weights first (SmoothQuant): on the shipped evaluation text this keeps int8's perplexity
@@ -316,6 +325,9 @@ pub fn load_model_as(path: &Path, format: WeightFormat) -> Result<LoadedModel, E
         let ids = tokenizer.encode_plain(super::smooth::CALIBRATION_TEXT)?;
         super::smooth::smooth_for_int8(&mut model, &ids, super::smooth::ALPHA)?;
     }
-    let model = model.into_format(format)?;
+    let model = match format {
+        WeightFormat::Q4 => super::outliers::into_q4(model, &tokenizer)?,
+        _ => model.into_format(format)?,
+    };
     Ok(LoadedModel { model, tokenizer })
 }

@@ -12,13 +12,14 @@
 mod config;
 mod format;
 mod load;
+pub mod outliers;
 mod sampling;
 mod score;
 pub mod smooth;
 mod weights;
 
 pub use config::{LlamaConfig, RopeStyle};
-pub use format::WeightFormat;
+pub use format::{StoredWeights, WeightFormat};
 pub use load::{load_model, load_model_as, load_tokenizer, model_bytes, LoadedModel, ModelFiles};
 pub use sampling::{sample, token_logprobs};
 pub use score::{score_text, TextScore};

@@ -33,7 +33,7 @@ pub const CALIBRATION_TEXT: &str = "The committee met on a cold Tuesday morning 
     times as wide as Earth. def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n";
 
 /// Per layer, the largest |value| of each input channel of QKV, O, gate/up and down.
-fn input_maxima(model: &LlamaModel, ids: &[u32]) -> Result<Vec<[Vec<f32>; 4]>, ExecError> {
+pub(crate) fn input_maxima(model: &LlamaModel, ids: &[u32]) -> Result<Vec<[Vec<f32>; 4]>, ExecError> {
     let c = &model.config;
     let (h, qd, i) = (c.hidden, c.heads * c.head_dim, c.intermediate);
     let mut max: Vec<[Vec<f32>; 4]> =
@@ -63,7 +63,7 @@ fn input_maxima(model: &LlamaModel, ids: &[u32]) -> Result<Vec<[Vec<f32>; 4]>, E
 fn values(l: &Linear) -> Result<(Vec<f32>, usize, usize), ExecError> {
     match l {
         Linear::F32(w) => Ok((w.flatten_all()?.to_vec1::<f32>()?, w.dims()[0], w.dims()[1])),
-        Linear::Q8(_) => Err(ExecError::Device("smoothing needs the f32 weights".into())),
+        Linear::Q8(_) | Linear::Q4(_) => Err(ExecError::Device("smoothing needs the f32 weights".into())),
     }
 }
 

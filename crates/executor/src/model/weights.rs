@@ -40,7 +40,20 @@ impl Layer {
         })
     }
 
-    pub(crate) fn linears(&self) -> [&Linear; 4] {
+    /// This layer's linears (f32) in 4-bit weights, input channels `outliers[i]` of linear `i`
+    /// ([`Self::linears`]' order) multiplied apart in f32.
+    pub(crate) fn into_q4(self, outliers: &[Vec<usize>; 4]) -> Result<Self, ExecError> {
+        Ok(Layer {
+            wqkv: self.wqkv.into_q4(&outliers[0])?,
+            wo: self.wo.into_q4(&outliers[1])?,
+            w_gate_up: self.w_gate_up.into_q4(&outliers[2])?,
+            w_down: self.w_down.into_q4(&outliers[3])?,
+            ..self
+        })
+    }
+
+    /// QKV, O, gate/up and down.
+    pub fn linears(&self) -> [&Linear; 4] {
         [&self.wqkv, &self.wo, &self.w_gate_up, &self.w_down]
     }
 }
@@ -95,7 +108,17 @@ impl LlamaModel {
     /// This model with its linear layers in `format` (f32 → int8 quantizes; `Auto` keeps them).
     pub fn into_format(self, format: WeightFormat) -> Result<Self, ExecError> {
         let layers = self.layers.into_iter().map(|l| l.into_format(format)).collect::<Result<_, _>>()?;
-        Ok(LlamaModel { layers, lm_head: self.lm_head.into_format(format)?, ..self })
+        Ok(LlamaModel { layers, lm_head: self.lm_head.into_format(format.lm_head())?, ..self })
+    }
+
+    /// This model (f32) with its layers in 4-bit weights, layer `l`'s linear `i` multiplying
+    /// input channels `outliers[l][i]` apart, and its LM head in `head`.
+    pub(crate) fn into_q4(self, outliers: &[[Vec<usize>; 4]], head: WeightFormat) -> Result<Self, ExecError> {
+        if outliers.len() != self.layers.len() {
+            return Err(ExecError::Device("one outlier set per layer".into()));
+        }
+        let layers = self.layers.into_iter().zip(outliers).map(|(l, o)| l.into_q4(o)).collect::<Result<_, _>>()?;
+        Ok(LlamaModel { layers, lm_head: self.lm_head.into_format(head)?, ..self })
     }
 
     /// Bytes of linear-layer weights (the matmuls' operands; embedding and norms excluded).
@@ -116,12 +139,9 @@ impl LlamaModel {
             + 4 * (small + self.norm.len() + self.cos.len() + self.sin.len())
     }
 
-    /// The format of the linear layers.
+    /// The format of the linear layers (the LM head's for a model without layers).
     pub fn weight_format(&self) -> WeightFormat {
-        match self.lm_head {
-            Linear::F32(_) => WeightFormat::F32,
-            Linear::Q8(_) => WeightFormat::Q8,
-        }
+        self.layers.first().map_or(&self.lm_head, |l| l.linears()[0]).format()
     }
 
     /// The RoPE tables, `max_position × head_dim/2` each, row-major: (cos, sin).

@@ -71,7 +71,9 @@ pub type TensorSeq<'a> = SeqSlice<'a>;
 fn weight(l: &Linear, dev: &Device, dtype: DType) -> Result<Tensor, ExecError> {
     match l {
         Linear::F32(t) => Ok(t.to_device(dev)?.to_dtype(dtype)?),
-        Linear::Q8(_) => Err(ExecError::Device("load the model with f32 weights for the tensor executor".into())),
+        Linear::Q8(_) | Linear::Q4(_) => {
+            Err(ExecError::Device("load the model with f32 weights for the tensor executor".into()))
+        }
     }
 }
 

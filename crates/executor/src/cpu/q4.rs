@@ -1,0 +1,431 @@
+//! Int4 weights × int8 activations for the CPU: llama.cpp's `Q4_1 × Q8` scheme — the arithmetic
+//! llama.cpp runs a Q4_1 GGUF file with — in the panel layout of [`super::q8`].
+//!
+//! Weights are held per output column and group of [`GROUP`] inputs as `w = d·q + m` with
+//! `q ∈ 0..=15` and `d`, `m` in f16 (Q4_1's grid and its 20 bytes per 32 weights; here 16 + 4).
+//! Quantizing a Q4_1 file's dequantized values gives its blocks back exactly (`min` is the
+//! block's `m`, `(max − min)/15` its `d` to within f32 rounding, far below f16's step), so this
+//! format computes with the file's weights themselves, at about half the bytes of int8 — which
+//! is what a batch-1 decode step, reading every weight once, is bound by.
+//!
+//! A packed panel holds [`NR`] columns; one 32-byte load covers eight columns × eight inputs as
+//! nibbles: the low nibble of lane byte `b` is input `8s + b`, the high one input `8s + 4 + b`,
+//! so a mask and a shift give two `vpdpbusd` operands (unsigned 4-bit weights × signed int8
+//! activations, four products into each i32 lane). Per group the float part is `acc = isum ·
+//! (d·xs) + acc` then `acc = Σq_x · (m·xs) + acc` (two fused multiply-adds, the second the grid
+//! offset's share, from the activations' group sums), in the same order in the VNNI kernel and
+//! the portable one, so results do not depend on the kernel, the batch or the thread.
+//!
+//! There is no load-time smoothing for this format ([`crate::model::smooth`]): scaling a
+//! weight row moves it off the file's grid.
+
+use half::f16;
+
+use super::q8::{has_vnni, panel_matmul, QuantRows, GROUP, MR, NR};
+
+/// Eight-input steps per group (each one 32-byte load per eight columns).
+const STEPS: usize = GROUP / 8;
+/// Packed bytes per panel and group: `GROUP × NR` nibbles.
+const GROUP_BYTES: usize = GROUP * NR / 2;
+
+/// A weight matrix (`k` inputs × `n` outputs) on a 4-bit grid per column and group, packed in
+/// panels.
+#[derive(Debug, Clone)]
+pub struct Q4Matrix {
+    k: usize,
+    n: usize,
+    groups: usize,
+    panels: usize,
+    /// Per panel: `groups × GROUP_BYTES` bytes; byte `((g·STEPS + s)·NR + col)·4 + b` holds input
+    /// `g·GROUP + 8s + b` of column `col` in its low nibble and input `g·GROUP + 8s + 4 + b` in
+    /// its high one.
+    nibbles: Vec<u8>,
+    /// Per panel and group: `NR` column steps `d` (f16 bits).
+    steps: Vec<u16>,
+    /// Per panel and group: `NR` column minima `m` (f16 bits).
+    mins: Vec<u16>,
+    /// Input channels computed apart in f32 (LLM.int8()'s decomposition): zeroed before the
+    /// activations are quantized, so their large values do not coarsen their groups' grids.
+    outliers: Vec<usize>,
+    /// Per panel: `outliers.len() × NR` weights of those channels, as given (0 past `n`).
+    outlier_rows: Vec<f32>,
+}
+
+/// A group's grid: `(d, m, q)` with `w ≈ d·q + m`, `q ∈ 0..=15`, `d` and `m` rounded to f16
+/// first so that `q` is chosen against the values the kernel will use.
+fn quantize_group(vals: &[f32]) -> (f16, f16, impl Iterator<Item = u8> + '_) {
+    let (lo, hi) = vals.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let m = f16::from_f32(lo);
+    let d = f16::from_f32((hi - lo) / 15.0);
+    let (mf, df) = (m.to_f32(), d.to_f32());
+    let inv = if df > 0.0 { 1.0 / df } else { 0.0 };
+    (d, m, vals.iter().map(move |&v| ((v - mf) * inv + 0.5).clamp(0.0, 15.0) as u8))
+}
+
+impl Q4Matrix {
+    /// Quantizes `w`, `k × n` row-major (inputs × outputs, the layout `x · w` multiplies).
+    pub fn quantize(w: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w.len(), k * n, "weight matrix is {} values, not {k} × {n}", w.len());
+        let groups = k.div_ceil(GROUP);
+        let panels = n.div_ceil(NR);
+        let mut nibbles = vec![0u8; panels * groups * GROUP_BYTES];
+        let mut steps = vec![0u16; panels * groups * NR];
+        let mut mins = vec![0u16; panels * groups * NR];
+        let mut column = Vec::with_capacity(GROUP);
+        for c in 0..n {
+            let (p, col) = (c / NR, c % NR);
+            for g in 0..groups {
+                let (lo, hi) = (g * GROUP, ((g + 1) * GROUP).min(k));
+                column.clear();
+                column.extend((lo..hi).map(|i| w[i * n + c]));
+                let (d, m, q) = quantize_group(&column);
+                let meta = (p * groups + g) * NR + col;
+                (steps[meta], mins[meta]) = (d.to_bits(), m.to_bits());
+                for (j, v) in q.enumerate() {
+                    let (s, within) = (j / 8, j % 8);
+                    let (b, shift) = (within % 4, 4 * (within / 4));
+                    nibbles[(p * groups + g) * GROUP_BYTES + ((s * NR + col) * 4 + b)] |= v << shift;
+                }
+            }
+        }
+        Self { k, n, groups, panels, nibbles, steps, mins, outliers: Vec::new(), outlier_rows: Vec::new() }
+    }
+
+    /// [`Self::quantize`], with input channels `outliers` multiplied in f32 apart from the rest.
+    pub fn quantize_with_outliers(w: &[f32], k: usize, n: usize, outliers: &[usize]) -> Self {
+        let mut q = Self::quantize(w, k, n);
+        q.outliers = outliers.iter().copied().filter(|&o| o < k).collect();
+        q.outlier_rows = vec![0.0; q.panels * q.outliers.len() * NR];
+        for (p, panel) in q.outlier_rows.chunks_exact_mut(q.outliers.len() * NR.max(1)).enumerate() {
+            for (&o, row) in q.outliers.iter().zip(panel.chunks_exact_mut(NR)) {
+                for (col, v) in row.iter_mut().enumerate().take(n.saturating_sub(p * NR)) {
+                    *v = w[o * n + p * NR + col];
+                }
+            }
+        }
+        q
+    }
+
+    /// The weights as this grid holds them, `k × n` row-major: `q · d + m` in f32 (a multiply
+    /// then an add, as llama.cpp and candle dequantize Q4_1).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut w = vec![0.0f32; self.k * self.n];
+        for c in 0..self.n {
+            let (p, col) = (c / NR, c % NR);
+            for i in 0..self.k {
+                let (g, j) = (i / GROUP, i % GROUP);
+                let (s, within) = (j / 8, j % 8);
+                let byte = self.nibbles[(p * self.groups + g) * GROUP_BYTES + (s * NR + col) * 4 + within % 4];
+                let q = (byte >> (4 * (within / 4))) & 15;
+                let meta = (p * self.groups + g) * NR + col;
+                let (d, m) = (f16::from_bits(self.steps[meta]).to_f32(), f16::from_bits(self.mins[meta]).to_f32());
+                w[i * self.n + c] = q as f32 * d + m;
+            }
+        }
+        w
+    }
+
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Outputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held (nibbles, steps, minima).
+    pub fn bytes(&self) -> usize {
+        self.nibbles.len() + 2 * (self.steps.len() + self.mins.len()) + 4 * self.outlier_rows.len()
+    }
+
+    /// Bytes a `k × n` matrix takes once quantized (what [`Q4Matrix::bytes`] will say).
+    pub fn bytes_for(k: usize, n: usize) -> usize {
+        Self::bytes_with_outliers(k, n, 0)
+    }
+
+    /// Bytes a `k × n` matrix with `outliers` channels apart takes once quantized.
+    pub fn bytes_with_outliers(k: usize, n: usize, outliers: usize) -> usize {
+        let (groups, panels) = (k.div_ceil(GROUP), n.div_ceil(NR));
+        panels * groups * (GROUP_BYTES + 4 * NR) + panels * outliers.min(k) * NR * 4
+    }
+
+    /// `x · w` for `x` of `m × k` (row-major); returns `m × n`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "input is {} values, not {m} × {}", x.len(), self.k);
+        let a = if self.outliers.is_empty() {
+            QuantRows::new(x, m, self.k, self.groups, 0)
+        } else {
+            let mut rest = x.to_vec();
+            for row in rest.chunks_exact_mut(self.k) {
+                self.outliers.iter().for_each(|&o| row[o] = 0.0);
+            }
+            QuantRows::new(&rest, m, self.k, self.groups, 0)
+        };
+        // The outlier channels' values, `m × outliers` (gathered once: the tiles of every panel
+        // read them).
+        let apart: Vec<f32> = x.chunks_exact(self.k).flat_map(|r| self.outliers.iter().map(|&o| r[o])).collect();
+        let vnni = has_vnni_f16c();
+        panel_matmul(self.panels, self.n, m, |p, row, rows, tile| {
+            if vnni {
+                // SAFETY: `has_vnni_f16c` checked the CPU features the kernel is compiled for.
+                unsafe { vnni::tile(self, &a, p, row, rows, tile) };
+            } else {
+                portable_tile(self, &a, p, row, rows, tile);
+            }
+            self.add_outliers(&apart, p, row, tile);
+        })
+    }
+
+    /// Adds the outlier channels' `x_j · w_j` to a tile of panel `p` (rows from `row`; `apart`
+    /// holds each row's outlier values), in channel order, whichever kernel ran (a multiply then
+    /// an add, never fused, so that the AVX2 build of this loop and the baseline one agree).
+    fn add_outliers(&self, apart: &[f32], p: usize, row: usize, tile: &mut [f32]) {
+        #[inline(always)]
+        fn body(q: &Q4Matrix, apart: &[f32], p: usize, row: usize, tile: &mut [f32]) {
+            let count = q.outliers.len();
+            let weights = &q.outlier_rows[p * count * NR..(p + 1) * count * NR];
+            for (r, out) in tile.chunks_exact_mut(NR).enumerate() {
+                let out: &mut [f32; NR] = out.try_into().expect("NR columns");
+                // In registers across the channels (a store and reload per channel was a chain
+                // of store-to-load forwarding).
+                let mut acc = *out;
+                for (&v, w) in apart[(row + r) * count..(row + r + 1) * count].iter().zip(weights.chunks_exact(NR)) {
+                    let w: &[f32; NR] = w.try_into().expect("NR columns");
+                    for c in 0..NR {
+                        acc[c] += v * w[c];
+                    }
+                }
+                *out = acc;
+            }
+        }
+        if self.outliers.is_empty() {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::attention::has_avx2_fma() {
+            #[target_feature(enable = "avx2")]
+            unsafe fn fast(q: &Q4Matrix, apart: &[f32], p: usize, row: usize, tile: &mut [f32]) {
+                body(q, apart, p, row, tile)
+            }
+            // SAFETY: the CPU has AVX2 (checked above).
+            return unsafe { fast(self, apart, p, row, tile) };
+        }
+        body(self, apart, p, row, tile)
+    }
+}
+
+/// Whether this CPU runs the VNNI int4 kernel (the int8 one's features and F16C).
+pub fn has_vnni_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_vnni() && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        has_vnni()
+    }
+}
+
+/// Rows `row .. row + rows` of panel `p` into `out` (`rows × NR`), one column at a time.
+#[inline(always)]
+fn portable_body(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+    for r in 0..rows {
+        let x = &a.bytes[(row + r) * a.k_pad..(row + r + 1) * a.k_pad];
+        let meta_row = (row + r) * a.groups;
+        for col in 0..NR {
+            let mut acc = 0.0f32;
+            for g in 0..w.groups {
+                let packed = &w.nibbles[(p * w.groups + g) * GROUP_BYTES..][..GROUP_BYTES];
+                let mut isum = 0i32;
+                for s in 0..STEPS {
+                    let lane = &packed[(s * NR + col) * 4..][..4];
+                    let xq = &x[g * GROUP + 8 * s..][..8];
+                    for b in 0..4 {
+                        isum += (lane[b] & 15) as i32 * xq[b] as i8 as i32;
+                        isum += (lane[b] >> 4) as i32 * xq[4 + b] as i8 as i32;
+                    }
+                }
+                let meta = (p * w.groups + g) * NR + col;
+                let (d, m) = (f16::from_bits(w.steps[meta]).to_f32(), f16::from_bits(w.mins[meta]).to_f32());
+                let xs = a.scales[meta_row + g];
+                acc = (isum as f32).mul_add(d * xs, acc);
+                acc = (a.sums[meta_row + g] as f32).mul_add(m * xs, acc);
+            }
+            out[r * NR + col] = acc;
+        }
+    }
+}
+
+/// The portable kernel; compiled a second time with AVX2+FMA where the CPU has them, so that
+/// `mul_add` is one instruction rather than a library call (same results either way).
+fn portable_tile(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::attention::has_avx2_fma() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fast(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+            portable_body(w, a, p, row, rows, out)
+        }
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { fast(w, a, p, row, rows, out) };
+    }
+    portable_body(w, a, p, row, rows, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{Q4Matrix, QuantRows, GROUP, GROUP_BYTES, MR, NR, STEPS};
+
+    /// Rows `row .. row + rows` (at most [`MR`]) of panel `p` into `out` (`rows × NR`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn tile(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+        match rows {
+            4 => tile_n::<4>(w, a, p, row, out),
+            3 => tile_n::<3>(w, a, p, row, out),
+            2 => tile_n::<2>(w, a, p, row, out),
+            _ => tile_n::<1>(w, a, p, row, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    unsafe fn tile_n<const R: usize>(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, out: &mut [f32]) {
+        debug_assert!(R <= MR && out.len() >= R * NR);
+        let groups = w.groups;
+        let wp = w.nibbles.as_ptr().add(p * groups * GROUP_BYTES) as *const __m256i;
+        let meta = (p * groups) * NR;
+        let xrow = |r: usize| a.bytes.as_ptr().add((row + r) * a.k_pad);
+        let low = _mm256_set1_epi8(15);
+        let mut facc = [[_mm256_setzero_ps(); 2]; R];
+        for g in 0..groups {
+            let mut iacc = [[_mm256_setzero_si256(); 2]; R];
+            for s in 0..STEPS {
+                let w0 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2));
+                let w1 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2 + 1));
+                let lo = [_mm256_and_si256(w0, low), _mm256_and_si256(w1, low)];
+                let hi =
+                    [_mm256_and_si256(_mm256_srli_epi16(w0, 4), low), _mm256_and_si256(_mm256_srli_epi16(w1, 4), low)];
+                for (r, acc) in iacc.iter_mut().enumerate() {
+                    let at = xrow(r).add(g * GROUP + 8 * s);
+                    let xa = _mm256_set1_epi32((at as *const i32).read_unaligned());
+                    let xb = _mm256_set1_epi32((at.add(4) as *const i32).read_unaligned());
+                    for h in 0..2 {
+                        acc[h] = _mm256_dpbusd_epi32(acc[h], lo[h], xa);
+                        acc[h] = _mm256_dpbusd_epi32(acc[h], hi[h], xb);
+                    }
+                }
+            }
+            let m = meta + g * NR;
+            let half = |v: &[u16], at: usize| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at) as *const __m128i));
+            let d = [half(&w.steps, m), half(&w.steps, m + 8)];
+            let mins = [half(&w.mins, m), half(&w.mins, m + 8)];
+            for (r, (f, i)) in facc.iter_mut().zip(&iacc).enumerate() {
+                let at = (row + r) * a.groups + g;
+                let xs = _mm256_set1_ps(*a.scales.get_unchecked(at));
+                let xsum = _mm256_set1_ps(*a.sums.get_unchecked(at) as f32);
+                for h in 0..2 {
+                    f[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i[h]), _mm256_mul_ps(d[h], xs), f[h]);
+                    f[h] = _mm256_fmadd_ps(xsum, _mm256_mul_ps(mins[h], xs), f[h]);
+                }
+            }
+        }
+        for (r, f) in facc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * NR), f[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8), f[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::q8::test_support::{lcg, reference};
+
+    #[test]
+    fn the_files_q4_1_blocks_come_back_exactly() {
+        // A Q4_1 block as llama.cpp dequantizes it: w = d·q + m with d, m f16. Column 0 uses
+        // d = 0.25, m = −1 and q = j mod 16 (so q = 0 and 15 both occur: min −1, max 2.75);
+        // column 1 is constant 0.5 (d = 0: every q is 0, m = 0.5).
+        let (k, n) = (32, 2);
+        let mut w = vec![0.0f32; k * n];
+        for j in 0..k {
+            w[j * n] = 0.25 * (j % 16) as f32 - 1.0;
+            w[j * n + 1] = 0.5;
+        }
+        let q = Q4Matrix::quantize(&w, k, n);
+        // x = e_j picks row j exactly: y = w[j] · 1 (x's scale is 1/127, q_x = 127).
+        for j in [0, 5, 15, 31] {
+            let mut x = vec![0.0f32; k];
+            x[j] = 1.0;
+            let y = q.matmul(&x, 1);
+            assert!((y[0] - w[j * n]).abs() < 1e-6 && (y[1] - 0.5).abs() < 1e-6, "row {j}: {y:?}");
+        }
+    }
+
+    #[test]
+    fn close_to_f32_for_odd_shapes() {
+        // k not a multiple of 32, n not a multiple of 16, m not a multiple of 4.
+        for &(m, k, n) in &[(1, 40, 3), (5, 64, 17), (7, 100, 33), (9, 576, 48)] {
+            let (x, w) = (lcg(m as u64, m * k), lcg(k as u64 + 7, k * n));
+            let got = Q4Matrix::quantize(&w, k, n).matmul(&x, m);
+            let want = reference(&x, &w, m, k, n);
+            // Weights in [−1, 1] on a 16-level grid: step ≤ 2/15, error ≤ 1/15 per weight, and
+            // about 1/(15·√3) ≈ 0.04 rms; a sum of k such products with |x| ≤ 1 errs by about
+            // 0.04·√(k/3) typically. The bound is three times that.
+            let bound = 0.12 * (k as f32 / 3.0).sqrt();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < bound, "m={m} k={k} n={n}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_size_is_known_before_quantizing() {
+        for (k, n) in [(40, 3), (576, 3072), (100, 33)] {
+            assert_eq!(Q4Matrix::quantize(&vec![0.5; k * n], k, n).bytes(), Q4Matrix::bytes_for(k, n));
+        }
+        // 576 × 3072: 18 groups × 192 panels × (256 nibble bytes + 64 bytes of f16 d and m).
+        assert_eq!(Q4Matrix::bytes_for(576, 3072), 18 * 192 * 320);
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_its_batch() {
+        let (m, k, n) = (11, 96, 40);
+        let (x, w) = (lcg(3, m * k), lcg(4, k * n));
+        let q = Q4Matrix::quantize(&w, k, n);
+        let all = q.matmul(&x, m);
+        for r in 0..m {
+            let alone = q.matmul(&x[r * k..(r + 1) * k], 1);
+            assert_eq!(alone, all[r * n..(r + 1) * n], "row {r}");
+        }
+    }
+
+    #[test]
+    fn the_portable_kernel_equals_the_vnni_one() {
+        if !has_vnni_f16c() {
+            eprintln!("SKIPPED the_portable_kernel_equals_the_vnni_one (int4): this CPU lacks AVX-512 VNNI or F16C");
+            return;
+        }
+        let (m, k, n) = (6, 128, 32);
+        let (x, w) = (lcg(5, m * k), lcg(6, k * n));
+        let q = Q4Matrix::quantize(&w, k, n);
+        let a = QuantRows::new(&x, m, k, q.groups, 0);
+        for p in 0..q.panels {
+            let mut portable = vec![0.0; m * NR];
+            portable_body(&q, &a, p, 0, 4, &mut portable[..4 * NR]);
+            portable_body(&q, &a, p, 4, 2, &mut portable[4 * NR..]);
+            let mut fast = vec![0.0; m * NR];
+            // SAFETY: checked by `has_vnni_f16c`.
+            unsafe {
+                vnni::tile(&q, &a, p, 0, 4, &mut fast[..4 * NR]);
+                vnni::tile(&q, &a, p, 4, 2, &mut fast[4 * NR..]);
+            }
+            assert_eq!(portable, fast, "panel {p}");
+        }
+    }
+}
