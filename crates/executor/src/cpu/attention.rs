@@ -14,6 +14,95 @@ use tandem_core::BlockId;
 
 use super::kv_cache::KvView;
 
+/// Cephes' `expf` polynomial (degree 6 on `r ∈ [−ln2/2, ln2/2]`, ~1 ulp) and its range
+/// reduction `x = n·ln2 + r`, `ln2` split in two so that `n·ln2_hi` is exact.
+const EXP_POLY: [f32; 6] = [1.987_569_2e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// `1.5 · 2²³`: adding it rounds an `f32` below 2²² to an integer (to nearest, ties to even).
+const ROUND: f32 = 12_582_912.0;
+/// Below this, `exp` is under 2⁻¹²⁵ (a softmax weight of nothing next to the maximum's 1).
+const EXP_FLOOR: f32 = -87.0;
+
+/// `exp(x)` for softmax arguments (`x ≤ 0`, the row's maximum subtracted): the same operations,
+/// in the same order, as one lane of [`softmax_exp_avx2`], so the two give the same bits.
+#[inline(always)]
+fn exp_neg<const FMA: bool>(x: f32) -> f32 {
+    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let x = x.max(EXP_FLOOR);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = fma(n, -LN2_LO, fma(n, -LN2_HI, x));
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| fma(p, r, c));
+    let y = fma(p, r * r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// `row[j] = exp(row[j] − max)` in place; returns their sum, added in eight interleaved
+/// partial sums (element `j` into sum `j mod 8`) combined pairwise — the order the AVX2
+/// variant's lanes add in.
+#[inline(always)]
+fn softmax_exp<const FMA: bool>(row: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: the FMA variant runs only inside `attend_avx2`, after `has_avx2_fma`.
+        return unsafe { softmax_exp_avx2(row, max) };
+    }
+    let mut sums = [0.0f32; 8];
+    for (j, x) in row.iter_mut().enumerate() {
+        *x = exp_neg::<FMA>(*x - max);
+        sums[j % 8] += *x;
+    }
+    pairwise(sums)
+}
+
+/// `((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))`.
+#[inline(always)]
+fn pairwise(s: [f32; 8]) -> f32 {
+    ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+}
+
+/// [`softmax_exp`] eight lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn softmax_exp_avx2(row: &mut [f32], max: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let (vmax, floor, log2e, round) = (
+        _mm256_set1_ps(max),
+        _mm256_set1_ps(EXP_FLOOR),
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+        _mm256_set1_ps(ROUND),
+    );
+    let (hi, lo, one) = (_mm256_set1_ps(-LN2_HI), _mm256_set1_ps(-LN2_LO), _mm256_set1_ps(1.0));
+    let mut acc = _mm256_setzero_ps();
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vmax), floor);
+        let n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, log2e), round), round);
+        let r = _mm256_fmadd_ps(n, lo, _mm256_fmadd_ps(n, hi, x));
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for &k in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(k));
+        }
+        let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), one);
+        let scale =
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+        let e = _mm256_mul_ps(y, scale);
+        _mm256_storeu_ps(c.as_mut_ptr(), e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    let mut sums = [0.0f32; 8];
+    _mm256_storeu_ps(sums.as_mut_ptr(), acc);
+    for (l, x) in chunks.into_remainder().iter_mut().enumerate() {
+        *x = exp_neg::<true>(*x - max);
+        sums[l] += *x;
+    }
+    pairwise(sums)
+}
+
 /// `o += w · v`, element-wise.
 #[inline(always)]
 fn axpy_impl<const FMA: bool>(o: &mut [f32], w: f32, v: &[f32]) {
@@ -277,35 +366,49 @@ fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mu
     let n = q.len() / (s.heads * d);
     // Output rows hold the query heads of `kv_heads` only.
     let (h0, out_heads) = (kv_heads.start * group, kv_heads.len() * group);
-    for i in 0..n {
-        let ctx = start + i + 1;
-        let blocks = &table[..ctx.div_ceil(bs)];
-        let padded = blocks.len() * bs;
+    // Every query of the call against each key (then value) block in one pass, so that a
+    // prefill chunk reads the cache once rather than once per token; query `i` sees the blocks
+    // below its context `start + i + 1` (block `b` from query `b·bs − start` on). Each (query,
+    // head) row's operations and their order are those of the query alone: scores lane by lane,
+    // the softmax over its own context, the weighted sum over its blocks in order.
+    let blocks = &table[..(start + n).div_ceil(bs)];
+    let padded = blocks.len() * bs;
+    let rows = n * group;
+    let first_seeing = |b: usize| (b * bs).saturating_sub(start).min(n);
+    let mut inv = vec![0.0f32; rows];
+    for kvh in kv_heads.clone() {
         scores.clear();
-        scores.resize(group * padded, 0.0);
-        for kvh in kv_heads.clone() {
-            let heads = kvh * group..(kvh + 1) * group;
-            // The group's queries, contiguous: heads kvh·group .. (kvh + 1)·group of token i.
-            let qg = &q[(i * s.heads + kvh * group) * d..(i * s.heads + (kvh + 1) * group) * d];
-            for (b, &block) in blocks.iter().enumerate() {
-                let keys = &cache.key_block(layer, block)[kvh * d * bs..(kvh + 1) * d * bs];
-                group_scores::<FMA>(qg, d, keys, scores, padded, b * bs, scale);
+        scores.resize(rows * padded, 0.0);
+        for (b, &block) in blocks.iter().enumerate() {
+            let keys = &cache.key_block(layer, block)[kvh * d * bs..(kvh + 1) * d * bs];
+            for i in first_seeing(b)..n {
+                // The group's queries, contiguous: heads kvh·group .. (kvh + 1)·group of token i.
+                let qg = &q[(i * s.heads + kvh * group) * d..(i * s.heads + (kvh + 1) * group) * d];
+                let mine = &mut scores[i * group * padded..(i + 1) * group * padded];
+                group_scores::<FMA>(qg, d, keys, mine, padded, b * bs, scale);
             }
-            for (g, h) in heads.enumerate() {
-                let row = &mut scores[g * padded..g * padded + ctx];
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let mut sum = 0.0;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                let o = &mut out[(i * out_heads + h - h0) * d..(i * out_heads + h - h0 + 1) * d];
-                o.fill(0.0);
-                for (b, &block) in blocks.iter().enumerate() {
-                    let values = cache.value_block(layer, block);
-                    let weights = &row[b * bs..ctx.min((b + 1) * bs)];
-                    weighted_sum::<FMA>(o, weights, inv, values, kv_dim, kvh * d);
+        }
+        for (r, inv) in inv.iter_mut().enumerate() {
+            let ctx = start + r / group + 1;
+            let row = &mut scores[r * padded..r * padded + ctx];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            *inv = 1.0 / softmax_exp::<FMA>(row, max);
+        }
+        let head_out = |i: usize, g: usize| (i * out_heads + kvh * group + g - h0) * d;
+        for i in 0..n {
+            for g in 0..group {
+                out[head_out(i, g)..head_out(i, g) + d].fill(0.0);
+            }
+        }
+        for (b, &block) in blocks.iter().enumerate() {
+            let values = cache.value_block(layer, block);
+            for i in first_seeing(b)..n {
+                let ctx = start + i + 1;
+                for g in 0..group {
+                    let r = i * group + g;
+                    let weights = &scores[r * padded + b * bs..r * padded + ctx.min((b + 1) * bs)];
+                    let o = &mut out[head_out(i, g)..head_out(i, g) + d];
+                    weighted_sum::<FMA>(o, weights, inv[r], values, kv_dim, kvh * d);
                 }
             }
         }
@@ -400,6 +503,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_softmax_exponential_is_within_two_ulps_and_lanes_equal_the_scalar_form() {
+        // exp(0) = 1 exactly (n = 0, r = 0); elsewhere against f64 over the range softmax uses.
+        assert_eq!(exp_neg::<true>(0.0), 1.0);
+        assert_eq!(exp_neg::<false>(0.0), 1.0);
+        for i in 0..=8700 {
+            let x = -(i as f32) * 0.01;
+            let want = (x as f64).exp();
+            for got in [exp_neg::<true>(x), exp_neg::<false>(x)] {
+                assert!(((got as f64) - want).abs() <= 2.5e-7 * want, "exp({x}) = {got}, want {want}");
+            }
+        }
+        assert!(exp_neg::<true>(-1e4) < 1e-37, "far below the floor is ~0");
+        if !has_avx2_fma() {
+            eprintln!("SKIPPED the AVX2 half of the exponential test: this CPU lacks AVX2+FMA");
+            return;
+        }
+        // 21 values: two full 8-lane chunks and a 5-value tail; the sum in the same order.
+        let row: Vec<f32> = (0..21).map(|j| -0.37 * j as f32 + 1.5).collect();
+        let (mut fast, mut scalar) = (row.clone(), row.clone());
+        // SAFETY: checked above.
+        let sum_fast = unsafe { softmax_exp_avx2(&mut fast, 1.5) };
+        let mut sums = [0.0f32; 8];
+        for (j, x) in scalar.iter_mut().enumerate() {
+            *x = exp_neg::<true>(*x - 1.5);
+            sums[j % 8] += *x;
+        }
+        assert_eq!(fast, scalar);
+        assert_eq!(sum_fast, pairwise(sums));
     }
 
     #[test]

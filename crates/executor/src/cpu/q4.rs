@@ -154,15 +154,7 @@ impl Q4Matrix {
     /// `x · w` for `x` of `m × k` (row-major); returns `m × n`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input is {} values, not {m} × {}", x.len(), self.k);
-        let a = if self.outliers.is_empty() {
-            QuantRows::new(x, m, self.k, self.groups, 0)
-        } else {
-            let mut rest = x.to_vec();
-            for row in rest.chunks_exact_mut(self.k) {
-                self.outliers.iter().for_each(|&o| row[o] = 0.0);
-            }
-            QuantRows::new(&rest, m, self.k, self.groups, 0)
-        };
+        let a = QuantRows::new(x, m, self.k, self.groups, 0, &self.outliers);
         // The outlier channels' values, `m × outliers` (gathered once: the tiles of every panel
         // read them).
         let apart: Vec<f32> = x.chunks_exact(self.k).flat_map(|r| self.outliers.iter().map(|&o| r[o])).collect();
@@ -414,7 +406,7 @@ mod tests {
         let (m, k, n) = (6, 128, 32);
         let (x, w) = (lcg(5, m * k), lcg(6, k * n));
         let q = Q4Matrix::quantize(&w, k, n);
-        let a = QuantRows::new(&x, m, k, q.groups, 0);
+        let a = QuantRows::new(&x, m, k, q.groups, 0, &[]);
         for p in 0..q.panels {
             let mut portable = vec![0.0; m * NR];
             portable_body(&q, &a, p, 0, 4, &mut portable[..4 * NR]);
