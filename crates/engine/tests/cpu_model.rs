@@ -1,6 +1,6 @@
 //! The real model through the real engine: greedy outputs are batch-invariant — 8 prompts of
 //! different lengths decoded together (with chunked prefill, and with preemption by recompute
-//! and by swap) give exactly what each gives decoded alone, with f32 and with int8 weights.
+//! and by swap) give exactly what each gives decoded alone, with f32, int8 and 4-bit weights.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

@@ -126,13 +126,14 @@ fn simulate_through_the_engine_thread_reports_hidden_cpu() {
 
 #[test]
 fn generate_answers_with_the_default_model() {
-    // Default (int8 for the quantized default file) and exact f32 weights. The bare question is
-    // a coin toss for this model under int8 (docs/model.md), so the default run asks for brevity.
+    // Default (4-bit for the default file, whose layers are Q4_1) and exact f32 weights. The
+    // bare question is a coin toss for this model when quantized (docs/model.md), so the
+    // default run asks for brevity.
     let (code, stdout, stderr) =
         tandem(&["generate", "--prompt", "What is the capital of France? Answer briefly.", "--max-tokens", "16"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("Paris"), "{stdout}");
-    assert!(stderr.contains("finish stop") && stderr.contains("q8 weights"), "{stderr}");
+    assert!(stderr.contains("finish stop") && stderr.contains("q4 weights"), "{stderr}");
     let (code, stdout, stderr) =
         tandem(&["generate", "--weights", "f32", "--prompt", "What is the capital of France?", "--max-tokens", "16"]);
     assert_eq!(code, 0, "{stderr}");
