@@ -40,14 +40,11 @@ impl Linear {
     /// This layer in `format` (`Auto` keeps it as it is).
     pub fn into_format(self, format: WeightFormat) -> Result<Self, ExecError> {
         match (self, format) {
-            (Linear::F32(w), format @ (WeightFormat::Q8 | WeightFormat::Q4)) => {
-                let (k, n) = (w.dims()[0], w.dims()[1]);
-                let values = w.flatten_all()?.to_vec1::<f32>()?;
-                Ok(match format {
-                    WeightFormat::Q4 => Linear::Q4(Q4Matrix::quantize(&values, k, n)),
-                    _ => Linear::Q8(Q8Matrix::quantize(&values, k, n)),
-                })
+            (f32 @ Linear::F32(_), WeightFormat::Q8) => {
+                let (values, k, n) = f32.f32_values()?;
+                Ok(Linear::Q8(Q8Matrix::quantize(&values, k, n)))
             }
+            (f32 @ Linear::F32(_), WeightFormat::Q4) => f32.into_q4(&[]),
             (same @ Linear::F32(_), WeightFormat::F32 | WeightFormat::Auto)
             | (same @ Linear::Q8(_), WeightFormat::Q8 | WeightFormat::Auto)
             | (same @ Linear::Q4(_), WeightFormat::Q4 | WeightFormat::Auto) => Ok(same),
@@ -68,13 +65,16 @@ impl Linear {
 
     /// This layer (f32) in 4-bit weights, input channels `outliers` multiplied in f32.
     pub fn into_q4(self, outliers: &[usize]) -> Result<Self, ExecError> {
+        let (values, k, n) = self.f32_values()?;
+        Ok(Linear::Q4(Q4Matrix::quantize_with_outliers(&values, k, n, outliers)))
+    }
+
+    /// An f32 layer's weights, `k × n` row-major, with `k` and `n`; an error for quantized ones
+    /// (their f32 values are gone).
+    pub fn f32_values(&self) -> Result<(Vec<f32>, usize, usize), ExecError> {
         match self {
-            Linear::F32(w) => {
-                let (k, n) = (w.dims()[0], w.dims()[1]);
-                let values = w.flatten_all()?.to_vec1::<f32>()?;
-                Ok(Linear::Q4(Q4Matrix::quantize_with_outliers(&values, k, n, outliers)))
-            }
-            held => Err(ExecError::Device(format!("{} weights cannot be turned into q4", held.format()).into())),
+            Linear::F32(w) => Ok((w.flatten_all()?.to_vec1::<f32>()?, w.dims()[0], w.dims()[1])),
+            held => Err(ExecError::Device(format!("{} weights hold no f32 values", held.format()).into())),
         }
     }
 

@@ -62,6 +62,14 @@ fn quantize_group(vals: &[f32]) -> (f16, f16, impl Iterator<Item = u8> + '_) {
     (d, m, vals.iter().map(move |&v| ((v - mf) * inv + 0.5).clamp(0.0, 15.0) as u8))
 }
 
+/// Where input `j` (within its group, `0..GROUP`) of column `col` (within its panel) sits in the
+/// group's packed bytes: the byte's index and the nibble's shift.
+#[inline(always)]
+fn nibble_at(j: usize, col: usize) -> (usize, u32) {
+    let (s, within) = (j / 8, j % 8);
+    ((s * NR + col) * 4 + within % 4, 4 * (within / 4) as u32)
+}
+
 impl Q4Matrix {
     /// Quantizes `w`, `k × n` row-major (inputs × outputs, the layout `x · w` multiplies).
     pub fn quantize(w: &[f32], k: usize, n: usize) -> Self {
@@ -82,9 +90,8 @@ impl Q4Matrix {
                 let meta = (p * groups + g) * NR + col;
                 (steps[meta], mins[meta]) = (d.to_bits(), m.to_bits());
                 for (j, v) in q.enumerate() {
-                    let (s, within) = (j / 8, j % 8);
-                    let (b, shift) = (within % 4, 4 * (within / 4));
-                    nibbles[(p * groups + g) * GROUP_BYTES + ((s * NR + col) * 4 + b)] |= v << shift;
+                    let (byte, shift) = nibble_at(j, col);
+                    nibbles[(p * groups + g) * GROUP_BYTES + byte] |= v << shift;
                 }
             }
         }
@@ -95,8 +102,11 @@ impl Q4Matrix {
     pub fn quantize_with_outliers(w: &[f32], k: usize, n: usize, outliers: &[usize]) -> Self {
         let mut q = Self::quantize(w, k, n);
         q.outliers = outliers.iter().copied().filter(|&o| o < k).collect();
+        if q.outliers.is_empty() {
+            return q;
+        }
         q.outlier_rows = vec![0.0; q.panels * q.outliers.len() * NR];
-        for (p, panel) in q.outlier_rows.chunks_exact_mut(q.outliers.len() * NR.max(1)).enumerate() {
+        for (p, panel) in q.outlier_rows.chunks_exact_mut(q.outliers.len() * NR).enumerate() {
             for (&o, row) in q.outliers.iter().zip(panel.chunks_exact_mut(NR)) {
                 for (col, v) in row.iter_mut().enumerate().take(n.saturating_sub(p * NR)) {
                     *v = w[o * n + p * NR + col];
@@ -113,10 +123,9 @@ impl Q4Matrix {
         for c in 0..self.n {
             let (p, col) = (c / NR, c % NR);
             for i in 0..self.k {
-                let (g, j) = (i / GROUP, i % GROUP);
-                let (s, within) = (j / 8, j % 8);
-                let byte = self.nibbles[(p * self.groups + g) * GROUP_BYTES + (s * NR + col) * 4 + within % 4];
-                let q = (byte >> (4 * (within / 4))) & 15;
+                let g = i / GROUP;
+                let (byte, shift) = nibble_at(i % GROUP, col);
+                let q = (self.nibbles[(p * self.groups + g) * GROUP_BYTES + byte] >> shift) & 15;
                 let meta = (p * self.groups + g) * NR + col;
                 let (d, m) = (f16::from_bits(self.steps[meta]).to_f32(), f16::from_bits(self.mins[meta]).to_f32());
                 w[i * self.n + c] = q as f32 * d + m;

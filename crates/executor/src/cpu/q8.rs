@@ -116,12 +116,18 @@ fn quantize_activations(vals: &[f32], out: &mut [u8], bias: u8) -> (f32, i32) {
         return unsafe { quantize_activations_avx2(vals, out, bias) };
     }
     let (scale, q) = quantize_group(vals.iter().copied());
+    (scale, store_quantized(q, out, bias))
+}
+
+/// Writes `q + bias` (wrapping) into `out`; returns Σ q.
+#[inline(always)]
+fn store_quantized(q: impl Iterator<Item = i32>, out: &mut [u8], bias: u8) -> i32 {
     let mut sum = 0;
     for (o, v) in out.iter_mut().zip(q) {
         sum += v;
         *o = (v as u8).wrapping_add(bias);
     }
-    (scale, sum)
+    sum
 }
 
 /// [`quantize_activations`] for a whole group, eight lanes at a time.
@@ -149,12 +155,7 @@ unsafe fn quantize_activations_avx2(vals: &[f32], out: &mut [u8], bias: u8) -> (
         let rounded = _mm256_add_ps(r, _mm256_or_ps(_mm256_and_ps(r, sign), half));
         _mm256_storeu_si256(q.as_mut_ptr().add(8 * i) as *mut __m256i, _mm256_cvttps_epi32(rounded));
     }
-    let mut sum = 0;
-    for (o, &v) in out.iter_mut().zip(&q) {
-        sum += v;
-        *o = (v as u8).wrapping_add(bias);
-    }
-    (scale, sum)
+    (scale, store_quantized(q.into_iter(), out, bias))
 }
 
 /// `m × n` row-major from `panels` panels of [`NR`] columns, each computed by `tile(p, row,

@@ -4,7 +4,7 @@
 //! A few channels of a linear layer's input carry values far above the rest, so quantizing a
 //! row's group of 32 to int8 rounds the ordinary values in that group to a coarse grid. The int8
 //! format moves them into the weights instead (SmoothQuant, [`super::smooth`]), which a 4-bit
-//! file's grid cannot take without losing its exactness; so under [`WeightFormat::Q4`] the
+//! file's grid cannot take without losing its exactness; so under [`super::WeightFormat::Q4`] the
 //! [`OUTLIERS`] channels with the largest calibration maxima of each layer's input are zeroed
 //! before quantizing and added back as `x_j · w_j` in f32 with the file's weights.
 //!
@@ -12,7 +12,6 @@
 
 use super::smooth::{input_maxima, CALIBRATION_TEXT};
 use super::weights::LlamaModel;
-use super::WeightFormat;
 use crate::text::TextTokenizer;
 use crate::ExecError;
 
@@ -35,7 +34,7 @@ pub fn into_q4(model: LlamaModel, tokenizer: &TextTokenizer) -> Result<LlamaMode
     let maxima = input_maxima(&model, &ids)?;
     let channels: Vec<[Vec<usize>; 4]> =
         maxima.iter().map(|per| [0, 1, 2, 3].map(|i| largest(&per[i], OUTLIERS))).collect();
-    model.into_q4(&channels, WeightFormat::Q4.lm_head())
+    model.into_q4(&channels)
 }
 
 #[cfg(test)]

@@ -60,13 +60,6 @@ pub(crate) fn input_maxima(model: &LlamaModel, ids: &[u32]) -> Result<Vec<[Vec<f
     Ok(max)
 }
 
-fn values(l: &Linear) -> Result<(Vec<f32>, usize, usize), ExecError> {
-    match l {
-        Linear::F32(w) => Ok((w.flatten_all()?.to_vec1::<f32>()?, w.dims()[0], w.dims()[1])),
-        Linear::Q8(_) | Linear::Q4(_) => Err(ExecError::Device("smoothing needs the f32 weights".into())),
-    }
-}
-
 fn rebuild(v: Vec<f32>, k: usize, n: usize) -> Result<Linear, ExecError> {
     Linear::f32(Tensor::from_vec(v, (k, n), &Device::Cpu)?)
 }
@@ -99,12 +92,12 @@ pub fn smooth_for_int8(model: &mut LlamaModel, ids: &[u32], alpha: f32) -> Resul
     let group = c.heads / c.kv_heads.max(1);
     for (layer, [m_qkv, m_o, m_gu, m_down]) in model.layers.iter_mut().zip(maxima) {
         // QKV: into the attention norm.
-        let (mut w, k, n) = values(&layer.wqkv)?;
+        let (mut w, k, n) = layer.wqkv.f32_values()?;
         let s = scales(&m_qkv, &row_maxima(&w, n), alpha);
         scale_rows(&mut w, n, &s);
         layer.attn_norm.iter_mut().zip(&s).for_each(|(g, sj)| *g /= sj);
         // O: into V's columns, one scale per KV-head channel (the max over its query heads).
-        let (mut wo, ko, no) = values(&layer.wo)?;
+        let (mut wo, ko, no) = layer.wo.f32_values()?;
         let wo_max = row_maxima(&wo, no);
         let mut kv_x = vec![0.0f32; kvd];
         let mut kv_w = vec![0.0f32; kvd];
@@ -129,11 +122,11 @@ pub fn smooth_for_int8(model: &mut LlamaModel, ids: &[u32], alpha: f32) -> Resul
         layer.wqkv = rebuild(w, k, n)?;
         layer.wo = rebuild(wo, ko, no)?;
         // Gate/up: into the FFN norm. Down: into up's columns.
-        let (mut gu, kg, ng) = values(&layer.w_gate_up)?;
+        let (mut gu, kg, ng) = layer.w_gate_up.f32_values()?;
         let s = scales(&m_gu, &row_maxima(&gu, ng), alpha);
         scale_rows(&mut gu, ng, &s);
         layer.ffn_norm.iter_mut().zip(&s).for_each(|(g, sj)| *g /= sj);
-        let (mut dn, kd, nd) = values(&layer.w_down)?;
+        let (mut dn, kd, nd) = layer.w_down.f32_values()?;
         let s = scales(&m_down, &row_maxima(&dn, nd), alpha);
         scale_rows(&mut dn, nd, &s);
         for row in gu.chunks_exact_mut(ng) {

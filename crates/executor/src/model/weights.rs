@@ -112,13 +112,13 @@ impl LlamaModel {
     }
 
     /// This model (f32) with its layers in 4-bit weights, layer `l`'s linear `i` multiplying
-    /// input channels `outliers[l][i]` apart, and its LM head in `head`.
-    pub(crate) fn into_q4(self, outliers: &[[Vec<usize>; 4]], head: WeightFormat) -> Result<Self, ExecError> {
+    /// input channels `outliers[l][i]` apart, and its LM head in [`WeightFormat::lm_head`]'s.
+    pub(crate) fn into_q4(self, outliers: &[[Vec<usize>; 4]]) -> Result<Self, ExecError> {
         if outliers.len() != self.layers.len() {
             return Err(ExecError::Device("one outlier set per layer".into()));
         }
         let layers = self.layers.into_iter().zip(outliers).map(|(l, o)| l.into_q4(o)).collect::<Result<_, _>>()?;
-        Ok(LlamaModel { layers, lm_head: self.lm_head.into_format(head)?, ..self })
+        Ok(LlamaModel { layers, lm_head: self.lm_head.into_format(WeightFormat::Q4.lm_head())?, ..self })
     }
 
     /// Bytes of linear-layer weights (the matmuls' operands; embedding and norms excluded).
