@@ -8,7 +8,9 @@
 The same GGUF (default: tandem's embedded SmolLM2-135M-Instruct Q4_1) and thread count for
 both, each measure A B A B (llama.cpp first), nothing else running:
 
-- prefill 512 and 2,048 tokens: `llama-bench -p N -n 0` (pp) vs `tandem bench-model --prefill N`;
+- prefill 512 and 2,048 tokens: `llama-bench -p N -n 0 -r 3` (pp: a warm-up run, then the mean
+  of 3) vs `tandem bench-model --prefill N --reps 3` (the same: a first run, then the mean of 3,
+  each a prompt of its own);
 - decode, batch 1: `llama-bench -p 0 -n 128` (tg128) vs `tandem bench-model --batch 1 --context 0
   --steps 128`;
 - decode, batch 32 and 64: `llama-batched-bench -npp 128 -ntg 128 -npl 32,64` (S_TG) vs
@@ -84,7 +86,7 @@ class Peers:
                    env={**os.environ, "RAYON_NUM_THREADS": str(self.a.threads)})
 
     def tandem_prefill(self, n):
-        out = self.tandem_model("--batch", "1", "--steps", "1", "--prefill", str(n))
+        out = self.tandem_model("--batch", "1", "--steps", "1", "--prefill", str(n), "--reps", "3")
         return float(re.search(r"prefill\s+\d+ tokens: [\d.]+ s → ([\d.]+) tokens/s", out).group(1))
 
     def tandem_decode(self, batches, context, steps):

@@ -1,9 +1,10 @@
-//! f32 (candle/gemm) vs int8 (`Q8Matrix`) matmul at the CPU model's shapes (SmolLM2-135M:
+//! f32 (candle/gemm) vs int8 (`Q8Matrix`) vs 4-bit (`Q4Matrix`) matmul at the CPU model's shapes (SmolLM2-135M:
 //! hidden 576, intermediate 1536, vocab 49152) for decode batches of 1, 8 and 32 rows and a
 //! 512-token prefill chunk. `cargo bench -p tandem-executor --bench matmul`.
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tandem_executor::cpu::q4::Q4Matrix;
 use tandem_executor::cpu::q8::Q8Matrix;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -23,6 +24,7 @@ fn matmul(c: &mut Criterion) {
         let w = values(k * n, 1);
         let wt = Tensor::from_slice(&w, (k, n), &Device::Cpu).unwrap();
         let q = Q8Matrix::quantize(&w, k, n);
+        let q4 = Q4Matrix::quantize(&w, k, n);
         let mut group = c.benchmark_group(format!("matmul/{name}"));
         group.sample_size(10);
         for m in [1usize, 8, 32, 512] {
@@ -38,6 +40,7 @@ fn matmul(c: &mut Criterion) {
                 })
             });
             group.bench_with_input(BenchmarkId::new("q8", m), &x, |b, x| b.iter(|| q.matmul(x, m)));
+            group.bench_with_input(BenchmarkId::new("q4", m), &x, |b, x| b.iter(|| q4.matmul(x, m)));
         }
         group.finish();
     }

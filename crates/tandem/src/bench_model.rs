@@ -36,14 +36,18 @@ pub struct BenchModelArgs {
     /// Prompt length for the prefill measurement.
     #[arg(long, default_value_t = 512)]
     prefill: usize,
+    /// Timed prefills after the first, untimed-in-the-mean one (llama-bench's warm-up and
+    /// `-r`): each one a prompt of other token ids; the mean of their tokens/s is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
 }
 
 /// A step feeding `fed` tokens to each of `n` sequences at `start`, sequence `i` owning blocks
-/// `i * per_seq ..`.
-fn step(n: usize, per_seq: usize, start: usize, fed: usize, sample: bool) -> SchedulerOutput {
+/// `i * per_seq ..`; `prompt` picks other token ids (a prompt of its own per prefill run).
+fn step(n: usize, per_seq: usize, start: usize, fed: usize, sample: bool, prompt: usize) -> SchedulerOutput {
     let mut out = SchedulerOutput::default();
     for i in 0..n {
-        let tokens = (0..fed).map(|j| ((i * 131 + start + j) % 40_000 + 100) as u32);
+        let tokens = (0..fed).map(|j| ((i * 131 + start + j + prompt * 7_919) % 40_000 + 100) as u32);
         let table = (0..per_seq).map(|b| BlockId((i * per_seq + b) as u32));
         out.push_seq(RequestId(i as u64), tokens, start, table, sample);
     }
@@ -71,25 +75,46 @@ pub fn run(a: BenchModelArgs) -> Result<(), String> {
     println!("{} ({linear_mib} MiB of linear layers loaded)", exec.describe());
     println!("threads: {}", std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!("kernels: {}", tandem_executor::cpu::kernels());
-    // Prefill: one prompt of `prefill` tokens in chunks of 512.
-    let t = Instant::now();
-    let mut pos = 0;
-    while pos < a.prefill {
-        let n = 512.min(a.prefill - pos);
-        exec.execute(&step(1, per_seq, pos, n, pos + n == a.prefill)).map_err(|e| e.to_string())?;
-        pos += n;
+    // Prefill: prompts of `prefill` tokens in chunks of 512, each with token ids of its own. The
+    // first run is the process's first forward (its KV pages and buffers touched for the first
+    // time); like llama-bench, the figure is the mean over the runs after it.
+    let mut prefill = |prompt: usize| -> Result<f64, String> {
+        let t = Instant::now();
+        let mut pos = 0;
+        while pos < a.prefill {
+            let n = 512.min(a.prefill - pos);
+            exec.execute(&step(1, per_seq, pos, n, pos + n == a.prefill, prompt)).map_err(|e| e.to_string())?;
+            pos += n;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let first = prefill(0)?;
+    let runs = (1..=a.reps).map(&mut prefill).collect::<Result<Vec<_>, _>>()?;
+    let rates: Vec<f64> = runs.iter().map(|s| a.prefill as f64 / s).collect();
+    let tok = |s: f64| a.prefill as f64 / s;
+    if rates.is_empty() {
+        println!("prefill  {} tokens: {first:.2} s → {:.0} tokens/s (one run, the first)", a.prefill, tok(first));
+    } else {
+        let mean_rate = rates.iter().sum::<f64>() / rates.len() as f64;
+        let mean_secs = runs.iter().sum::<f64>() / runs.len() as f64;
+        let each: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        println!(
+            "prefill  {} tokens: {mean_secs:.2} s → {mean_rate:.0} tokens/s (mean of {} runs after the first: {}; the first: {:.0})",
+            a.prefill,
+            rates.len(),
+            each.join(" "),
+            tok(first)
+        );
     }
-    let secs = t.elapsed().as_secs_f64();
-    println!("prefill  {} tokens: {:.2} s → {:.0} tokens/s", a.prefill, secs, a.prefill as f64 / secs);
     for &b in &a.batch {
         // Fill each sequence's context (none: the first timed step starts it), then time
         // decode steps.
         if a.context > 0 {
-            exec.execute(&step(b, per_seq, 0, a.context, true)).map_err(|e| e.to_string())?;
+            exec.execute(&step(b, per_seq, 0, a.context, true, 0)).map_err(|e| e.to_string())?;
         }
         let t = Instant::now();
         for s in 0..a.steps {
-            exec.execute(&step(b, per_seq, a.context + s, 1, true)).map_err(|e| e.to_string())?;
+            exec.execute(&step(b, per_seq, a.context + s, 1, true, 0)).map_err(|e| e.to_string())?;
         }
         let secs = t.elapsed().as_secs_f64();
         println!(

@@ -28,8 +28,8 @@ const COALESCE_SCAN: usize = 64;
 /// What the step has decided so far.
 #[derive(Debug, Default)]
 pub(super) struct Plan {
-    /// (slot, tokens to feed, is a prefill) in output order.
-    entries: Vec<(Slot, usize, bool)>,
+    /// (slot, tokens to feed, is a prefill, leaves the prompt partly fed) in output order.
+    entries: Vec<(Slot, usize, bool, bool)>,
     budget: usize,
     /// Most sequences the step may take.
     max_entries: usize,
@@ -39,6 +39,7 @@ pub(super) struct Plan {
     cost: f64,
     /// Prefill tokens of the entries so far.
     prefill_tokens: usize,
+    /// Entries whose prompt is still partly fed after this step (a chunk, not its end).
     partial_prefills: usize,
     swap_out: Vec<(BlockId, HostBlockId)>,
     swap_in: Vec<(HostBlockId, BlockId)>,
@@ -77,10 +78,11 @@ impl Plan {
         Self { budget, max_entries, pick, ..Self::default() }
     }
 
-    fn push(&mut self, slot: Slot, n: usize, prefill: bool, start_pos: usize) {
-        self.entries.push((slot, n, prefill));
+    fn push(&mut self, slot: Slot, n: usize, remaining: usize, start_pos: usize) {
+        let (prefill, partial) = (remaining > 1, remaining > 1 && n < remaining);
+        self.entries.push((slot, n, prefill, partial));
         self.budget -= n;
-        self.partial_prefills += prefill as usize;
+        self.partial_prefills += partial as usize;
         self.prefill_tokens += if prefill { n } else { 0 };
         self.cost += crate::streams::cost_of(n, start_pos);
     }
@@ -106,9 +108,9 @@ impl Plan {
     /// Takes back `slot`'s entry, if it has one, returning its budget.
     fn unschedule(&mut self, slot: Slot) {
         if let Some(i) = self.entries.iter().position(|e| e.0 == slot) {
-            let (_, n, prefill) = self.entries.remove(i);
+            let (_, n, prefill, partial) = self.entries.remove(i);
             self.budget += n;
-            self.partial_prefills -= prefill as usize;
+            self.partial_prefills -= partial as usize;
             self.prefill_tokens -= if prefill { n } else { 0 };
             self.cost = (self.cost - n as f64).max(0.0); // the context term stays: an estimate
         }
@@ -175,9 +177,6 @@ impl Scheduler {
             return None;
         }
         let prefill = remaining > 1;
-        if prefill && plan.partial_prefills >= self.cfg.max_num_partial_prefills {
-            return None;
-        }
         // A sync-off prefill chunk leaves room for the decodes the other streams run meanwhile.
         let reserve = if prefill { plan.pick.map_or(0, |p| p.reserve) } else { 0 };
         let budget = plan.budget.saturating_sub(reserve);
@@ -191,7 +190,13 @@ impl Scheduler {
         if self.limits.long_prefill_token_threshold > 0 {
             n = n.min(self.limits.long_prefill_token_threshold);
         }
-        Some(n.min(budget))
+        let n = n.min(budget);
+        // At most `max_num_partial_prefills` prompts left part-fed by a step (vLLM's
+        // concurrent partial prefills); prompts that finish in it are bounded by the budget.
+        if prefill && n < remaining && plan.partial_prefills >= self.cfg.max_num_partial_prefills {
+            return None;
+        }
+        Some(n)
     }
 
     /// Tokens a running request could be fed now: its known tokens not yet computed. With one
@@ -225,7 +230,7 @@ impl Scheduler {
             loop {
                 let seq = self.slots[slot as usize].as_mut().expect("running slot");
                 if self.kv.allocate_slots(&mut seq.kv, &[], total).is_some() {
-                    plan.push(slot, n, remaining > 1, total - n);
+                    plan.push(slot, n, remaining, total - n);
                     i += 1;
                     break;
                 }
@@ -384,7 +389,7 @@ impl Scheduler {
         seq.started = true;
         self.waiting.remove(&key, resumable);
         self.running.push(slot);
-        plan.push(slot, n, remaining > 1, computed);
+        plan.push(slot, n, remaining, computed);
         if let Some(r) = reserved.as_mut() {
             *r += blocks_to_completion - blocks_now;
         }
@@ -493,7 +498,7 @@ impl Scheduler {
             ..SchedulerOutput::default()
         };
         let mut entries = Vec::with_capacity(plan.entries.len());
-        for &(slot, n, _) in &plan.entries {
+        for &(slot, n, ..) in &plan.entries {
             let seq = self.slots[slot as usize].as_mut().expect("planned slot");
             let start = seq.num_computed;
             let known = seq.num_known();

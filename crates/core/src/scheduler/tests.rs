@@ -110,16 +110,31 @@ fn long_prefill_threshold_shares_a_step_between_prompts() {
 
 #[test]
 fn partial_prefill_limit_and_batch_size_limit() {
+    // Prompts of 10, 3 and 10 tokens, chunks of at most 4 (threshold), budget 16, at most one
+    // prompt left part-fed by a step: request 1 gets 4 of 10 (part-fed: the one allowed),
+    // request 2's 3 tokens finish it, request 3 would be part-fed too and waits although
+    // 4 + 3 + 4 <= 16.
+    let cfg = SchedulerConfig {
+        max_num_partial_prefills: 1,
+        max_num_batched_tokens: 16,
+        long_prefill_token_threshold: 4,
+        ..small(32)
+    };
+    let mut s = Scheduler::new(cfg).unwrap();
+    s.add_request(req(1, 10, 2, 0)).unwrap();
+    s.add_request(req(2, 3, 2, 0)).unwrap();
+    s.add_request(req(3, 10, 2, 0)).unwrap();
+    let (out, _) = step(&mut s, 0, 7);
+    assert_eq!(ids(&out), vec![1, 2]);
+    assert_eq!(fed(&out), vec![4, 3]);
+    // Short prompts that finish within the step are not limited: three of 3 tokens, 9 <= 16.
     let cfg = SchedulerConfig { max_num_partial_prefills: 1, max_num_batched_tokens: 16, ..small(32) };
     let mut s = Scheduler::new(cfg).unwrap();
-    s.add_request(req(1, 3, 2, 0)).unwrap();
-    s.add_request(req(2, 3, 2, 0)).unwrap();
-    // Only one prefill per step although 3 + 3 <= 16.
+    for i in 1..=3 {
+        s.add_request(req(i, 3, 2, 0)).unwrap();
+    }
     let (out, _) = step(&mut s, 0, 7);
-    assert_eq!(ids(&out), vec![1]);
-    // Step 1: request 1 decodes (not a prefill), request 2 prefills.
-    let (out, _) = step(&mut s, 1, 7);
-    assert_eq!(ids(&out), vec![1, 2]);
+    assert_eq!(ids(&out), vec![1, 2, 3]);
 
     let cfg = SchedulerConfig { max_num_seqs: 2, max_num_batched_tokens: 16, ..small(32) };
     let mut s = Scheduler::new(cfg).unwrap();

@@ -68,7 +68,7 @@ fn pairwise(s: [f32; 8]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn softmax_exp_avx2(row: &mut [f32], max: f32) -> f32 {
+pub(super) unsafe fn softmax_exp_avx2(row: &mut [f32], max: f32) -> f32 {
     use std::arch::x86_64::*;
     let (vmax, floor, log2e, round) = (
         _mm256_set1_ps(max),
@@ -177,6 +177,19 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// The attention kernel this CPU runs, for reports.
+pub fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if super::attention_avx512::handles(super::attention_avx512::BLOCK, 64) {
+        return "attention: AVX-512 (16-token blocks; AVX2+FMA otherwise)";
+    }
+    if has_avx2_fma() {
+        "attention: AVX2+FMA"
+    } else {
+        "attention: portable (no AVX2+FMA)"
+    }
+}
+
 /// One sequence's attention call: `n` fed tokens at positions `start..start + n`, their
 /// queries `q` (`n × heads × head_dim`), read through `table` in layer `layer` of `cache`, for
 /// the query heads of KV heads `kv_heads` (all of them, or a share, so that one decode token's
@@ -197,6 +210,12 @@ pub struct AttnCall<'a> {
 /// hold K/V for every position up to `start + n − 1`. Runs the AVX2+FMA kernel where the CPU has
 /// it (chosen at run time, so the binary still runs on a plain x86-64 machine).
 pub fn attend_sequence(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if super::attention_avx512::handles(call.cache.block_size(), call.shape.head_dim) {
+        // SAFETY: `handles` checked the CPU's features and the call's shape.
+        unsafe { super::attention_avx512::attend(call, out, scores) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked above).
@@ -356,7 +375,7 @@ unsafe fn group_scores_avx2_16<const G: usize>(
 }
 
 #[inline(always)]
-fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+pub(super) fn attend_impl<const FMA: bool>(call: AttnCall<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
     let AttnCall { cache, layer, table, start, q, shape: s, kv_heads } = call;
     let d = s.head_dim;
     let bs = cache.block_size();

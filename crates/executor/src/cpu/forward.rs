@@ -27,14 +27,33 @@ pub(crate) enum LinearInput {
     Down,
 }
 
+/// Rows of a step from which the element-wise parts of a layer (norms, RoPE, SiLU) run on
+/// all cores (below it they are too short to pay for the fork).
+const PARALLEL_ROWS: usize = 16;
+
+/// `f(row index, row)` for each `width`-wide row of `data`, on all cores for long steps. Each
+/// row's arithmetic is its own, so the split does not change results.
+fn each_row(data: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if data.len() >= PARALLEL_ROWS * width {
+        data.par_chunks_exact_mut(width).enumerate().for_each(|(r, row)| f(r, row));
+    } else {
+        data.chunks_exact_mut(width).enumerate().for_each(|(r, row)| f(r, row));
+    }
+}
+
 /// `out[r] = x[r] / rms(x[r]) · w` for each row of `x` (width `w.len()`).
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    let width = w.len();
     out.clear();
-    for row in x.chunks_exact(w.len()) {
-        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+    out.resize(x.len(), 0.0);
+    each_row(out, width, |r, o| {
+        let row = &x[r * width..(r + 1) * width];
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
         let inv = 1.0 / (mean_sq + eps).sqrt();
-        out.extend(row.iter().zip(w).map(|(v, g)| v * inv * g));
-    }
+        for ((o, v), g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * g;
+        }
+    });
 }
 
 /// `x += y`, element-wise.
@@ -143,18 +162,14 @@ impl LlamaModel {
             observe(li, LinearInput::Qkv, &h);
             let mut qkv = layer.wqkv.forward(&h, t)?;
             let row = qd + 2 * kvd;
-            if let Some(b) = &layer.bqkv {
-                for r in qkv.chunks_exact_mut(row) {
-                    add_into(r, b);
+            each_row(&mut qkv, row, |r, vals| {
+                if let Some(b) = &layer.bqkv {
+                    add_into(vals, b);
                 }
-            }
-            for (r, &pos) in positions.iter().enumerate() {
-                let base = r * row;
-                for head in 0..c.heads + c.kv_heads {
-                    let o = base + head * d;
-                    self.rope(&mut qkv[o..o + d], pos);
+                for head in vals[..(c.heads + c.kv_heads) * d].chunks_exact_mut(d) {
+                    self.rope(head, positions[r]);
                 }
-            }
+            });
             for s in seqs {
                 let rows = s.start_row..s.start_row + s.len;
                 for (r, &pos) in rows.clone().zip(&positions[rows]) {
@@ -214,11 +229,13 @@ impl LlamaModel {
             observe(li, LinearInput::GateUp, &h);
             let gu = layer.w_gate_up.forward(&h, t)?;
             let inter = c.intermediate;
-            let mut act = Vec::with_capacity(t * inter);
-            for r in gu.chunks_exact(2 * inter) {
-                let (gate, up) = r.split_at(inter);
-                act.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
-            }
+            let mut act = vec![0.0f32; t * inter];
+            each_row(&mut act, inter, |r, out| {
+                let (gate, up) = gu[r * 2 * inter..(r + 1) * 2 * inter].split_at(inter);
+                for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            });
             observe(li, LinearInput::Down, &act);
             add_into(&mut x, &layer.w_down.forward(&act, t)?);
         }

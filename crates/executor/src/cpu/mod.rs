@@ -9,6 +9,8 @@
 //! paper / HF `modeling_llama.py`) but owns the batch layout and the cache.
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
 mod executor;
 mod forward;
 pub(crate) use forward::LinearInput;
@@ -27,7 +29,13 @@ pub use linear::Linear;
 /// attention.
 pub fn kernels() -> String {
     let gemm = if q8::has_vnni() { "int8 GEMM: AVX-512 VNNI" } else { "int8 GEMM: portable (no AVX-512 VNNI)" };
-    let int4 = if q4::has_vnni_f16c() { "int4 GEMM: AVX-512 VNNI" } else { "int4 GEMM: portable" };
-    let attn = if attention::has_avx2_fma() { "attention: AVX2+FMA" } else { "attention: portable (no AVX2+FMA)" };
+    let int4 = if q4::has_avx512() {
+        "int4 GEMM: AVX-512 VNNI (512-bit tiles)"
+    } else if q4::has_vnni_f16c() {
+        "int4 GEMM: AVX-512 VNNI"
+    } else {
+        "int4 GEMM: portable"
+    };
+    let attn = attention::kernel_name();
     format!("{gemm}; {int4}; {attn}")
 }

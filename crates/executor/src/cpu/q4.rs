@@ -16,12 +16,16 @@
 //! offset's share, from the activations' group sums), in the same order in the VNNI kernel and
 //! the portable one, so results do not depend on the kernel, the batch or the thread.
 //!
+//! Where the CPU has AVX-512F/BW, a 512-bit tile covers a panel's 16 columns in one vector and
+//! up to eight rows (`vnni::tile_wide`), with the outlier channels added in registers: the same
+//! lane operations in the same order, so the same bits as the 256-bit tile (tested).
+//!
 //! There is no load-time smoothing for this format ([`crate::model::smooth`]): scaling a
 //! weight row moves it off the file's grid.
 
 use half::f16;
 
-use super::q8::{has_vnni, panel_matmul, QuantRows, GROUP, MR, NR};
+use super::q8::{has_vnni, panel_matmul, QuantRows, GROUP, MAX_MR, MR, NR};
 
 /// Eight-input steps per group (each one 32-byte load per eight columns).
 const STEPS: usize = GROUP / 8;
@@ -168,8 +172,14 @@ impl Q4Matrix {
         // read them).
         let apart: Vec<f32> = x.chunks_exact(self.k).flat_map(|r| self.outliers.iter().map(|&o| r[o])).collect();
         let vnni = has_vnni_f16c();
-        panel_matmul(self.panels, self.n, m, |p, row, rows, tile| {
-            if vnni {
+        let wide = has_avx512();
+        let mr = if wide { MAX_MR } else { MR };
+        panel_matmul(self.panels, self.n, m, mr, |p, row, rows, tile| {
+            if wide {
+                // SAFETY: `has_avx512` checked the CPU features the kernel is compiled for.
+                // This kernel adds the outlier channels itself.
+                return unsafe { vnni::tile_wide(self, &a, &apart, p, row, rows, tile) };
+            } else if vnni {
                 // SAFETY: `has_vnni_f16c` checked the CPU features the kernel is compiled for.
                 unsafe { vnni::tile(self, &a, p, row, rows, tile) };
             } else {
@@ -214,6 +224,18 @@ impl Q4Matrix {
             return unsafe { fast(self, apart, p, row, tile) };
         }
         body(self, apart, p, row, tile)
+    }
+}
+
+/// Whether this CPU runs the 512-bit int4 kernel (AVX-512F and BW besides VNNI and F16C).
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        vnni::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -278,7 +300,108 @@ fn portable_tile(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize,
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::{Q4Matrix, QuantRows, GROUP, GROUP_BYTES, MR, NR, STEPS};
+    use super::{Q4Matrix, QuantRows, GROUP, GROUP_BYTES, MAX_MR, MR, NR, STEPS};
+
+    /// Whether this CPU runs [`tile_wide`] (AVX-512F and BW besides the 256-bit kernel's
+    /// features); checked once.
+    pub fn has_avx512() -> bool {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            super::has_vnni_f16c() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+        })
+    }
+
+    /// [`tile`] on 512-bit vectors, up to [`MAX_MR`] rows: a panel's 16 columns are one
+    /// vector, so each 64-byte load of nibbles serves every row of the tile (twice the rows
+    /// of the 256-bit kernel, each unpacked weight used by twice as many `vpdpbusd`), and the
+    /// per-group float part is one vector per row instead of two. Lane for lane the same
+    /// operations in the same order as [`tile`], so the same bits.
+    ///
+    /// # Safety
+    /// The CPU must have what [`has_avx512`] checks.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    pub unsafe fn tile_wide(
+        w: &Q4Matrix,
+        a: &QuantRows,
+        apart: &[f32],
+        p: usize,
+        row: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        match rows {
+            8 => wide_n::<8>(w, a, apart, p, row, out),
+            7 => wide_n::<7>(w, a, apart, p, row, out),
+            6 => wide_n::<6>(w, a, apart, p, row, out),
+            5 => wide_n::<5>(w, a, apart, p, row, out),
+            4 => wide_n::<4>(w, a, apart, p, row, out),
+            3 => wide_n::<3>(w, a, apart, p, row, out),
+            2 => wide_n::<2>(w, a, apart, p, row, out),
+            _ => wide_n::<1>(w, a, apart, p, row, out),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+    unsafe fn wide_n<const R: usize>(
+        w: &Q4Matrix,
+        a: &QuantRows,
+        apart: &[f32],
+        p: usize,
+        row: usize,
+        out: &mut [f32],
+    ) {
+        debug_assert!(R <= MAX_MR && out.len() >= R * NR);
+        let groups = w.groups;
+        let wp = w.nibbles.as_ptr().add(p * groups * GROUP_BYTES);
+        let meta = (p * groups) * NR;
+        let xrow = |r: usize| a.bytes.as_ptr().add((row + r) * a.k_pad);
+        let low = _mm512_set1_epi8(15);
+        let mut facc = [_mm512_setzero_ps(); R];
+        for g in 0..groups {
+            // Low and high nibbles' products in separate accumulators (two dependency chains
+            // a row, not one), added at the group's end: integer sums, so the same total.
+            let mut iacc = [_mm512_setzero_si512(); R];
+            let mut iacc_hi = [_mm512_setzero_si512(); R];
+            for s in 0..STEPS {
+                let wv = _mm512_loadu_si512(wp.add((g * STEPS + s) * 64) as *const _);
+                let lo = _mm512_and_si512(wv, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(wv, 4), low);
+                for (r, (acc, acc_hi)) in iacc.iter_mut().zip(iacc_hi.iter_mut()).enumerate() {
+                    let at = xrow(r).add(g * GROUP + 8 * s);
+                    let xa = _mm512_set1_epi32((at as *const i32).read_unaligned());
+                    let xb = _mm512_set1_epi32((at.add(4) as *const i32).read_unaligned());
+                    *acc = _mm512_dpbusd_epi32(*acc, lo, xa);
+                    *acc_hi = _mm512_dpbusd_epi32(*acc_hi, hi, xb);
+                }
+            }
+            for (acc, acc_hi) in iacc.iter_mut().zip(&iacc_hi) {
+                *acc = _mm512_add_epi32(*acc, *acc_hi);
+            }
+            let m = meta + g * NR;
+            let half = |v: &[u16], at: usize| _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(at) as *const __m256i));
+            let (d, mins) = (half(&w.steps, m), half(&w.mins, m));
+            for (r, (f, i)) in facc.iter_mut().zip(&iacc).enumerate() {
+                let at = (row + r) * a.groups + g;
+                let xs = _mm512_set1_ps(*a.scales.get_unchecked(at));
+                let xsum = _mm512_set1_ps(*a.sums.get_unchecked(at) as f32);
+                *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*i), _mm512_mul_ps(d, xs), *f);
+                *f = _mm512_fmadd_ps(xsum, _mm512_mul_ps(mins, xs), *f);
+            }
+        }
+        // The outlier channels, as `Q4Matrix::add_outliers` adds them (a multiply then an add
+        // per channel, in channel order), without storing and reloading the tile.
+        let count = w.outliers.len();
+        let ow = w.outlier_rows.as_ptr().add(p * count * NR);
+        for (r, f) in facc.iter_mut().enumerate() {
+            let values = apart.as_ptr().add((row + r) * count);
+            for j in 0..count {
+                *f = _mm512_add_ps(*f, _mm512_mul_ps(_mm512_set1_ps(*values.add(j)), _mm512_loadu_ps(ow.add(j * NR))));
+            }
+        }
+        for (r, f) in facc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * NR), *f);
+        }
+    }
 
     /// Rows `row .. row + rows` (at most [`MR`]) of panel `p` into `out` (`rows × NR`).
     ///
@@ -427,6 +550,39 @@ mod tests {
                 vnni::tile(&q, &a, p, 4, 2, &mut fast[4 * NR..]);
             }
             assert_eq!(portable, fast, "panel {p}");
+        }
+    }
+
+    #[test]
+    fn the_512_bit_kernel_gives_the_256_bit_ones_bits() {
+        if !vnni::has_avx512() {
+            eprintln!("SKIPPED the_512_bit_kernel_gives_the_256_bit_ones_bits: this CPU lacks AVX-512F/BW/VNNI");
+            return;
+        }
+        // 13 rows: a tile of 8 and one of 5 against tiles of 4, 4, 4 and 1; three outlier
+        // channels (the wide kernel adds them itself, the narrow one through add_outliers).
+        let (m, k, n) = (13, 160, 48);
+        let (x, w) = (lcg(7, m * k), lcg(8, k * n));
+        for outliers in [vec![], vec![3, 77, 150]] {
+            let q = Q4Matrix::quantize_with_outliers(&w, k, n, &outliers);
+            let a = QuantRows::new(&x, m, k, q.groups, 0, &q.outliers);
+            let apart: Vec<f32> = x.chunks_exact(k).flat_map(|r| q.outliers.iter().map(|&o| r[o])).collect();
+            for p in 0..q.panels {
+                let (mut narrow, mut wide) = (vec![0.0; m * NR], vec![0.0; m * NR]);
+                // SAFETY: checked by `has_avx512` (which implies the 256-bit kernel's features).
+                unsafe {
+                    for row in (0..m).step_by(MR) {
+                        let rows = MR.min(m - row);
+                        let tile = &mut narrow[row * NR..(row + rows) * NR];
+                        vnni::tile(&q, &a, p, row, rows, tile);
+                        q.add_outliers(&apart, p, row, tile);
+                    }
+                    vnni::tile_wide(&q, &a, &apart, p, 0, 8, &mut wide[..8 * NR]);
+                    vnni::tile_wide(&q, &a, &apart, p, 8, 5, &mut wide[8 * NR..]);
+                }
+                assert_ne!(wide, vec![0.0; m * NR]);
+                assert_eq!(wide, narrow, "panel {p}, outliers {outliers:?}");
+            }
         }
     }
 }

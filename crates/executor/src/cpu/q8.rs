@@ -20,8 +20,10 @@ use rayon::prelude::*;
 pub const GROUP: usize = 32;
 /// Output columns per packed panel (two 8-lane vectors).
 pub(super) const NR: usize = 16;
-/// Rows per register tile of the VNNI kernel.
+/// Rows per register tile of the 256-bit VNNI kernels.
 pub(super) const MR: usize = 4;
+/// Most rows per register tile of any kernel (the 512-bit int4 one, [`super::q4`]).
+pub(super) const MAX_MR: usize = 8;
 /// Four-input steps per group.
 const STEPS: usize = GROUP / 4;
 
@@ -93,13 +95,22 @@ impl QuantRows {
                 (*s, *sum) = quantize_activations(vals, &mut out[lo..hi], bias);
             }
         };
-        let work = x
-            .chunks_exact(k)
-            .zip(bytes.chunks_exact_mut(k_pad).zip(scales.chunks_exact_mut(groups).zip(sums.chunks_exact_mut(groups))));
         if m * k >= 1 << 16 {
-            work.par_bridge().for_each(quantize_row);
+            x.par_chunks_exact(k)
+                .zip(
+                    bytes
+                        .par_chunks_exact_mut(k_pad)
+                        .zip(scales.par_chunks_exact_mut(groups).zip(sums.par_chunks_exact_mut(groups))),
+                )
+                .for_each(quantize_row);
         } else {
-            work.for_each(quantize_row);
+            x.chunks_exact(k)
+                .zip(
+                    bytes
+                        .chunks_exact_mut(k_pad)
+                        .zip(scales.chunks_exact_mut(groups).zip(sums.chunks_exact_mut(groups))),
+                )
+                .for_each(quantize_row);
         }
         Self { k_pad, groups, bytes, scales, sums }
     }
@@ -149,48 +160,81 @@ unsafe fn quantize_activations_avx2(vals: &[f32], out: &mut [u8], bias: u8) -> (
     let scale = lanes.iter().fold(0.0f32, |m, &a| m.max(a)) / 127.0;
     let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
     let (lo, hi, half) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0), _mm256_set1_ps(0.5));
-    let mut q = [0i32; GROUP];
-    for (i, x) in v.iter().enumerate() {
-        let r = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(*x, inv), lo), hi);
-        let rounded = _mm256_add_ps(r, _mm256_or_ps(_mm256_and_ps(r, sign), half));
-        _mm256_storeu_si256(q.as_mut_ptr().add(8 * i) as *mut __m256i, _mm256_cvttps_epi32(rounded));
-    }
-    (scale, store_quantized(q.into_iter(), out, bias))
+    let q: [__m256i; GROUP / 8] = std::array::from_fn(|i| {
+        let r = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[i], inv), lo), hi);
+        _mm256_cvttps_epi32(_mm256_add_ps(r, _mm256_or_ps(_mm256_and_ps(r, sign), half)))
+    });
+    // Σ q: integer, so in any order.
+    let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)));
+    // Bytes: |q| ≤ 127, so the saturating packs are exact; they interleave 32-bit quarters of
+    // the four vectors (q0 0–3, q1 0–3, q2 0–3, q3 0–3, then the 4–7s), which the permute
+    // puts back in order.
+    let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let biased = _mm256_add_epi8(ordered, _mm256_set1_epi8(bias as i8));
+    _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, biased);
+    (scale, sum)
 }
 
 /// `m × n` row-major from `panels` panels of [`NR`] columns, each computed by `tile(p, row,
-/// rows, out)` into `out` (`rows × NR`, at most [`MR`] rows) — one panel per parallel task.
+/// rows, out)` into `out` (`rows × NR`, at most `mr` ≤ [`MAX_MR`] rows) — one panel per parallel task,
+/// each tile copied into its rows of the result as it is made (no panel-major buffer and
+/// transpose: at 512 rows × 3,072 outputs those were two passes over 6 MiB a call).
 pub(super) fn panel_matmul(
     panels: usize,
     n: usize,
     m: usize,
+    mr: usize,
     tile: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    // Panel-major result, one panel per task, then transposed to rows.
-    let mut panel_out = vec![0.0f32; panels * m * NR];
-    panel_out.par_chunks_mut(m * NR).enumerate().for_each(|(p, out)| {
+    assert!((1..=MAX_MR).contains(&mr), "{mr} rows a tile");
+    // Not zeroed first: the panels write every element (a memset of the whole result showed
+    // in profiles).
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let out = Columns(y.as_mut_ptr());
+    (0..panels).into_par_iter().for_each(|p| {
+        let cols = NR.min(n - p * NR);
+        let mut buf = [0.0f32; MAX_MR * NR];
         let mut row = 0;
         while row < m {
-            let rows = MR.min(m - row);
-            tile(p, row, rows, &mut out[row * NR..(row + rows) * NR]);
+            let rows = mr.min(m - row);
+            tile(p, row, rows, &mut buf[..rows * NR]);
+            for (r, vals) in buf[..rows * NR].chunks_exact(NR).enumerate() {
+                // SAFETY: row `row + r` < m, columns `p·NR .. p·NR + cols` ≤ n: inside `y`;
+                // panel `p`'s task alone writes those columns.
+                let to = unsafe { std::slice::from_raw_parts_mut(out.at((row + r) * n + p * NR), cols) };
+                if let (Ok(to), Ok(vals)) = (<&mut [f32; NR]>::try_from(&mut *to), <&[f32; NR]>::try_from(vals)) {
+                    // A whole panel row: a fixed-size copy the compiler inlines.
+                    *to = *vals;
+                } else {
+                    to.copy_from_slice(&vals[..cols]);
+                }
+            }
             row += rows;
         }
     });
-    let mut y = vec![0.0f32; m * n];
-    for (p, panel) in panel_out.chunks_exact(m * NR).enumerate() {
-        let cols = NR.min(n - p * NR);
-        for (r, vals) in panel.chunks_exact(NR).enumerate() {
-            let to = &mut y[r * n + p * NR..r * n + p * NR + cols];
-            if let (Ok(to), Ok(vals)) = (<&mut [f32; NR]>::try_from(&mut *to), <&[f32; NR]>::try_from(vals)) {
-                // A whole panel row: a fixed-size copy the compiler inlines (a `memcpy` call of
-                // 64 bytes per row and panel showed in profiles).
-                *to = *vals;
-            } else {
-                to.copy_from_slice(&vals[..cols]);
-            }
-        }
-    }
+    // SAFETY: every row's columns `p·NR .. p·NR + cols` for every panel `p`: all `m × n`
+    // elements were written above.
+    unsafe { y.set_len(m * n) };
     y
+}
+
+/// The result's base pointer, shared by the panel tasks (each writes its own columns).
+#[derive(Clone, Copy)]
+struct Columns(*mut f32);
+// SAFETY: the tasks write disjoint elements (their panel's columns) and `y` outlives them.
+unsafe impl Send for Columns {}
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    /// The element `i` of the result.
+    fn at(self, i: usize) -> *mut f32 {
+        // SAFETY (of the callers): `i` is inside the result.
+        self.0.wrapping_add(i)
+    }
 }
 
 impl Q8Matrix {
@@ -248,7 +292,7 @@ impl Q8Matrix {
         assert_eq!(x.len(), m * self.k, "input is {} values, not {m} × {}", x.len(), self.k);
         let a = QuantRows::new(x, m, self.k, self.groups, 128, &[]);
         let vnni = has_vnni();
-        panel_matmul(self.panels, self.n, m, |p, row, rows, tile| {
+        panel_matmul(self.panels, self.n, m, MR, |p, row, rows, tile| {
             if vnni {
                 // SAFETY: `has_vnni` checked the CPU features the kernel is compiled for.
                 unsafe { vnni::tile(self, &a, p, row, rows, tile) };
