@@ -315,16 +315,11 @@ mod tests {
 
     use super::*;
     use crate::cpu::attention::{attend_impl, AttnShape};
+    use crate::cpu::q8::test_support::lcg;
     use crate::cpu::PagedKvCache;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        lcg(seed, n)
     }
 
     #[test]
