@@ -90,8 +90,8 @@ pub fn run(a: BenchModelArgs) -> Result<(), String> {
     };
     let first = prefill(0)?;
     let runs = (1..=a.reps).map(&mut prefill).collect::<Result<Vec<_>, _>>()?;
-    let rates: Vec<f64> = runs.iter().map(|s| a.prefill as f64 / s).collect();
     let tok = |s: f64| a.prefill as f64 / s;
+    let rates: Vec<f64> = runs.iter().map(|&s| tok(s)).collect();
     if rates.is_empty() {
         println!("prefill  {} tokens: {first:.2} s → {:.0} tokens/s (one run, the first)", a.prefill, tok(first));
     } else {

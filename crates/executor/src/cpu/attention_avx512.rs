@@ -92,9 +92,7 @@ pub(super) unsafe fn attend(call: AttnCall<'_>, out: &mut [f32], scores: &mut Ve
             while r < rows {
                 let take = SCORE_ROWS.min(rows - r);
                 let qs: [*const f32; SCORE_ROWS] = std::array::from_fn(|j| query(kvh, r + j.min(take - 1)));
-                let to: [*mut f32; SCORE_ROWS] =
-                    std::array::from_fn(|j| sp.add((r + j.min(take - 1)) * padded + b * BLOCK));
-                score_pass(take, &qs, keys, d, &to, scale);
+                score_pass(take, &qs, keys, d, sp.add(r * padded + b * BLOCK), padded, scale);
                 r += take;
             }
             b += 1;
@@ -162,28 +160,31 @@ unsafe fn multi_block_pass(
     scale: f32,
 ) {
     match rows {
-        1 => multi_block_rows::<1, 4>(qs, keys, offsets, d, scores, padded, scale),
-        2 => multi_block_rows::<2, 4>(qs, keys, offsets, d, scores, padded, scale),
-        3 => multi_block_rows::<3, 4>(qs, keys, offsets, d, scores, padded, scale),
-        4 => multi_block_rows::<4, 3>(qs, keys, offsets, d, scores, padded, scale),
-        5 => multi_block_rows::<5, 2>(qs, keys, offsets, d, scores, padded, scale),
-        _ => multi_block_rows::<6, 2>(qs, keys, offsets, d, scores, padded, scale),
+        1 => score_blocks::<1, 4>(qs, keys, offsets, d, scores, padded, scale),
+        2 => score_blocks::<2, 4>(qs, keys, offsets, d, scores, padded, scale),
+        3 => score_blocks::<3, 4>(qs, keys, offsets, d, scores, padded, scale),
+        4 => score_blocks::<4, 3>(qs, keys, offsets, d, scores, padded, scale),
+        5 => score_blocks::<5, 2>(qs, keys, offsets, d, scores, padded, scale),
+        _ => score_blocks::<6, 2>(qs, keys, offsets, d, scores, padded, scale),
     }
 }
 
-/// [`multi_block_pass`] for `R` rows and `B` blocks: `R·B` accumulators, each lane as
-/// [`score_rows`] computes it.
+/// `scores[r·padded + offsets[b] + l] = scale · Σ_e qs[r][e] · keys[b][e·16 + l]` for `R` rows
+/// and `B` key blocks (`R·B` accumulators), each lane over channels in order: the one scoring
+/// kernel of both pass shapes.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn multi_block_rows<const R: usize, const B: usize>(
-    qs: &[*const f32; MULTI_BLOCK_ROWS],
-    keys: &[*const f32; MAX_BLOCKS],
-    offsets: &[usize; MAX_BLOCKS],
+unsafe fn score_blocks<const R: usize, const B: usize>(
+    qs: &[*const f32],
+    keys: &[*const f32],
+    offsets: &[usize],
     d: usize,
     scores: *mut f32,
     padded: usize,
     scale: f32,
 ) {
+    // Fixed lengths, so the loops unroll over the registers.
+    let (qs, keys, offsets) = (&qs[..R], &keys[..B], &offsets[..B]);
     let mut acc = [[_mm512_setzero_ps(); R]; B];
     for e in 0..d {
         for (a, k) in acc.iter_mut().zip(keys) {
@@ -201,52 +202,32 @@ unsafe fn multi_block_rows<const R: usize, const B: usize>(
     }
 }
 
-/// Scores rows `0..take` (queries `qs`, outputs `to`, 16 values each) against one key block.
+/// Scores rows `0..take` (queries `qs`; row `j`'s scores at `scores + j·padded`, 16 values)
+/// against one key block.
 #[target_feature(enable = "avx512f")]
 unsafe fn score_pass(
     take: usize,
     qs: &[*const f32; SCORE_ROWS],
     keys: *const f32,
     d: usize,
-    to: &[*mut f32; SCORE_ROWS],
+    scores: *mut f32,
+    padded: usize,
     scale: f32,
 ) {
+    let (keys, at) = ([keys], [0]);
     match take {
-        12 => score_rows::<12>(qs, keys, d, to, scale),
-        11 => score_rows::<11>(qs, keys, d, to, scale),
-        10 => score_rows::<10>(qs, keys, d, to, scale),
-        9 => score_rows::<9>(qs, keys, d, to, scale),
-        8 => score_rows::<8>(qs, keys, d, to, scale),
-        7 => score_rows::<7>(qs, keys, d, to, scale),
-        6 => score_rows::<6>(qs, keys, d, to, scale),
-        5 => score_rows::<5>(qs, keys, d, to, scale),
-        4 => score_rows::<4>(qs, keys, d, to, scale),
-        3 => score_rows::<3>(qs, keys, d, to, scale),
-        2 => score_rows::<2>(qs, keys, d, to, scale),
-        _ => score_rows::<1>(qs, keys, d, to, scale),
-    }
-}
-
-/// `to[r][l] = scale · Σ_e qs[r][e] · keys[e·16 + l]`, each lane in channel order.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn score_rows<const R: usize>(
-    qs: &[*const f32; SCORE_ROWS],
-    keys: *const f32,
-    d: usize,
-    to: &[*mut f32; SCORE_ROWS],
-    scale: f32,
-) {
-    let mut acc = [_mm512_setzero_ps(); R];
-    for e in 0..d {
-        let k = _mm512_loadu_ps(keys.add(e * BLOCK));
-        for (a, q) in acc.iter_mut().zip(qs) {
-            *a = _mm512_fmadd_ps(_mm512_set1_ps(*q.add(e)), k, *a);
-        }
-    }
-    let sc = _mm512_set1_ps(scale);
-    for (a, t) in acc.iter().zip(to) {
-        _mm512_storeu_ps(*t, _mm512_mul_ps(*a, sc));
+        12 => score_blocks::<12, 1>(qs, &keys, &at, d, scores, padded, scale),
+        11 => score_blocks::<11, 1>(qs, &keys, &at, d, scores, padded, scale),
+        10 => score_blocks::<10, 1>(qs, &keys, &at, d, scores, padded, scale),
+        9 => score_blocks::<9, 1>(qs, &keys, &at, d, scores, padded, scale),
+        8 => score_blocks::<8, 1>(qs, &keys, &at, d, scores, padded, scale),
+        7 => score_blocks::<7, 1>(qs, &keys, &at, d, scores, padded, scale),
+        6 => score_blocks::<6, 1>(qs, &keys, &at, d, scores, padded, scale),
+        5 => score_blocks::<5, 1>(qs, &keys, &at, d, scores, padded, scale),
+        4 => score_blocks::<4, 1>(qs, &keys, &at, d, scores, padded, scale),
+        3 => score_blocks::<3, 1>(qs, &keys, &at, d, scores, padded, scale),
+        2 => score_blocks::<2, 1>(qs, &keys, &at, d, scores, padded, scale),
+        _ => score_blocks::<1, 1>(qs, &keys, &at, d, scores, padded, scale),
     }
 }
 
