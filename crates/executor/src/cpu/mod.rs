@@ -28,11 +28,19 @@ pub use linear::Linear;
 /// Which kernel variants this CPU runs (chosen at run time), for reports: the int8 GEMM and
 /// attention.
 pub fn kernels() -> String {
-    let gemm = if q8::has_vnni() { "int8 GEMM: AVX-512 VNNI" } else { "int8 GEMM: portable (no AVX-512 VNNI)" };
+    let gemm = if q8::has_vnni() {
+        "int8 GEMM: AVX-512 VNNI"
+    } else if q8::has_avx2() {
+        "int8 GEMM: AVX2 (vpmaddubsw)"
+    } else {
+        "int8 GEMM: portable"
+    };
     let int4 = if q4::has_avx512() {
         "int4 GEMM: AVX-512 VNNI (512-bit tiles)"
     } else if q4::has_vnni_f16c() {
         "int4 GEMM: AVX-512 VNNI"
+    } else if q4::has_avx2_f16c() {
+        "int4 GEMM: AVX2 (vpmaddubsw)"
     } else {
         "int4 GEMM: portable"
     };

@@ -173,6 +173,7 @@ impl Q4Matrix {
         let apart: Vec<f32> = x.chunks_exact(self.k).flat_map(|r| self.outliers.iter().map(|&o| r[o])).collect();
         let vnni = has_vnni_f16c();
         let wide = has_avx512();
+        let avx2 = has_avx2_f16c();
         let mr = if wide { MAX_MR } else { MR };
         panel_matmul(self.panels, self.n, m, mr, |p, row, rows, tile| {
             if wide {
@@ -182,6 +183,12 @@ impl Q4Matrix {
             } else if vnni {
                 // SAFETY: `has_vnni_f16c` checked the CPU features the kernel is compiled for.
                 unsafe { vnni::tile(self, &a, p, row, rows, tile) };
+            } else if avx2 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `has_avx2_f16c` checked the CPU features the kernel is compiled for.
+                unsafe {
+                    avx2::tile(self, &a, p, row, rows, tile)
+                };
             } else {
                 portable_tile(self, &a, p, row, rows, tile);
             }
@@ -251,6 +258,18 @@ pub fn has_vnni_f16c() -> bool {
     }
 }
 
+/// Whether this CPU runs the AVX2 int4 kernel (`vpmaddubsw`; for CPUs without AVX-512 VNNI).
+pub fn has_avx2_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Rows `row .. row + rows` of panel `p` into `out` (`rows × NR`), one column at a time.
 #[inline(always)]
 fn portable_body(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
@@ -295,6 +314,9 @@ fn portable_tile(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize,
     }
     portable_body(w, a, p, row, rows, out)
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
@@ -550,6 +572,36 @@ mod tests {
                 vnni::tile(&q, &a, p, 4, 2, &mut fast[4 * NR..]);
             }
             assert_eq!(portable, fast, "panel {p}");
+        }
+    }
+
+    #[test]
+    fn the_avx2_kernel_gives_the_portable_ones_bits() {
+        if !has_avx2_f16c() {
+            eprintln!("SKIPPED the_avx2_kernel_gives_the_portable_ones_bits: this CPU lacks AVX2, FMA or F16C");
+            return;
+        }
+        // Rows of activations all +1 or all −1 (q = ±127) and weights 1 but for one 0 per
+        // column and group (q = 15 but for one 0) bring each group's i16 sums to their largest,
+        // ±15 · 127 · 16 = ±30480 (16 inputs per lane): no lane may saturate. Then random
+        // values; every tile height 1..=4 (the one- and two-row tiles take both halves a pass),
+        // k not a multiple of 32 (padding) and n not one of 16.
+        let (m, k, n) = (7, 160, 40);
+        let extreme: Vec<f32> = (0..m * k).map(|i| if (i / k) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let top: Vec<f32> = (0..k * n).map(|i| if (i / n) % GROUP == (i % n) % GROUP { 0.0 } else { 1.0 }).collect();
+        for (x, w) in [(extreme, top), (lcg(11, m * k), lcg(12, k * n)), (lcg(13, m * k), lcg(14, k * n))] {
+            let q = Q4Matrix::quantize(&w, k, n);
+            let a = QuantRows::new(&x, m, k, q.groups, 0, &[]);
+            for p in 0..q.panels {
+                for rows in 1..=MR {
+                    let mut portable = vec![0.0; rows * NR];
+                    portable_body(&q, &a, p, m - rows, rows, &mut portable);
+                    let mut fast = vec![0.0; rows * NR];
+                    // SAFETY: checked by `has_avx2_f16c`.
+                    unsafe { avx2::tile(&q, &a, p, m - rows, rows, &mut fast) };
+                    assert_eq!(portable, fast, "panel {p}, {rows} rows");
+                }
+            }
         }
     }
 

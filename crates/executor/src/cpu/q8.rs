@@ -290,12 +290,20 @@ impl Q8Matrix {
     /// `x · w` for `x` of `m × k` (row-major); returns `m × n`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input is {} values, not {m} × {}", x.len(), self.k);
-        let a = QuantRows::new(x, m, self.k, self.groups, 128, &[]);
         let vnni = has_vnni();
+        let avx2 = !vnni && has_avx2();
+        // The AVX2 kernel takes the activations without the +128 offset (its module says why).
+        let a = QuantRows::new(x, m, self.k, self.groups, if avx2 { 0 } else { 128 }, &[]);
         panel_matmul(self.panels, self.n, m, MR, |p, row, rows, tile| {
             if vnni {
                 // SAFETY: `has_vnni` checked the CPU features the kernel is compiled for.
                 unsafe { vnni::tile(self, &a, p, row, rows, tile) };
+            } else if avx2 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `has_avx2` checked the CPU features the kernel is compiled for.
+                unsafe {
+                    avx2::tile(self, &a, p, row, rows, tile)
+                };
             } else {
                 portable_tile(self, &a, p, row, rows, tile);
             }
@@ -321,6 +329,21 @@ pub fn has_vnni() -> bool {
         false
     }
 }
+
+/// Whether this CPU runs the AVX2 int8 kernel (`vpmaddubsw`; for CPUs without AVX-512 VNNI).
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// Rows `row .. row + rows` of panel `p` into `out` (`rows × NR`), one column at a time.
 #[inline(always)]
@@ -529,6 +552,36 @@ mod tests {
                     *o = (v as u8).wrapping_add(bias);
                 }
                 assert_eq!((f, &fast), ((scale, sum), &scalar), "group {i}, bias {bias}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_avx2_kernel_gives_the_portable_ones_bits() {
+        if !has_avx2() {
+            eprintln!("SKIPPED the_avx2_kernel_gives_the_portable_ones_bits (int8): this CPU lacks AVX2 or FMA");
+            return;
+        }
+        // Extremes first: activations ±1 (q = ±127) against weights ±1 (q = ±127) and 0, with
+        // both signs, so that every pair is `|w| · (q·sgn w)` at its largest, 2 · 127 · 127 =
+        // 32258 (no i16 lane may saturate); then random values, every tile height 1..=4, k not
+        // a multiple of 32 and n not one of 16.
+        let (m, k, n) = (7, 160, 40);
+        let signs: Vec<f32> = (0..m * k).map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let unit: Vec<f32> = (0..k * n).map(|i| [1.0, -1.0, 0.0, 1.0, 1.0][i % 5]).collect();
+        for (x, w) in [(signs, unit), (lcg(15, m * k), lcg(16, k * n)), (lcg(17, m * k), lcg(18, k * n))] {
+            let q = Q8Matrix::quantize(&w, k, n);
+            let (offset, plain) =
+                (QuantRows::new(&x, m, k, q.groups, 128, &[]), QuantRows::new(&x, m, k, q.groups, 0, &[]));
+            for p in 0..q.panels {
+                for rows in 1..=MR {
+                    let mut portable = vec![0.0; rows * NR];
+                    portable_body(&q, &offset, p, m - rows, rows, &mut portable);
+                    let mut fast = vec![0.0; rows * NR];
+                    // SAFETY: checked by `has_avx2`.
+                    unsafe { avx2::tile(&q, &plain, p, m - rows, rows, &mut fast) };
+                    assert_eq!(portable, fast, "panel {p}, {rows} rows");
+                }
             }
         }
     }
