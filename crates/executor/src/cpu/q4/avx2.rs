@@ -12,7 +12,8 @@
 //!
 //! AVX2 has 16 vector registers, not AVX-512VL's 32: a tile of three or four rows runs one
 //! 8-column half of the panel at a time (each 32-byte load of nibbles is one half's anyway, so no
-//! weight is loaded twice), one or two rows both halves together.
+//! weight is loaded twice), one or two rows both halves together; the GEMM driver asks for tiles
+//! of three rows (`AVX2_MR`: measured faster than four, which spill).
 
 use std::arch::x86_64::*;
 
