@@ -29,10 +29,25 @@ from testkit import free_port  # noqa: E402
 
 
 def cpu_model():
+    """The CPU's name, family/model and widest integer dot-product units: VM names are often
+    generic ("AMD EPYC"), and which kernels both programs run depends on the extensions."""
+    info = {}
     for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    if "amx_int8" in flags:
+        isa = "AMX, AVX-512 VNNI"
+    elif "avx512_vnni" in flags:
+        isa = "AVX-512 VNNI"
+    elif "avx512f" in flags:
+        isa = "AVX-512 without VNNI"
+    elif "avx2" in flags:
+        isa = "AVX2" + (" + AVX-VNNI" if "avx_vnni" in flags else ", no AVX-512")
+    else:
+        isa = "no AVX2"
+    name = info.get("model name", "unknown CPU")
+    return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}; {isa})"
 
 
 def run(cmd, env=None):
