@@ -28,22 +28,7 @@ pub use linear::Linear;
 /// Which kernel variants this CPU runs (chosen at run time), for reports: the int8 GEMM and
 /// attention.
 pub fn kernels() -> String {
-    let gemm = if q8::has_vnni() {
-        "int8 GEMM: AVX-512 VNNI"
-    } else if q8::has_avx2() {
-        "int8 GEMM: AVX2 (vpmaddubsw)"
-    } else {
-        "int8 GEMM: portable"
-    };
-    let int4 = if q4::has_avx512() {
-        "int4 GEMM: AVX-512 VNNI (512-bit tiles)"
-    } else if q4::has_vnni_f16c() {
-        "int4 GEMM: AVX-512 VNNI"
-    } else if q4::has_avx2_f16c() {
-        "int4 GEMM: AVX2 (vpmaddubsw)"
-    } else {
-        "int4 GEMM: portable"
-    };
+    let (gemm, int4) = (q8::Kernel::detect().name(), q4::Kernel::detect().name());
     let attn = attention::kernel_name();
-    format!("{gemm}; {int4}; {attn}")
+    format!("int8 GEMM: {gemm}; int4 GEMM: {int4}; {attn}")
 }

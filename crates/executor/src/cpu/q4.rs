@@ -176,32 +176,19 @@ impl Q4Matrix {
         // The outlier channels' values, `m × outliers` (gathered once: the tiles of every panel
         // read them).
         let apart: Vec<f32> = x.chunks_exact(self.k).flat_map(|r| self.outliers.iter().map(|&o| r[o])).collect();
-        let vnni = has_vnni_f16c();
-        let wide = has_avx512();
-        let avx2 = has_avx2_f16c();
-        let mr = if wide {
-            MAX_MR
-        } else if avx2 && !vnni {
-            AVX2_MR
-        } else {
-            MR
-        };
-        panel_matmul(self.panels, self.n, m, mr, |p, row, rows, tile| {
-            if wide {
-                // SAFETY: `has_avx512` checked the CPU features the kernel is compiled for.
-                // This kernel adds the outlier channels itself.
-                return unsafe { vnni::tile_wide(self, &a, &apart, p, row, rows, tile) };
-            } else if vnni {
-                // SAFETY: `has_vnni_f16c` checked the CPU features the kernel is compiled for.
-                unsafe { vnni::tile(self, &a, p, row, rows, tile) };
-            } else if avx2 {
+        let kernel = Kernel::detect();
+        panel_matmul(self.panels, self.n, m, kernel.rows(), |p, row, rows, tile| {
+            match kernel {
+                // SAFETY (each arm): `Kernel::detect` checked the CPU features the kernel is
+                // compiled for.
+                Kernel::Avx512 => {
+                    // This kernel adds the outlier channels itself.
+                    return unsafe { vnni::tile_wide(self, &a, &apart, p, row, rows, tile) };
+                }
+                Kernel::Vnni => unsafe { vnni::tile(self, &a, p, row, rows, tile) },
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `has_avx2_f16c` checked the CPU features the kernel is compiled for.
-                unsafe {
-                    avx2::tile(self, &a, p, row, rows, tile)
-                };
-            } else {
-                portable_tile(self, &a, p, row, rows, tile);
+                Kernel::Avx2 => unsafe { avx2::tile(self, &a, p, row, rows, tile) },
+                _ => portable_tile(self, &a, p, row, rows, tile),
             }
             self.add_outliers(&apart, p, row, tile);
         })
@@ -266,6 +253,53 @@ pub fn has_vnni_f16c() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         has_vnni()
+    }
+}
+
+/// The int4 tile this CPU runs: the first of these it has the features for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// [`has_avx512`]: 8-row 512-bit tiles.
+    Avx512,
+    /// [`has_vnni_f16c`]: 4-row 256-bit VNNI tiles.
+    Vnni,
+    /// [`has_avx2_f16c`]: `vpmaddubsw` tiles of [`AVX2_MR`] rows.
+    Avx2,
+    /// Anything else.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        if has_avx512() {
+            Self::Avx512
+        } else if has_vnni_f16c() {
+            Self::Vnni
+        } else if has_avx2_f16c() {
+            Self::Avx2
+        } else {
+            Self::Portable
+        }
+    }
+
+    /// Rows per tile.
+    fn rows(self) -> usize {
+        match self {
+            Self::Avx512 => MAX_MR,
+            Self::Avx2 => AVX2_MR,
+            Self::Vnni | Self::Portable => MR,
+        }
+    }
+
+    /// For reports (`tandem bench-model`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "AVX-512 VNNI (512-bit tiles)",
+            Self::Vnni => "AVX-512 VNNI",
+            Self::Avx2 => "AVX2 (vpmaddubsw)",
+            Self::Portable => "portable",
+        }
     }
 }
 

@@ -290,22 +290,16 @@ impl Q8Matrix {
     /// `x · w` for `x` of `m × k` (row-major); returns `m × n`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.k, "input is {} values, not {m} × {}", x.len(), self.k);
-        let vnni = has_vnni();
-        let avx2 = !vnni && has_avx2();
-        // The AVX2 kernel takes the activations without the +128 offset (its module says why).
-        let a = QuantRows::new(x, m, self.k, self.groups, if avx2 { 0 } else { 128 }, &[]);
+        let kernel = Kernel::detect();
+        let a = QuantRows::new(x, m, self.k, self.groups, kernel.activation_bias(), &[]);
         panel_matmul(self.panels, self.n, m, MR, |p, row, rows, tile| {
-            if vnni {
-                // SAFETY: `has_vnni` checked the CPU features the kernel is compiled for.
-                unsafe { vnni::tile(self, &a, p, row, rows, tile) };
-            } else if avx2 {
+            match kernel {
+                // SAFETY (each arm): `Kernel::detect` checked the CPU features the kernel is
+                // compiled for.
+                Kernel::Vnni => unsafe { vnni::tile(self, &a, p, row, rows, tile) },
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `has_avx2` checked the CPU features the kernel is compiled for.
-                unsafe {
-                    avx2::tile(self, &a, p, row, rows, tile)
-                };
-            } else {
-                portable_tile(self, &a, p, row, rows, tile);
+                Kernel::Avx2 => unsafe { avx2::tile(self, &a, p, row, rows, tile) },
+                _ => portable_tile(self, &a, p, row, rows, tile),
             }
         })
     }
@@ -332,18 +326,54 @@ pub fn has_vnni() -> bool {
 
 /// Whether this CPU runs the AVX2 int8 kernel (`vpmaddubsw`; for CPUs without AVX-512 VNNI).
 pub fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx2::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::attention::has_avx2_fma()
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(super) mod avx2;
+
+/// The int8 tile this CPU runs: the first of these it has the features for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// [`has_vnni`]: `vpdpbusd` tiles.
+    Vnni,
+    /// [`has_avx2`]: `vpmaddubsw` tiles.
+    Avx2,
+    /// Anything else.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        if has_vnni() {
+            Self::Vnni
+        } else if has_avx2() {
+            Self::Avx2
+        } else {
+            Self::Portable
+        }
+    }
+
+    /// The offset its activation bytes carry: the AVX2 kernel takes them without the +128
+    /// (`q8/avx2.rs` says why).
+    fn activation_bias(self) -> u8 {
+        if self == Self::Avx2 {
+            0
+        } else {
+            128
+        }
+    }
+
+    /// For reports (`tandem bench-model`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vnni => "AVX-512 VNNI",
+            Self::Avx2 => "AVX2 (vpmaddubsw)",
+            Self::Portable => "portable",
+        }
+    }
+}
 
 /// Rows `row .. row + rows` of panel `p` into `out` (`rows × NR`), one column at a time.
 #[inline(always)]

@@ -17,14 +17,12 @@
 
 use std::arch::x86_64::*;
 
+use super::super::q8::avx2::store;
 use super::{Q4Matrix, QuantRows, GROUP, GROUP_BYTES, MR, NR, STEPS};
 
-/// Whether this CPU runs [`tile`] (AVX2, FMA and F16C); checked once.
+/// Whether this CPU runs [`tile`] (AVX2, FMA and F16C).
 pub fn available() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-    })
+    super::super::attention::has_avx2_fma() && is_x86_feature_detected!("f16c")
 }
 
 /// Rows `row .. row + rows` (at most [`MR`]) of panel `p` into `out` (`rows × NR`).
@@ -91,10 +89,6 @@ unsafe fn tile_n<const R: usize, const H: usize>(w: &Q4Matrix, a: &QuantRows, p:
                 }
             }
         }
-        for (r, f) in facc.iter().enumerate() {
-            for (h, v) in f.iter().enumerate() {
-                _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8 * (first + h)), *v);
-            }
-        }
+        store(&facc, first, out);
     }
 }

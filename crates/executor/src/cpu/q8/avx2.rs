@@ -17,16 +17,11 @@ use std::arch::x86_64::*;
 
 use super::{Q8Matrix, QuantRows, GROUP, MR, NR, STEPS};
 
-/// Whether this CPU runs [`tile`] (AVX2 and FMA); checked once.
-pub fn available() -> bool {
-    super::super::attention::has_avx2_fma()
-}
-
 /// Rows `row .. row + rows` (at most [`MR`]) of panel `p` into `out` (`rows × NR`); `a` holds the
 /// activations without the `+128` offset.
 ///
 /// # Safety
-/// The CPU must have what [`available`] checks.
+/// The CPU must have AVX2 and FMA ([`super::has_avx2`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn tile(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
     debug_assert!(rows <= MR);
@@ -76,10 +71,26 @@ unsafe fn tile_n<const R: usize, const H: usize>(w: &Q8Matrix, a: &QuantRows, p:
                 }
             }
         }
-        for (r, f) in facc.iter().enumerate() {
-            for (h, v) in f.iter().enumerate() {
-                _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8 * (first + h)), *v);
-            }
+        store(&facc, first, out);
+    }
+}
+
+/// Stores a tile's `R` rows of `H` 8-column halves, from half `first` on, into `out` (`R × NR`);
+/// shared with the int4 AVX2 tile.
+///
+/// # Safety
+/// The CPU must have AVX; `out` must hold `R × NR` values.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(in crate::cpu) unsafe fn store<const R: usize, const H: usize>(
+    facc: &[[__m256; H]; R],
+    first: usize,
+    out: &mut [f32],
+) {
+    debug_assert!(out.len() >= R * NR && first + H <= 2);
+    for (r, f) in facc.iter().enumerate() {
+        for (h, v) in f.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8 * (first + h)), *v);
         }
     }
 }
