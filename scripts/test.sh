@@ -3,25 +3,38 @@
 # Set TANDEM_FUZZ_OPS to lengthen the randomized scheduler harness (default: CI size).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== cargo fmt --check"
+# Each phase prints how long the previous one took, so a slow CI run shows where the time went.
+phase_start=$SECONDS
+phase() {
+  if [[ -n "${phase_name:-}" ]]; then
+    echo "   (${phase_name}: $((SECONDS - phase_start)) s)"
+  fi
+  phase_name="$1"
+  phase_start=$SECONDS
+  if [[ -n "$1" ]]; then echo "== $1"; fi
+}
+trap 'phase "" ; echo "== total: ${SECONDS} s"' EXIT
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
+phase "cargo test: build"
+cargo test --workspace --all-targets --locked --no-run
+phase "cargo test: run"
 cargo test --workspace --all-targets --locked
-echo "== doc tests"
+phase "doc tests"
 cargo test --workspace --doc --locked
-echo "== the official openai Python client against tandem serve"
+phase "the official openai Python client against tandem serve"
 ./scripts/openai_client/run.sh
-echo "== two replicas behind SGLang's router (sglang-router from PyPI)"
+phase "two replicas behind SGLang's router (sglang-router from PyPI)"
 ./scripts/router/run.sh
-echo "== KV events as vLLM's subscribers decode them (pyzmq, msgspec from PyPI)"
+phase "KV events as vLLM's subscribers decode them (pyzmq, msgspec from PyPI)"
 ./scripts/kv_events/run.sh
-echo "== Kubernetes manifests (kubernetes-validate from PyPI, and how they fit together)"
+phase "Kubernetes manifests (kubernetes-validate from PyPI, and how they fit together)"
 ./scripts/k8s/run.sh
-echo "== the CUDA kernels compile to PTX and sm_90 code without spills (nvcc from PyPI)"
+phase "the CUDA kernels compile to PTX and sm_90 code without spills (nvcc from PyPI)"
 ./scripts/cuda/ptx_check.sh
-echo "== the GPU device check, dry run on tensor-cpu (scripts/cuda/device_check.sh)"
+phase "the GPU device check, dry run on tensor-cpu (scripts/cuda/device_check.sh)"
 dry="$(mktemp -d)"
 TANDEM=target/debug/tandem OUT_DIR="$dry" ./scripts/cuda/device_check.sh --dry-run
 rm -rf "$dry"
