@@ -93,9 +93,14 @@ fn int8_weights_track_the_f32_logits() {
 fn int8_keeps_f32s_perplexity_and_top_choices_on_the_shipped_text() {
     // The first 512 tokens of tests/fixtures/eval_text.txt (prose written for these tests),
     // scored by the f32 model and by the default int8 one (smoothed at load, see
-    // model::smooth). Measured on these 512: f32 perplexity 23.062; int8 23.095 (+0.14%) with
-    // 97.26% top-1 agreement; int8 without smoothing 23.446 (+1.7%) and 95.69% — which both
-    // bounds below reject. (Whole text, 1,187 tokens: 19.024; 19.033; unsmoothed 19.287.)
+    // model::smooth). Measured on these 512, f32 perplexity 23.062 on both machines:
+    // - Zen 4: int8 23.095 (+0.14%), 97.26% top-1 agreement; unsmoothed 23.446 (+1.7%), 95.69%;
+    // - Zen 5 (family 26): int8 23.134 (+0.31%), 95.89%; unsmoothed 23.351 (+1.25%), 95.11%.
+    // The near-ties that decide agreement move between CPUs (the f32 reference and the
+    // calibration maxima go through candle's gemm, whose kernels and blocking follow the CPU),
+    // so the agreement bound leaves room for that; the perplexity bound is the one that rejects
+    // the unsmoothed model on every machine measured. (Whole text, 1,187 tokens, Zen 4: 19.024;
+    // 19.033; unsmoothed 19.287.)
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/eval_text.txt")).unwrap();
     let mut ids = model().tokenizer.encode_plain(&text).unwrap();
     ids.truncate(512);
@@ -104,7 +109,7 @@ fn int8_keeps_f32s_perplexity_and_top_choices_on_the_shipped_text() {
     let (p32, p8, agree) = (exact.perplexity(), q8.perplexity(), q8.agreement(&exact));
     eprintln!("512 tokens: perplexity f32 {p32:.3}, int8 {p8:.3}; top-1 agreement {agree:.4}");
     assert!(p8 / p32 < 1.005, "int8 perplexity {p8} vs f32 {p32}");
-    assert!(agree > 0.965, "top-1 agreement {agree}");
+    assert!(agree > 0.955, "top-1 agreement {agree}");
 }
 
 #[test]
@@ -138,7 +143,7 @@ fn int4_keeps_f32s_perplexity_and_top_choices_on_the_shipped_text() {
     let (p32, p4, agree) = (exact.perplexity(), q4.perplexity(), q4.agreement(&exact));
     eprintln!("512 tokens: perplexity f32 {p32:.3}, int4 {p4:.3}; top-1 agreement {agree:.4}");
     assert!(p4 / p32 < 1.005, "int4 perplexity {p4} vs f32 {p32}");
-    assert!(agree > 0.965, "top-1 agreement {agree}");
+    assert!(agree > 0.955, "top-1 agreement {agree}");
 }
 
 #[test]

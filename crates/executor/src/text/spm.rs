@@ -83,7 +83,7 @@ pub(super) fn spm_tokenizer(
     } else {
         replace.into()
     };
-    tok.with_normalizer(Some(normalizer));
+    tok.with_normalizer(Some(normalizer)).map_err(tk)?;
     let decoder = DecoderSequence::new(vec![
         Replace::new(SPACE, " ").map_err(tk)?.into(),
         ByteFallback::new().into(),
@@ -92,7 +92,7 @@ pub(super) fn spm_tokenizer(
     tok.with_decoder(Some(decoder));
     // Unknown, control and user-defined pieces are matched whole in text (llama.cpp's special
     // partition); the text between them is normalised, so each stretch gets its `▁` prefix.
-    tok.add_special_tokens(&special_tokens(tokens, types, &[UNKNOWN, CONTROL, USER_DEFINED]));
+    tok.add_special_tokens(special_tokens(tokens, types, &[UNKNOWN, CONTROL, USER_DEFINED])).map_err(tk)?;
     Ok(tok)
 }
 

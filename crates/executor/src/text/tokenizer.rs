@@ -101,7 +101,7 @@ impl TextTokenizer {
         tok.with_pre_tokenizer(Some(pre_tokenizer));
         tok.with_decoder(Some(ByteLevelDecoder::default()));
         // Control (3) and user-defined (4) tokens are matched whole in text, like <|im_start|>.
-        tok.add_special_tokens(&special_tokens(tokens, types, &[CONTROL, USER_DEFINED]));
+        tok.add_special_tokens(special_tokens(tokens, types, &[CONTROL, USER_DEFINED])).map_err(tk)?;
         Ok(tok)
     }
 
