@@ -8,25 +8,33 @@ use std::time::{Duration, Instant};
 use tandem_core::{FinishReason, NewRequest, PreemptionModeKind, SamplerParams, SchedulerConfig, TokenId};
 use tandem_engine::{Engine, EngineConfig, RequestEvent};
 use tandem_executor::cpu::CpuExecutor;
-use tandem_executor::model::{load_model, load_model_as, LlamaModel, WeightFormat};
+use tandem_executor::model::{load_model_as, LlamaModel, LoadedModel, WeightFormat};
 use tandem_executor::store::default_model;
 use tandem_executor::text::{ChatMessage, TextTokenizer};
 
-fn loaded() -> &'static (std::path::PathBuf, TextTokenizer) {
-    static P: OnceLock<(std::path::PathBuf, TextTokenizer)> = OnceLock::new();
-    P.get_or_init(|| {
-        let path = default_model().expect("default model");
-        let m = load_model(&path).expect("load");
-        (path, m.tokenizer)
-    })
+/// The default model loaded once per weight format (a load dequantizes, and for int8 and 4-bit
+/// smooths and quantizes: seconds in a test build); every run gets its own copy of the model.
+fn loaded(format: WeightFormat) -> &'static LoadedModel {
+    static MODELS: [OnceLock<LoadedModel>; 4] = [const { OnceLock::new() }; 4];
+    let slot = match format {
+        WeightFormat::Auto => 0,
+        WeightFormat::F32 => 1,
+        WeightFormat::Q8 => 2,
+        WeightFormat::Q4 => 3,
+    };
+    MODELS[slot].get_or_init(|| load_model_as(&default_model().expect("default model"), format).expect("load"))
 }
 
 fn model(format: WeightFormat) -> LlamaModel {
-    load_model_as(&loaded().0, format).unwrap().model
+    loaded(format).model.clone()
+}
+
+fn tokenizer() -> &'static TextTokenizer {
+    &loaded(WeightFormat::F32).tokenizer
 }
 
 fn prompts() -> Vec<Vec<TokenId>> {
-    let t = &loaded().1;
+    let t = tokenizer();
     let questions = [
         "What is the capital of France?",
         "Name three colours.",
@@ -147,7 +155,7 @@ fn check_batch_invariance(format: WeightFormat) {
     // Real text, not a degenerate loop: the first answer names Paris, with f32 weights, with
     // int8 ones (smoothed at load; unsmoothed int8 said "L'Étoile, …", as llama.cpp does on this
     // file: "The" leads "L" by only 0.08 logits in f32) and with the default 4-bit ones.
-    let first = loaded().1.decode(&alone[0]).unwrap();
+    let first = tokenizer().decode(&alone[0]).unwrap();
     if format != WeightFormat::Q4 {
         assert!(first.contains("Paris"), "{format}: {first:?}");
     }

@@ -10,10 +10,14 @@ use tandem_executor::model::{load_model_as, LlamaModel, WeightFormat};
 use tandem_executor::store::default_model;
 use tandem_executor::Executor;
 
+/// The default int8 model, loaded once (seconds in a test build); each test gets a copy.
 fn model() -> LlamaModel {
-    static PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
-    let path = PATH.get_or_init(|| default_model().expect("fetch the default model"));
-    load_model_as(path, WeightFormat::Q8).expect("load").model
+    static MODEL: OnceLock<LlamaModel> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            load_model_as(&default_model().expect("fetch the default model"), WeightFormat::Q8).expect("load").model
+        })
+        .clone()
 }
 
 /// A step of prefills `(id, tokens, first block)`, split into `micro_batches`.

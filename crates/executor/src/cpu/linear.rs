@@ -11,7 +11,7 @@ use crate::model::WeightFormat;
 use crate::ExecError;
 
 /// One linear layer: `y = x · w` with `w` of `k` inputs × `n` outputs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Linear {
     /// Contiguous f32 `k × n` tensor.
     F32(Tensor),

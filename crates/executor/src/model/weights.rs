@@ -14,7 +14,7 @@ use crate::cpu::Linear;
 use crate::ExecError;
 
 /// One transformer block's weights.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Layer {
     pub attn_norm: Vec<f32>,
     /// `hidden × (q + k + v)`.
@@ -59,7 +59,7 @@ impl Layer {
 }
 
 /// A loaded model: config, weights and RoPE tables.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LlamaModel {
     pub config: LlamaConfig,
     /// `vocab × hidden`, for the embedding lookup.
