@@ -187,6 +187,8 @@ impl Q4Matrix {
                 }
                 Kernel::Vnni => unsafe { vnni::tile(self, &a, p, row, rows, tile) },
                 #[cfg(target_arch = "x86_64")]
+                Kernel::AvxVnni => unsafe { avx_vnni::tile(self, &a, p, row, rows, tile) },
+                #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => unsafe { avx2::tile(self, &a, p, row, rows, tile) },
                 _ => portable_tile(self, &a, p, row, rows, tile),
             }
@@ -256,6 +258,18 @@ pub fn has_vnni_f16c() -> bool {
     }
 }
 
+/// Whether this CPU runs the AVX-VNNI int4 kernel (the int8 one's features and F16C).
+pub fn has_avx_vnni_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::q8::has_avx_vnni() && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The int4 tile this CPU runs: the first of these it has the features for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -263,6 +277,8 @@ pub enum Kernel {
     Avx512,
     /// [`has_vnni_f16c`]: 4-row 256-bit VNNI tiles.
     Vnni,
+    /// [`has_avx_vnni_f16c`]: the same tiles with the VEX `vpdpbusd`.
+    AvxVnni,
     /// [`has_avx2_f16c`]: `vpmaddubsw` tiles of [`AVX2_MR`] rows.
     Avx2,
     /// Anything else.
@@ -270,13 +286,16 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (within `TANDEM_CPU_GEMM`, [`super::gemm_limit`]).
     pub fn detect() -> Self {
-        if has_avx512() {
+        let limit = super::gemm_limit();
+        if limit >= super::GEMM_AVX512 && has_avx512() {
             Self::Avx512
-        } else if has_vnni_f16c() {
+        } else if limit >= super::GEMM_VNNI && has_vnni_f16c() {
             Self::Vnni
-        } else if has_avx2_f16c() {
+        } else if limit >= super::GEMM_AVX_VNNI && has_avx_vnni_f16c() {
+            Self::AvxVnni
+        } else if limit >= super::GEMM_AVX2 && has_avx2_f16c() {
             Self::Avx2
         } else {
             Self::Portable
@@ -288,7 +307,7 @@ impl Kernel {
         match self {
             Self::Avx512 => MAX_MR,
             Self::Avx2 => AVX2_MR,
-            Self::Vnni | Self::Portable => MR,
+            Self::Vnni | Self::AvxVnni | Self::Portable => MR,
         }
     }
 
@@ -297,6 +316,7 @@ impl Kernel {
         match self {
             Self::Avx512 => "AVX-512 VNNI (512-bit tiles)",
             Self::Vnni => "AVX-512 VNNI",
+            Self::AvxVnni => "AVX-VNNI",
             Self::Avx2 => "AVX2 (vpmaddubsw)",
             Self::Portable => "portable",
         }
@@ -362,6 +382,79 @@ fn portable_tile(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize,
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+
+/// The 256-bit `vpdpbusd` tile's functions, stamped out once per encoding of the instruction:
+/// AVX-512 VNNI's (EVEX, with AVX-512 VL; in [`vnni`]) and AVX-VNNI's (VEX: Intel client cores
+/// from Alder Lake, Sierra Forest, which have no AVX-512; in [`avx_vnni`]). The same integers, so
+/// the same bits.
+#[cfg(target_arch = "x86_64")]
+macro_rules! vnni_tile_fns {
+    ($features:literal, $dpbusd:ident, $needs:literal) => {
+        /// Rows `row .. row + rows` (at most [`MR`]) of panel `p` into `out` (`rows × NR`).
+        ///
+        /// # Safety
+        #[doc = $needs]
+        #[target_feature(enable = $features)]
+        pub unsafe fn tile(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+            match rows {
+                4 => tile_n::<4>(w, a, p, row, out),
+                3 => tile_n::<3>(w, a, p, row, out),
+                2 => tile_n::<2>(w, a, p, row, out),
+                _ => tile_n::<1>(w, a, p, row, out),
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn tile_n<const R: usize>(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, out: &mut [f32]) {
+            debug_assert!(R <= MR && out.len() >= R * NR);
+            let groups = w.groups;
+            let wp = w.nibbles.as_ptr().add(p * groups * GROUP_BYTES) as *const __m256i;
+            let meta = (p * groups) * NR;
+            let xrow = |r: usize| a.bytes.as_ptr().add((row + r) * a.k_pad);
+            let low = _mm256_set1_epi8(15);
+            let mut facc = [[_mm256_setzero_ps(); 2]; R];
+            for g in 0..groups {
+                let mut iacc = [[_mm256_setzero_si256(); 2]; R];
+                for s in 0..STEPS {
+                    let w0 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2));
+                    let w1 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2 + 1));
+                    let lo = [_mm256_and_si256(w0, low), _mm256_and_si256(w1, low)];
+                    let hi = [
+                        _mm256_and_si256(_mm256_srli_epi16(w0, 4), low),
+                        _mm256_and_si256(_mm256_srli_epi16(w1, 4), low),
+                    ];
+                    for (r, acc) in iacc.iter_mut().enumerate() {
+                        let at = xrow(r).add(g * GROUP + 8 * s);
+                        let xa = _mm256_set1_epi32((at as *const i32).read_unaligned());
+                        let xb = _mm256_set1_epi32((at.add(4) as *const i32).read_unaligned());
+                        for h in 0..2 {
+                            acc[h] = $dpbusd(acc[h], lo[h], xa);
+                            acc[h] = $dpbusd(acc[h], hi[h], xb);
+                        }
+                    }
+                }
+                let m = meta + g * NR;
+                let half =
+                    |v: &[u16], at: usize| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at) as *const __m128i));
+                let d = [half(&w.steps, m), half(&w.steps, m + 8)];
+                let mins = [half(&w.mins, m), half(&w.mins, m + 8)];
+                for (r, (f, i)) in facc.iter_mut().zip(&iacc).enumerate() {
+                    let at = (row + r) * a.groups + g;
+                    let xs = _mm256_set1_ps(*a.scales.get_unchecked(at));
+                    let xsum = _mm256_set1_ps(*a.sums.get_unchecked(at) as f32);
+                    for h in 0..2 {
+                        f[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i[h]), _mm256_mul_ps(d[h], xs), f[h]);
+                        f[h] = _mm256_fmadd_ps(xsum, _mm256_mul_ps(mins[h], xs), f[h]);
+                    }
+                }
+            }
+            for (r, f) in facc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(r * NR), f[0]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8), f[1]);
+            }
+        }
+    };
+}
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
@@ -470,66 +563,24 @@ mod vnni {
         }
     }
 
-    /// Rows `row .. row + rows` (at most [`MR`]) of panel `p` into `out` (`rows × NR`).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub unsafe fn tile(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
-        match rows {
-            4 => tile_n::<4>(w, a, p, row, out),
-            3 => tile_n::<3>(w, a, p, row, out),
-            2 => tile_n::<2>(w, a, p, row, out),
-            _ => tile_n::<1>(w, a, p, row, out),
-        }
-    }
+    vnni_tile_fns!(
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        _mm256_dpbusd_epi32,
+        "The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL ([`super::has_vnni_f16c`])."
+    );
+}
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    unsafe fn tile_n<const R: usize>(w: &Q4Matrix, a: &QuantRows, p: usize, row: usize, out: &mut [f32]) {
-        debug_assert!(R <= MR && out.len() >= R * NR);
-        let groups = w.groups;
-        let wp = w.nibbles.as_ptr().add(p * groups * GROUP_BYTES) as *const __m256i;
-        let meta = (p * groups) * NR;
-        let xrow = |r: usize| a.bytes.as_ptr().add((row + r) * a.k_pad);
-        let low = _mm256_set1_epi8(15);
-        let mut facc = [[_mm256_setzero_ps(); 2]; R];
-        for g in 0..groups {
-            let mut iacc = [[_mm256_setzero_si256(); 2]; R];
-            for s in 0..STEPS {
-                let w0 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2));
-                let w1 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2 + 1));
-                let lo = [_mm256_and_si256(w0, low), _mm256_and_si256(w1, low)];
-                let hi =
-                    [_mm256_and_si256(_mm256_srli_epi16(w0, 4), low), _mm256_and_si256(_mm256_srli_epi16(w1, 4), low)];
-                for (r, acc) in iacc.iter_mut().enumerate() {
-                    let at = xrow(r).add(g * GROUP + 8 * s);
-                    let xa = _mm256_set1_epi32((at as *const i32).read_unaligned());
-                    let xb = _mm256_set1_epi32((at.add(4) as *const i32).read_unaligned());
-                    for h in 0..2 {
-                        acc[h] = _mm256_dpbusd_epi32(acc[h], lo[h], xa);
-                        acc[h] = _mm256_dpbusd_epi32(acc[h], hi[h], xb);
-                    }
-                }
-            }
-            let m = meta + g * NR;
-            let half = |v: &[u16], at: usize| _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at) as *const __m128i));
-            let d = [half(&w.steps, m), half(&w.steps, m + 8)];
-            let mins = [half(&w.mins, m), half(&w.mins, m + 8)];
-            for (r, (f, i)) in facc.iter_mut().zip(&iacc).enumerate() {
-                let at = (row + r) * a.groups + g;
-                let xs = _mm256_set1_ps(*a.scales.get_unchecked(at));
-                let xsum = _mm256_set1_ps(*a.sums.get_unchecked(at) as f32);
-                for h in 0..2 {
-                    f[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i[h]), _mm256_mul_ps(d[h], xs), f[h]);
-                    f[h] = _mm256_fmadd_ps(xsum, _mm256_mul_ps(mins[h], xs), f[h]);
-                }
-            }
-        }
-        for (r, f) in facc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * NR), f[0]);
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8), f[1]);
-        }
-    }
+#[cfg(target_arch = "x86_64")]
+mod avx_vnni {
+    use std::arch::x86_64::*;
+
+    use super::{Q4Matrix, QuantRows, GROUP, GROUP_BYTES, MR, NR, STEPS};
+
+    vnni_tile_fns!(
+        "avx2,fma,f16c,avxvnni",
+        _mm256_dpbusd_avx_epi32,
+        "The CPU must have AVX2, FMA, F16C and AVX-VNNI ([`super::has_avx_vnni_f16c`])."
+    );
 }
 
 #[cfg(test)]
@@ -617,6 +668,35 @@ mod tests {
                 vnni::tile(&q, &a, p, 4, 2, &mut fast[4 * NR..]);
             }
             assert_eq!(portable, fast, "panel {p}");
+        }
+    }
+
+    #[test]
+    fn the_avx_vnni_kernel_gives_the_portable_ones_bits() {
+        if !has_avx_vnni_f16c() {
+            eprintln!(
+                "SKIPPED the_avx_vnni_kernel_gives_the_portable_ones_bits (int4): this CPU lacks AVX-VNNI or F16C"
+            );
+            return;
+        }
+        // Every tile height 1..=4, k not a multiple of 32 and n not one of 16; activations
+        // at ±1 (q = ±127) against the grid's ends (nibbles 0 and 15) first, then random.
+        let (m, k, n) = (7, 160, 40);
+        let signs: Vec<f32> = (0..m * k).map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let ends: Vec<f32> = (0..k * n).map(|i| if i % 7 == 0 { 0.0 } else { 1.0 }).collect();
+        for (x, w) in [(signs, ends), (lcg(35, m * k), lcg(36, k * n))] {
+            let q = Q4Matrix::quantize(&w, k, n);
+            let a = QuantRows::new(&x, m, k, q.groups, 0, &[]);
+            for p in 0..q.panels {
+                for rows in 1..=MR {
+                    let mut portable = vec![0.0; rows * NR];
+                    portable_body(&q, &a, p, m - rows, rows, &mut portable);
+                    let mut fast = vec![0.0; rows * NR];
+                    // SAFETY: checked by `has_avx_vnni_f16c`.
+                    unsafe { avx_vnni::tile(&q, &a, p, m - rows, rows, &mut fast) };
+                    assert_eq!(portable, fast, "panel {p}, {rows} rows");
+                }
+            }
         }
     }
 

@@ -298,6 +298,8 @@ impl Q8Matrix {
                 // compiled for.
                 Kernel::Vnni => unsafe { vnni::tile(self, &a, p, row, rows, tile) },
                 #[cfg(target_arch = "x86_64")]
+                Kernel::AvxVnni => unsafe { avx_vnni::tile(self, &a, p, row, rows, tile) },
+                #[cfg(target_arch = "x86_64")]
                 Kernel::Avx2 => unsafe { avx2::tile(self, &a, p, row, rows, tile) },
                 _ => portable_tile(self, &a, p, row, rows, tile),
             }
@@ -324,6 +326,20 @@ pub fn has_vnni() -> bool {
     }
 }
 
+/// Whether this CPU has AVX-VNNI (the VEX-encoded `vpdpbusd` of Intel's client cores and
+/// E-core Xeons, which lack AVX-512) besides AVX2 and FMA; checked once.
+pub fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avxvnni") && super::attention::has_avx2_fma())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether this CPU runs the AVX2 int8 kernel (`vpmaddubsw`; for CPUs without AVX-512 VNNI).
 pub fn has_avx2() -> bool {
     super::attention::has_avx2_fma()
@@ -337,6 +353,8 @@ pub(super) mod avx2;
 pub enum Kernel {
     /// [`has_vnni`]: `vpdpbusd` tiles.
     Vnni,
+    /// [`has_avx_vnni`]: the same tiles with the VEX `vpdpbusd`.
+    AvxVnni,
     /// [`has_avx2`]: `vpmaddubsw` tiles.
     Avx2,
     /// Anything else.
@@ -344,11 +362,14 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (within `TANDEM_CPU_GEMM`, [`super::gemm_limit`]).
     pub fn detect() -> Self {
-        if has_vnni() {
+        let limit = super::gemm_limit();
+        if limit >= super::GEMM_VNNI && has_vnni() {
             Self::Vnni
-        } else if has_avx2() {
+        } else if limit >= super::GEMM_AVX_VNNI && has_avx_vnni() {
+            Self::AvxVnni
+        } else if limit >= super::GEMM_AVX2 && has_avx2() {
             Self::Avx2
         } else {
             Self::Portable
@@ -369,6 +390,7 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Self::Vnni => "AVX-512 VNNI",
+            Self::AvxVnni => "AVX-VNNI",
             Self::Avx2 => "AVX2 (vpmaddubsw)",
             Self::Portable => "portable",
         }
@@ -416,66 +438,86 @@ fn portable_tile(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, rows: usize,
     portable_body(w, a, p, row, rows, out)
 }
 
-#[cfg(target_arch = "x86_64")]
-mod vnni {
-    use std::arch::x86_64::*;
+/// The 256-bit `vpdpbusd` tile, stamped out once per encoding of the instruction: AVX-512 VNNI's
+/// (EVEX, with AVX-512 VL) and AVX-VNNI's (VEX: Intel client cores from Alder Lake, Sierra Forest,
+/// which have no AVX-512). Both compute the same integers, so both give the portable kernel's bits.
+macro_rules! vnni_tile_module {
+    ($module:ident, $features:literal, $dpbusd:ident, $needs:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        pub(super) mod $module {
+            use std::arch::x86_64::*;
 
-    use super::{Q8Matrix, QuantRows, GROUP, MR, NR, STEPS};
+            use super::{Q8Matrix, QuantRows, GROUP, MR, NR, STEPS};
 
-    /// Rows `row .. row + rows` (at most [`MR`]) of panel `p` into `out` (`rows × NR`).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA, AVX-512 VNNI and AVX-512 VL.
-    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    pub unsafe fn tile(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
-        match rows {
-            4 => tile_n::<4>(w, a, p, row, out),
-            3 => tile_n::<3>(w, a, p, row, out),
-            2 => tile_n::<2>(w, a, p, row, out),
-            _ => tile_n::<1>(w, a, p, row, out),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    unsafe fn tile_n<const R: usize>(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, out: &mut [f32]) {
-        debug_assert!(R <= MR && out.len() >= R * NR);
-        let groups = w.groups;
-        let wp = w.weights.as_ptr().add(p * groups * GROUP * NR) as *const __m256i;
-        let meta = (p * groups) * NR;
-        let xrow = |r: usize| a.bytes.as_ptr().add((row + r) * a.k_pad);
-        let mut facc = [[_mm256_setzero_ps(); 2]; R];
-        for g in 0..groups {
-            let mut iacc = [[_mm256_setzero_si256(); 2]; R];
-            for s in 0..STEPS {
-                let w0 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2));
-                let w1 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2 + 1));
-                for (r, acc) in iacc.iter_mut().enumerate() {
-                    let four = (xrow(r).add(g * GROUP + 4 * s) as *const i32).read_unaligned();
-                    let xb = _mm256_set1_epi32(four);
-                    acc[0] = _mm256_dpbusd_epi32(acc[0], xb, w0);
-                    acc[1] = _mm256_dpbusd_epi32(acc[1], xb, w1);
+            /// Rows `row .. row + rows` (at most [`MR`]) of panel `p` into `out` (`rows × NR`).
+            ///
+            /// # Safety
+            #[doc = $needs]
+            #[target_feature(enable = $features)]
+            pub unsafe fn tile(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, rows: usize, out: &mut [f32]) {
+                match rows {
+                    4 => tile_n::<4>(w, a, p, row, out),
+                    3 => tile_n::<3>(w, a, p, row, out),
+                    2 => tile_n::<2>(w, a, p, row, out),
+                    _ => tile_n::<1>(w, a, p, row, out),
                 }
             }
-            let m = meta + g * NR;
-            let off = [
-                _mm256_loadu_si256(w.offsets.as_ptr().add(m) as *const __m256i),
-                _mm256_loadu_si256(w.offsets.as_ptr().add(m + 8) as *const __m256i),
-            ];
-            let sc = [_mm256_loadu_ps(w.scales.as_ptr().add(m)), _mm256_loadu_ps(w.scales.as_ptr().add(m + 8))];
-            for (r, (f, i)) in facc.iter_mut().zip(&iacc).enumerate() {
-                let xs = _mm256_set1_ps(*a.scales.get_unchecked((row + r) * a.groups + g));
-                for h in 0..2 {
-                    let exact = _mm256_cvtepi32_ps(_mm256_sub_epi32(i[h], off[h]));
-                    f[h] = _mm256_fmadd_ps(exact, _mm256_mul_ps(sc[h], xs), f[h]);
+
+            #[target_feature(enable = $features)]
+            unsafe fn tile_n<const R: usize>(w: &Q8Matrix, a: &QuantRows, p: usize, row: usize, out: &mut [f32]) {
+                debug_assert!(R <= MR && out.len() >= R * NR);
+                let groups = w.groups;
+                let wp = w.weights.as_ptr().add(p * groups * GROUP * NR) as *const __m256i;
+                let meta = (p * groups) * NR;
+                let xrow = |r: usize| a.bytes.as_ptr().add((row + r) * a.k_pad);
+                let mut facc = [[_mm256_setzero_ps(); 2]; R];
+                for g in 0..groups {
+                    let mut iacc = [[_mm256_setzero_si256(); 2]; R];
+                    for s in 0..STEPS {
+                        let w0 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2));
+                        let w1 = _mm256_loadu_si256(wp.add((g * STEPS + s) * 2 + 1));
+                        for (r, acc) in iacc.iter_mut().enumerate() {
+                            let four = (xrow(r).add(g * GROUP + 4 * s) as *const i32).read_unaligned();
+                            let xb = _mm256_set1_epi32(four);
+                            acc[0] = $dpbusd(acc[0], xb, w0);
+                            acc[1] = $dpbusd(acc[1], xb, w1);
+                        }
+                    }
+                    let m = meta + g * NR;
+                    let off = [
+                        _mm256_loadu_si256(w.offsets.as_ptr().add(m) as *const __m256i),
+                        _mm256_loadu_si256(w.offsets.as_ptr().add(m + 8) as *const __m256i),
+                    ];
+                    let sc = [_mm256_loadu_ps(w.scales.as_ptr().add(m)), _mm256_loadu_ps(w.scales.as_ptr().add(m + 8))];
+                    for (r, (f, i)) in facc.iter_mut().zip(&iacc).enumerate() {
+                        let xs = _mm256_set1_ps(*a.scales.get_unchecked((row + r) * a.groups + g));
+                        for h in 0..2 {
+                            let exact = _mm256_cvtepi32_ps(_mm256_sub_epi32(i[h], off[h]));
+                            f[h] = _mm256_fmadd_ps(exact, _mm256_mul_ps(sc[h], xs), f[h]);
+                        }
+                    }
+                }
+                for (r, f) in facc.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(r * NR), f[0]);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8), f[1]);
                 }
             }
         }
-        for (r, f) in facc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * NR), f[0]);
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * NR + 8), f[1]);
-        }
-    }
+    };
 }
+
+vnni_tile_module!(
+    vnni,
+    "avx2,fma,avx512vnni,avx512vl",
+    _mm256_dpbusd_epi32,
+    "The CPU must have AVX2, FMA, AVX-512 VNNI and AVX-512 VL ([`super::has_vnni`])."
+);
+vnni_tile_module!(
+    avx_vnni,
+    "avx2,fma,avxvnni",
+    _mm256_dpbusd_avx_epi32,
+    "The CPU must have AVX2, FMA and AVX-VNNI ([`super::has_avx_vnni`])."
+);
 
 /// Shared by the int8 and int4 kernels' tests.
 #[cfg(test)]
@@ -610,6 +652,33 @@ mod tests {
                     let mut fast = vec![0.0; rows * NR];
                     // SAFETY: checked by `has_avx2`.
                     unsafe { avx2::tile(&q, &plain, p, m - rows, rows, &mut fast) };
+                    assert_eq!(portable, fast, "panel {p}, {rows} rows");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_avx_vnni_kernel_gives_the_portable_ones_bits() {
+        if !has_avx_vnni() {
+            eprintln!("SKIPPED the_avx_vnni_kernel_gives_the_portable_ones_bits (int8): this CPU lacks AVX-VNNI");
+            return;
+        }
+        // Every tile height 1..=4, k not a multiple of 32 and n not one of 16; activations at
+        // ±1 first (bytes 1 and 255 with the +128 offset) against weights ±1 and 0, then random.
+        let (m, k, n) = (7, 160, 40);
+        let signs: Vec<f32> = (0..m * k).map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let unit: Vec<f32> = (0..k * n).map(|i| [1.0, -1.0, 0.0, 1.0, 1.0][i % 5]).collect();
+        for (x, w) in [(signs, unit), (lcg(25, m * k), lcg(26, k * n))] {
+            let q = Q8Matrix::quantize(&w, k, n);
+            let a = QuantRows::new(&x, m, k, q.groups, 128, &[]);
+            for p in 0..q.panels {
+                for rows in 1..=MR {
+                    let mut portable = vec![0.0; rows * NR];
+                    portable_body(&q, &a, p, m - rows, rows, &mut portable);
+                    let mut fast = vec![0.0; rows * NR];
+                    // SAFETY: checked by `has_avx_vnni`.
+                    unsafe { avx_vnni::tile(&q, &a, p, m - rows, rows, &mut fast) };
                     assert_eq!(portable, fast, "panel {p}, {rows} rows");
                 }
             }
