@@ -671,6 +671,27 @@ mod tests {
         }
     }
 
+    /// The tiles of every height 1..=[`MR`] (the bottom rows of `x`) give the portable kernel's
+    /// bits, for `x` (`m × k`) times `w` (`k × n`) quantized.
+    fn tiles_match_portable(
+        x: &[f32],
+        w: &[f32],
+        (m, k, n): (usize, usize, usize),
+        tile: impl Fn(&Q4Matrix, &QuantRows, usize, usize, usize, &mut [f32]),
+    ) {
+        let q = Q4Matrix::quantize(w, k, n);
+        let a = QuantRows::new(x, m, k, q.groups, 0, &[]);
+        for p in 0..q.panels {
+            for rows in 1..=MR {
+                let mut portable = vec![0.0; rows * NR];
+                portable_body(&q, &a, p, m - rows, rows, &mut portable);
+                let mut fast = vec![0.0; rows * NR];
+                tile(&q, &a, p, m - rows, rows, &mut fast);
+                assert_eq!(portable, fast, "panel {p}, {rows} rows");
+            }
+        }
+    }
+
     #[test]
     fn the_avx_vnni_kernel_gives_the_portable_ones_bits() {
         if !has_avx_vnni_f16c() {
@@ -685,18 +706,10 @@ mod tests {
         let signs: Vec<f32> = (0..m * k).map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 }).collect();
         let ends: Vec<f32> = (0..k * n).map(|i| if i % 7 == 0 { 0.0 } else { 1.0 }).collect();
         for (x, w) in [(signs, ends), (lcg(35, m * k), lcg(36, k * n))] {
-            let q = Q4Matrix::quantize(&w, k, n);
-            let a = QuantRows::new(&x, m, k, q.groups, 0, &[]);
-            for p in 0..q.panels {
-                for rows in 1..=MR {
-                    let mut portable = vec![0.0; rows * NR];
-                    portable_body(&q, &a, p, m - rows, rows, &mut portable);
-                    let mut fast = vec![0.0; rows * NR];
-                    // SAFETY: checked by `has_avx_vnni_f16c`.
-                    unsafe { avx_vnni::tile(&q, &a, p, m - rows, rows, &mut fast) };
-                    assert_eq!(portable, fast, "panel {p}, {rows} rows");
-                }
-            }
+            // SAFETY: checked by `has_avx_vnni_f16c`.
+            tiles_match_portable(&x, &w, (m, k, n), |q, a, p, row, rows, out| unsafe {
+                avx_vnni::tile(q, a, p, row, rows, out)
+            });
         }
     }
 
@@ -715,18 +728,10 @@ mod tests {
         let extreme: Vec<f32> = (0..m * k).map(|i| if (i / k) % 2 == 0 { 1.0 } else { -1.0 }).collect();
         let top: Vec<f32> = (0..k * n).map(|i| if (i / n) % GROUP == (i % n) % GROUP { 0.0 } else { 1.0 }).collect();
         for (x, w) in [(extreme, top), (lcg(11, m * k), lcg(12, k * n)), (lcg(13, m * k), lcg(14, k * n))] {
-            let q = Q4Matrix::quantize(&w, k, n);
-            let a = QuantRows::new(&x, m, k, q.groups, 0, &[]);
-            for p in 0..q.panels {
-                for rows in 1..=MR {
-                    let mut portable = vec![0.0; rows * NR];
-                    portable_body(&q, &a, p, m - rows, rows, &mut portable);
-                    let mut fast = vec![0.0; rows * NR];
-                    // SAFETY: checked by `has_avx2_f16c`.
-                    unsafe { avx2::tile(&q, &a, p, m - rows, rows, &mut fast) };
-                    assert_eq!(portable, fast, "panel {p}, {rows} rows");
-                }
-            }
+            // SAFETY: checked by `has_avx2_f16c`.
+            tiles_match_portable(&x, &w, (m, k, n), |q, a, p, row, rows, out| unsafe {
+                avx2::tile(q, a, p, row, rows, out)
+            });
         }
     }
 
