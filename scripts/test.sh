@@ -4,7 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each phase prints how long the previous one took, so a slow CI run shows where the time went.
-phase_start=$SECONDS
 phase() {
   if [[ -n "${phase_name:-}" ]]; then
     echo "   (${phase_name}: $((SECONDS - phase_start)) s)"

@@ -143,7 +143,7 @@ fn int4_keeps_f32s_perplexity_and_top_choices_on_the_shipped_text() {
     let (p32, p4, agree) = (exact.perplexity(), q4.perplexity(), q4.agreement(&exact));
     eprintln!("512 tokens: perplexity f32 {p32:.3}, int4 {p4:.3}; top-1 agreement {agree:.4}");
     assert!(p4 / p32 < 1.005, "int4 perplexity {p4} vs f32 {p32}");
-    assert!(agree > 0.955, "top-1 agreement {agree}");
+    assert!(agree > 0.965, "top-1 agreement {agree}");
 }
 
 #[test]

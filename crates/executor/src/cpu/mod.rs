@@ -39,7 +39,7 @@ pub(crate) fn gemm_limit() -> u8 {
             "vnni" => GEMM_VNNI,
             "avx-vnni" => GEMM_AVX_VNNI,
             "avx2" => GEMM_AVX2,
-            "portable" => 0,
+            "portable" => GEMM_PORTABLE,
             other => {
                 eprintln!(
                     "tandem: TANDEM_CPU_GEMM={other:?} is not one of avx512, vnni, avx-vnni, avx2, portable; not limiting"
@@ -55,6 +55,7 @@ pub(crate) const GEMM_AVX512: u8 = 4;
 pub(crate) const GEMM_VNNI: u8 = 3;
 pub(crate) const GEMM_AVX_VNNI: u8 = 2;
 pub(crate) const GEMM_AVX2: u8 = 1;
+pub(crate) const GEMM_PORTABLE: u8 = 0;
 
 /// Which kernel variants this CPU runs (chosen at run time), for reports: the int8 GEMM and
 /// attention.

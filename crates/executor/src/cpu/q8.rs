@@ -628,6 +628,30 @@ mod tests {
         }
     }
 
+    /// `kernel`'s tiles of every height 1..=[`MR`] (the bottom rows of `x`), fed activations with
+    /// that kernel's offset, give the portable kernel's bits, for `x` (`m × k`) times `w`
+    /// (`k × n`) quantized.
+    fn tiles_match_portable(
+        x: &[f32],
+        w: &[f32],
+        (m, k, n): (usize, usize, usize),
+        kernel: Kernel,
+        tile: impl Fn(&Q8Matrix, &QuantRows, usize, usize, usize, &mut [f32]),
+    ) {
+        let q = Q8Matrix::quantize(w, k, n);
+        let offset = QuantRows::new(x, m, k, q.groups, Kernel::Portable.activation_bias(), &[]);
+        let own = QuantRows::new(x, m, k, q.groups, kernel.activation_bias(), &[]);
+        for p in 0..q.panels {
+            for rows in 1..=MR {
+                let mut portable = vec![0.0; rows * NR];
+                portable_body(&q, &offset, p, m - rows, rows, &mut portable);
+                let mut fast = vec![0.0; rows * NR];
+                tile(&q, &own, p, m - rows, rows, &mut fast);
+                assert_eq!(portable, fast, "panel {p}, {rows} rows");
+            }
+        }
+    }
+
     #[test]
     fn the_avx2_kernel_gives_the_portable_ones_bits() {
         if !has_avx2() {
@@ -642,19 +666,10 @@ mod tests {
         let signs: Vec<f32> = (0..m * k).map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 }).collect();
         let unit: Vec<f32> = (0..k * n).map(|i| [1.0, -1.0, 0.0, 1.0, 1.0][i % 5]).collect();
         for (x, w) in [(signs, unit), (lcg(15, m * k), lcg(16, k * n)), (lcg(17, m * k), lcg(18, k * n))] {
-            let q = Q8Matrix::quantize(&w, k, n);
-            let (offset, plain) =
-                (QuantRows::new(&x, m, k, q.groups, 128, &[]), QuantRows::new(&x, m, k, q.groups, 0, &[]));
-            for p in 0..q.panels {
-                for rows in 1..=MR {
-                    let mut portable = vec![0.0; rows * NR];
-                    portable_body(&q, &offset, p, m - rows, rows, &mut portable);
-                    let mut fast = vec![0.0; rows * NR];
-                    // SAFETY: checked by `has_avx2`.
-                    unsafe { avx2::tile(&q, &plain, p, m - rows, rows, &mut fast) };
-                    assert_eq!(portable, fast, "panel {p}, {rows} rows");
-                }
-            }
+            // SAFETY: checked by `has_avx2`.
+            tiles_match_portable(&x, &w, (m, k, n), Kernel::Avx2, |q, a, p, row, rows, out| unsafe {
+                avx2::tile(q, a, p, row, rows, out)
+            });
         }
     }
 
@@ -670,18 +685,10 @@ mod tests {
         let signs: Vec<f32> = (0..m * k).map(|i| if (i / 3) % 2 == 0 { 1.0 } else { -1.0 }).collect();
         let unit: Vec<f32> = (0..k * n).map(|i| [1.0, -1.0, 0.0, 1.0, 1.0][i % 5]).collect();
         for (x, w) in [(signs, unit), (lcg(25, m * k), lcg(26, k * n))] {
-            let q = Q8Matrix::quantize(&w, k, n);
-            let a = QuantRows::new(&x, m, k, q.groups, 128, &[]);
-            for p in 0..q.panels {
-                for rows in 1..=MR {
-                    let mut portable = vec![0.0; rows * NR];
-                    portable_body(&q, &a, p, m - rows, rows, &mut portable);
-                    let mut fast = vec![0.0; rows * NR];
-                    // SAFETY: checked by `has_avx_vnni`.
-                    unsafe { avx_vnni::tile(&q, &a, p, m - rows, rows, &mut fast) };
-                    assert_eq!(portable, fast, "panel {p}, {rows} rows");
-                }
-            }
+            // SAFETY: checked by `has_avx_vnni`.
+            tiles_match_portable(&x, &w, (m, k, n), Kernel::AvxVnni, |q, a, p, row, rows, out| unsafe {
+                avx_vnni::tile(q, a, p, row, rows, out)
+            });
         }
     }
 
