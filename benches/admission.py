@@ -7,15 +7,16 @@
 2. Capacity: 24 requests at once (cold prompts of ~200 tokens, 24 output tokens, ignore_eos);
    completed requests / elapsed = C req/s.
 3. Open loop: Poisson arrivals at 2 C for the given seconds, every prompt new (cold). Each
-   request streams; a 429 is retried once, after its `retry-after-ms`.
+   request streams; a 429 is retried (below).
 4. Reports: accepted, refused, accepted requests whose client-side TTFT exceeded the deadline
-   (target 0), and for each 429 its `retry-after-ms` against the actual wait: the time the
-   server took, from the refusal, to feed the prompt tokens that were queued ahead of the
-   request and had to go before it could start in time (`x-tandem-excess-tokens`; the server's
-   fed-token counter read from `GET /v1/admission`, polled every 25 ms: a read that adds no
-   load). That is the wait of a request kept at the head of the line; a retry at 2x capacity
-   also competes with fresh arrivals, so the retries' outcome is reported too (each refused
-   request retries after every Retry-After until admitted, at most 5 times).
+   (target 0, retries included), and for each 429 its `retry-after-ms` against the actual
+   wait, measured by retrying: the refused client sends the same request again from half its
+   Retry-After on, each probe 8% later than the one before (or at the Retry-After the last
+   probe was given, if sooner: a place is held only until then), until it is admitted (or 3 x its
+   Retry-After + 5 s have passed); the actual wait is from the refusal to midway between the
+   last refused probe and the admitted one. The server holds a refused request's place until its
+   Retry-After (plus a grace), so fresh arrivals of the wait do not take it; a client that
+   came back only at the Retry-After would be admitted then if the wait was not longer.
 
 Standard library only. Prints a markdown table and writes JSON next to --out.
 """
@@ -98,21 +99,6 @@ def main():
         rate = 2 * capacity
         print(f"capacity {capacity:.2f} req/s; offering {rate:.2f} req/s for {a.seconds:.0f} s", file=sys.stderr)
         results, lock = [], threading.Lock()
-        tok = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        tok.request("POST", "/tokenize", json.dumps({"prompt": body()["prompt"]}), {"Content-Type": "application/json"})
-        prompt_tokens = json.loads(tok.getresponse().read())["count"]
-        probes, probing = [], [True]
-
-        def probe():
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            while probing[0]:
-                c.request("GET", f"/v1/admission?prompt_tokens={prompt_tokens}")
-                v = json.loads(c.getresponse().read())
-                probes.append((time.monotonic(), v.get("predicted_ttft_ms"), v.get("prefill_tokens_fed_total", 0)))
-                time.sleep(0.025)
-
-        prober = threading.Thread(target=probe)
-        prober.start()
 
         def client(b):
             status, headers, ttft, t0, t1 = request(port, b)
@@ -120,17 +106,28 @@ def main():
             if status == 429:
                 rec["retry_after_ms"] = float(headers.get("retry-after-ms", "nan"))
                 rec["excess_tokens"] = int(headers.get("x-tandem-excess-tokens", "-1"))
-                wait_ms, tries = rec["retry_after_ms"], 0
-                while tries < 5:
-                    time.sleep(wait_ms / 1000)
+                # The same request again from half the Retry-After on, each probe 8% later
+                # than the one before (at least 50 ms): the admitted one brackets the actual
+                # wait with the refused one before it, to within 8%, at a few probes a client.
+                ra = rec["retry_after_ms"] / 1000
+                give_up = t1 + 3 * ra + 5
+                after, before, tries = ra / 2, 0.0, 0
+                while True:
+                    time.sleep(max(0.0, t1 + after - time.monotonic()))
                     tries += 1
-                    s2, h2, ttft2, r0, _ = request(port, dict(b, prompt=prompt(rng, a.words)))
+                    s2, h2, ttft2, r0, _ = request(port, b)
                     if s2 != 429:
-                        rec.update(retry_status=s2, retry_sent=r0, retry_ttft=ttft2, tries=tries)
+                        actual = (r0 - t1 + before) / 2 if before else r0 - t1
+                        rec.update(retry_status=s2, retry_sent=r0, retry_ttft=ttft2, tries=tries, actual_s=actual)
                         break
-                    wait_ms = float(h2.get("retry-after-ms", "1000"))
-                else:
-                    rec.update(retry_status=429, tries=tries)
+                    if time.monotonic() > give_up:
+                        rec.update(retry_status=429, tries=tries)
+                        break
+                    before = r0 - t1
+                    # Never later than the new Retry-After: the server holds a place only
+                    # until then, and a client that keeps to it keeps its place.
+                    again = float(h2.get("retry-after-ms", "1000")) / 1000
+                    after = max(min(after * 1.08, before + again), before + 0.05)
             with lock:
                 results.append(rec)
 
@@ -146,8 +143,6 @@ def main():
             threads.append(th)
             next_at += rng.expovariate(rate)
         [th.join() for th in threads]
-        probing[0] = False
-        prober.join()
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -157,28 +152,10 @@ def main():
     misses = [r for r in accepted if r["ttft"] is None or r["ttft"] > r["deadline_ms"] / 1000]
     errors, within = [], 0
     for r in refused:
-        if r["excess_tokens"] < 0:
+        if "actual_s" not in r:
             continue
-        before = [f for t, _, f in probes if t <= r["done"]]
-        if not before:
-            continue
-        target = before[-1] + r["excess_tokens"]
-        # The fed counter moves once a step; the step fed its tokens over its whole length, so
-        # the counter is read as rising linearly from its previous change to this one.
-        changes = [(probes[0][0], probes[0][2])]
-        for t, _, f in probes[1:]:
-            if f != changes[-1][1]:
-                changes.append((t, f))
-        actual = None
-        for (t0, f0), (t1, f1) in zip(changes, changes[1:]):
-            if f1 >= target and t1 >= r["sent"]:
-                at = t0 + (t1 - t0) * (target - f0) / (f1 - f0) if target > f0 else t0
-                actual = max(at - r["sent"], 1e-3)
-                break
-        if actual is None:
-            continue
-        predicted = r["retry_after_ms"] / 1000
-        ratio = predicted / actual if actual > 0 else float("inf")
+        predicted, actual = r["retry_after_ms"] / 1000, max(r["actual_s"], 1e-3)
+        ratio = predicted / actual
         errors.append({"predicted_s": predicted, "actual_s": actual, "ratio": ratio, "excess_tokens": r["excess_tokens"]})
         within += abs(ratio - 1) <= 0.25
     # Waits of a step or more (at least a full step budget of tokens to drain): below that the
@@ -189,6 +166,7 @@ def main():
     first_retry_ok = sum(1 for r in refused if r.get("retry_status") == 200 and r.get("tries") == 1)
     retry_misses = sum(
         1 for r in refused if r.get("retry_status") == 200 and (r["retry_ttft"] or 1e9) > r["deadline_ms"] / 1000)
+    tries = sorted(r["tries"] for r in refused if r.get("retry_status") == 200)
     ttfts = sorted(r["ttft"] for r in accepted if r["ttft"] is not None)
     pct = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
     summary = {
@@ -205,8 +183,8 @@ def main():
         "multi_step_compared": len(multi), "multi_step_within_25pct": multi_within,
         "multi_step_ratio_p50": pct(sorted(e["ratio"] for e in multi), 0.5),
         "multi_step_ratio_p90": pct(sorted(e["ratio"] for e in multi), 0.9),
-        "retried_and_admitted": retried_ok, "admitted_at_first_retry": first_retry_ok,
-        "retries_missing_deadline": retry_misses, "probes": len(probes),
+        "retried_and_admitted": retried_ok, "admitted_at_first_try": first_retry_ok,
+        "retries_missing_deadline": retry_misses, "retry_tries_p50": pct(tries, 0.5),
     }
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:

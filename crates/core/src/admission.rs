@@ -145,6 +145,31 @@ pub fn drain_time(model: &StepTimeModel, backlog: &Backlog, tokens: usize) -> Op
     Duration::try_from_secs_f64(secs).ok()
 }
 
+/// The cadence of the recent steps, as measured: when the last one ended, how far apart they
+/// end, and how many prompt tokens each fed. Admission's backlog changes only when a step
+/// ends, so a wait for the backlog to drain ends at a step end too: a wait predicted on this
+/// grid is right to the step, where a rate (tokens ÷ tokens per second) is off by up to one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepGrid {
+    pub last_end: Duration,
+    pub interval: Duration,
+    pub fed_per_step: f64,
+}
+
+impl StepGrid {
+    /// From `now`, the wait until the end of the step by which `tokens` more prompt tokens
+    /// will have been fed: `ceil(tokens / fed_per_step)` steps after the last end (at least
+    /// an eighth of a step, for a step running late). `None` if the steps fed nothing.
+    pub fn wait_for(&self, now: Duration, tokens: usize) -> Option<Duration> {
+        if self.fed_per_step.is_nan() || self.fed_per_step <= 0.0 {
+            return None;
+        }
+        let steps = (tokens as f64 / self.fed_per_step).ceil().max(1.0);
+        let due = self.last_end + self.interval.mul_f64(steps);
+        Some(due.saturating_sub(now).max(self.interval / 8))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +227,20 @@ mod tests {
         assert_eq!(excess_tokens(&m, &b, 500, 2.0, Duration::from_millis(300)), 1500);
         // Draining 1,000 of them at 500 a 50 ms step: 100 ms.
         assert_eq!(drain_time(&m, &b, 1000).unwrap().as_millis(), 100);
+    }
+
+    #[test]
+    fn a_drain_ends_at_the_step_end_that_feeds_its_last_token() {
+        // Steps end every 400 ms, the last at 10 s, each feeding 300 prompt tokens.
+        let g =
+            StepGrid { last_end: Duration::from_secs(10), interval: Duration::from_millis(400), fed_per_step: 300.0 };
+        let at = |ms| Duration::from_millis(ms);
+        // 700 tokens: 3 steps (300, 600, 900 ≥ 700), ending at 11.2 s: from 10.1 s, 1.1 s.
+        assert_eq!(g.wait_for(at(10_100), 700), Some(at(1_100)));
+        // 1 token: the step in flight, ending at 10.4 s.
+        assert_eq!(g.wait_for(at(10_100), 1), Some(at(300)));
+        // That step running late (10.5 s): an eighth of a step, 50 ms.
+        assert_eq!(g.wait_for(at(10_500), 1), Some(at(50)));
+        assert_eq!(StepGrid { fed_per_step: 0.0, ..g }.wait_for(at(10_100), 1), None);
     }
 }

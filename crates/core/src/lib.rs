@@ -33,6 +33,7 @@ pub mod kv;
 pub mod output;
 pub mod policy;
 pub mod request;
+pub mod reservation;
 pub mod scheduler;
 pub mod stats;
 pub mod streams;

@@ -2,14 +2,16 @@
 //! streams, read live statistics — over the step loop thread (`step_loop.rs`) and its device
 //! worker (`device.rs`), reached through the control channel (`control.rs`).
 
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tandem_core::admission::{Backlog, StepTimeModel};
+use tandem_core::admission::{Backlog, StepGrid, StepTimeModel};
 use tandem_core::kv::KvEvent;
+use tandem_core::reservation::{Hold, Reservations};
 use tandem_core::{BatchingKind, FinishReason, NewRequest, RequestId, Scheduler, SchedulerConfig, StreamConfig};
 use tandem_executor::Executor;
 use tokio::sync::mpsc::unbounded_channel;
@@ -72,8 +74,10 @@ struct Outlook {
     model: StepTimeModel,
     /// The factor predictions are scaled by, learned from past predictions' errors.
     calibration: f64,
-    /// Prefill tokens fed per second over the last seconds, once measured.
-    prefill_rate: Option<f64>,
+    /// When admission reads it.
+    now: Duration,
+    /// The recent steps' cadence, once measured.
+    grid: Option<StepGrid>,
     /// The factor drain waits are scaled by, learned from refusals' actual waits.
     drain_calibration: f64,
     /// Requests finished per second recently.
@@ -81,12 +85,13 @@ struct Outlook {
 }
 
 impl Outlook {
-    /// How long until `tokens` of the backlog have been fed, before calibration: at the
-    /// measured prefill rate, else at the step model's (what a request refused for the backlog
-    /// ahead waits for; its Retry-After is this times `drain_calibration`).
+    /// How long until `tokens` of the backlog have been fed, before calibration: to the end of
+    /// the step that feeds the last of them on the measured step grid, else at the step
+    /// model's rate (what a request refused for the backlog ahead waits for; its Retry-After
+    /// is this times `drain_calibration`).
     fn drain_estimate(&self, tokens: usize) -> Option<Duration> {
-        self.prefill_rate
-            .and_then(|r| Duration::try_from_secs_f64(tokens as f64 / r).ok())
+        self.grid
+            .and_then(|g| g.wait_for(self.now, tokens))
             .or_else(|| tandem_core::admission::drain_time(&self.model, &self.backlog, tokens))
     }
 
@@ -122,6 +127,11 @@ pub struct Engine {
     max_queued: usize,
     max_queued_tokens: usize,
     epoch: Instant,
+    /// Places held for clients refused for their deadline (`tandem_core::reservation`); its
+    /// lock is held across an admission decision, so that decisions see each other's.
+    reservations: Mutex<Reservations>,
+    /// Keys places by a request's salt, prompt and length; its random keys are this process's.
+    reservation_hasher: std::collections::hash_map::RandomState,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -162,6 +172,8 @@ impl Engine {
             max_queued: config.max_queued,
             max_queued_tokens: config.max_queued_tokens,
             epoch,
+            reservations: Mutex::new(Reservations::new(config.max_queued)),
+            reservation_hasher: Default::default(),
             thread: Some(thread),
         })
     }
@@ -186,7 +198,10 @@ impl Engine {
     /// [`Self::submit_constrained`] with admission by predicted wait: when `ttft_deadline` is
     /// set and the predicted time to first token (`tandem_core::admission`) exceeds it, the
     /// request is refused at once with `WouldMissDeadline` and the time the queue ahead needs
-    /// to drain enough. Also refused: a full queue, by count or by prompt tokens.
+    /// to drain enough — and its place is held until then (`tandem_core::reservation`): the
+    /// same request sent again (same salt, prompt and length) counts only the places held
+    /// before its own, every other one counts them all. Also refused: a full queue, by count
+    /// or by prompt tokens.
     pub fn submit_with(
         &self,
         mut req: NewRequest,
@@ -195,7 +210,12 @@ impl Engine {
     ) -> Result<RequestHandle, EngineError> {
         req.params.structured = constraint.is_some();
         let prompt = req.prompt.len();
-        let o = self.outlook();
+        let now = self.epoch.elapsed();
+        let key = self.reservation_key(&req);
+        let mut places = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        let held_ahead = if ttft_deadline.is_some() { places.ahead(now, Some(key)) } else { 0 };
+        let mut o = self.outlook(now);
+        o.backlog.prefill_tokens += held_ahead;
         // The model's own prediction travels with the request (its error calibrates later
         // ones); admission decides on it scaled by the calibration.
         let raw = tandem_core::admission::predict_ttft(&o.model, &o.backlog, prompt);
@@ -205,7 +225,7 @@ impl Engine {
         let refuse = |e: EngineError, deadline: bool, drain: Option<(usize, Duration)>| {
             let mut st = lock(&self.shared.stats);
             if let Some((tokens, estimate)) = drain {
-                st.expect_drain(self.epoch.elapsed(), tokens, estimate);
+                st.expect_drain(now, tokens, estimate);
             }
             if deadline {
                 st.snapshot.refused_deadline += 1;
@@ -221,10 +241,12 @@ impl Engine {
                     tandem_core::admission::excess_tokens(&o.model, &o.backlog, prompt, o.calibration, deadline);
                 let estimate = o.drain_estimate(excess_tokens).filter(|d| !d.is_zero());
                 let retry_after = estimate.map_or(p - deadline, |d| d.mul_f64(o.drain_calibration));
+                // A retry that keeps its place is not timed again: its first refusal's wait is.
+                let timed = places.hold(now, key, prompt, retry_after) != Hold::Kept;
                 return refuse(
                     EngineError::WouldMissDeadline { predicted: p, deadline, retry_after, excess_tokens },
                     true,
-                    estimate.map(|d| (excess_tokens, d)),
+                    estimate.filter(|_| timed).map(|d| (excess_tokens, d)),
                 );
             }
         }
@@ -244,7 +266,9 @@ impl Engine {
             return refuse(EngineError::QueueFull { queued, retry_after }, false, None);
         }
         self.shared.unseen_tokens.fetch_add(prompt, Ordering::SeqCst);
-        req.arrival = self.epoch.elapsed();
+        places.claim(key);
+        drop(places);
+        req.arrival = now;
         let id = req.id;
         let (tx, rx) = unbounded_channel();
         let cached = Arc::new(AtomicUsize::new(usize::MAX));
@@ -257,17 +281,34 @@ impl Engine {
         Ok(RequestHandle::new(id, rx, self.control.clone(), cached))
     }
 
+    /// What a retry of `req` repeats: its salt (which carries the tenant), prompt and length,
+    /// hashed with this process's random keys.
+    fn reservation_key(&self, req: &NewRequest) -> u64 {
+        let mut h = self.reservation_hasher.build_hasher();
+        req.cache_salt.hash(&mut h);
+        req.prompt.hash(&mut h);
+        req.params.max_tokens.hash(&mut h);
+        h.finish()
+    }
+
+    /// Places held now for refused clients.
+    pub fn reservations_held(&self) -> usize {
+        self.reservations.lock().unwrap_or_else(|e| e.into_inner()).held(self.epoch.elapsed())
+    }
+
     /// Predicted time to first token of a `prompt_len`-token request submitted now, as
     /// admission decides on it (`None` until a step has been measured).
     pub fn predict_ttft(&self, prompt_len: usize) -> Option<Duration> {
-        let o = self.outlook();
+        let now = self.epoch.elapsed();
+        let mut o = self.outlook(now);
+        o.backlog.prefill_tokens += self.reservations.lock().unwrap_or_else(|e| e.into_inner()).ahead(now, None);
         tandem_core::admission::predict_ttft(&o.model, &o.backlog, prompt_len).map(|p| p.mul_f64(o.calibration))
     }
 
     /// What admission decides on, read under one lock of the shared statistics: the work
     /// queued now (the scheduler's last snapshot plus what was submitted since) and what the
     /// engine has measured.
-    fn outlook(&self) -> Outlook {
+    fn outlook(&self, now: Duration) -> Outlook {
         let st = lock(&self.shared.stats);
         let sc = &st.snapshot.scheduler;
         Outlook {
@@ -278,7 +319,8 @@ impl Engine {
             },
             model: st.step_model,
             calibration: st.calibration(),
-            prefill_rate: st.prefill_rate(),
+            now,
+            grid: st.step_grid(),
             drain_calibration: st.drain_calibration(),
             throughput_rps: st.snapshot.throughput_rps,
         }
@@ -312,6 +354,7 @@ impl Engine {
     pub fn stats(&self) -> EngineStats {
         let mut s = lock(&self.shared.stats).snapshot.clone();
         s.uptime = self.epoch.elapsed();
+        s.reservations_held = self.reservations_held();
         s
     }
 

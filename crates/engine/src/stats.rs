@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use tandem_core::admission::StepGrid;
 use tandem_core::SchedulerStats;
 
 use crate::metrics::RequestMetrics;
@@ -61,6 +62,8 @@ pub struct EngineStats {
     /// time to first token past the request's deadline.
     pub refused_queue_full: u64,
     pub refused_deadline: u64,
+    /// Places held now for clients refused for their deadline (`tandem_core::reservation`).
+    pub reservations_held: usize,
     /// Latency histograms and token counters (vLLM's request metrics).
     pub requests: RequestMetrics,
 }
@@ -84,7 +87,7 @@ pub(crate) struct StatsAccumulator {
     /// prediction: admission scales its predictions by a high quantile of these.
     pub ttft_ratios: VecDeque<f64>,
     /// (time since start, prefill tokens fed since start) after each step of the last
-    /// [`FED_WINDOW`]: the measured prefill rate a refused request's wait is computed from.
+    /// [`FED_WINDOW`]: the step cadence a refused request's wait is computed on.
     fed: VecDeque<(Duration, u64)>,
     /// Refusals whose wait is still being timed: (refused at, fed count to reach, predicted wait).
     drains: VecDeque<(Duration, u64, Duration)>,
@@ -92,7 +95,10 @@ pub(crate) struct StatsAccumulator {
     drain_ratios: VecDeque<f64>,
 }
 
-const FED_WINDOW: Duration = Duration::from_secs(3);
+/// Ten seconds: 20–25 steps of a loaded CPU server. Over 3 s (6–7 steps) the cadence swung with
+/// each step's mix of prefill and decode, and waits predicted from it spread twice as wide
+/// (BENCHMARKS.md, admission).
+const FED_WINDOW: Duration = Duration::from_secs(10);
 
 /// Refusals timed at once, at most; the last ones of them calibrate waits; a wait not over after
 /// this long is dropped (its backlog was aborted).
@@ -139,38 +145,37 @@ impl StatsAccumulator {
 
     /// A step ended at `now` with `fed` prefill tokens fed since start.
     pub fn record_fed(&mut self, now: Duration, fed: u64) {
-        // Refusals whose excess this step fed: the time the counter crossed their target, read
-        // as rising linearly over the step (as a client polling it would see).
-        if let Some(&(then, before)) = self.fed.back() {
-            let ratios = &mut self.drain_ratios;
-            self.drains.retain(|&(at, target, predicted)| {
-                if target > fed {
-                    return now.saturating_sub(at) < DRAIN_TIMEOUT;
-                }
-                let share =
-                    if fed > before { (target.saturating_sub(before)) as f64 / (fed - before) as f64 } else { 1.0 };
-                let crossed = then.as_secs_f64() + share.clamp(0.0, 1.0) * now.saturating_sub(then).as_secs_f64();
-                let actual = (crossed - at.as_secs_f64()).max(0.0);
-                if ratios.len() == DRAIN_WINDOW {
-                    ratios.pop_front();
-                }
-                ratios.push_back(actual / predicted.as_secs_f64());
-                false
-            });
-        }
+        // Refusals whose excess this step fed: their wait ended now, when the backlog admission
+        // reads shrank (as a client retrying would find).
+        let ratios = &mut self.drain_ratios;
+        self.drains.retain(|&(at, target, predicted)| {
+            if target > fed {
+                return now.saturating_sub(at) < DRAIN_TIMEOUT;
+            }
+            if ratios.len() == DRAIN_WINDOW {
+                ratios.pop_front();
+            }
+            ratios.push_back(now.saturating_sub(at).as_secs_f64() / predicted.as_secs_f64());
+            false
+        });
         self.fed.push_back((now, fed));
         while self.fed.front().is_some_and(|f| now.saturating_sub(f.0) > FED_WINDOW) {
             self.fed.pop_front();
         }
     }
 
-    /// Prefill tokens fed per second over the last seconds, when at least one second of steps
-    /// fed some (`None` otherwise: the model's rate is used).
-    pub fn prefill_rate(&self) -> Option<f64> {
+    /// The cadence of the last seconds' steps, when at least one second of them fed prompt
+    /// tokens (`None` otherwise: the step model's rate is used).
+    pub fn step_grid(&self) -> Option<StepGrid> {
         let (first, last) = (self.fed.front()?, self.fed.back()?);
-        let span = last.0.saturating_sub(first.0).as_secs_f64();
+        let steps = self.fed.len().checked_sub(1).filter(|&n| n > 0)? as u32;
+        let span = last.0.saturating_sub(first.0);
         let fed = last.1.saturating_sub(first.1) as f64;
-        (span >= 1.0 && fed > 0.0).then(|| fed / span)
+        (span.as_secs_f64() >= 1.0 && fed > 0.0).then(|| StepGrid {
+            last_end: last.0,
+            interval: span / steps,
+            fed_per_step: fed / steps as f64,
+        })
     }
 
     /// The factor admission multiplies its predictions by: the largest recent actual/predicted
@@ -248,25 +253,44 @@ mod tests {
 
     #[test]
     fn refusals_waits_calibrate_later_ones_by_their_median() {
-        // Steps every 0.5 s feed 100 prompt tokens each. Ten refusals, one per step, each
-        // predicted to wait 1 s for 150 tokens: the counter passes their target halfway through
-        // the second step after them (100 + 50 of 200), 0.75 s later: ratio 0.75.
+        // Steps end every 0.5 s, each feeding 100 prompt tokens. Ten refusals, one per step,
+        // each predicted to wait 0.8 s for 150 tokens: the second step after them feeds the
+        // last of those (100 + 100 ≥ 150) and ends 1.0 s later: ratio 1.25.
         let mut st = StatsAccumulator::default();
         st.record_fed(secs(0.0), 0);
         assert_eq!(st.drain_calibration(), 1.0, "nothing timed yet");
         for i in 0..10u64 {
-            st.expect_drain(secs(0.5 * i as f64), 150, secs(1.0));
+            st.expect_drain(secs(0.5 * i as f64), 150, secs(0.8));
             st.record_fed(secs(0.5 * (i + 1) as f64), 100 * (i + 1));
         }
         st.record_fed(secs(5.5), 1100);
         st.record_fed(secs(6.0), 1200);
         assert_eq!(st.drain_ratios.len(), 10);
-        assert!((st.drain_calibration() - 0.75).abs() < 1e-9, "{:?}", st.drain_ratios);
-        // Later refusals are timed against their uncalibrated estimate: one estimated at 1 s
-        // (told 0.75 s once calibrated) that takes 0.75 s still reads 0.75.
-        st.expect_drain(secs(6.0), 150, secs(1.0));
+        assert!((st.drain_calibration() - 1.25).abs() < 1e-9, "{:?}", st.drain_ratios);
+        // Later refusals are timed against their uncalibrated estimate: one estimated at 0.8 s
+        // (told 1 s once calibrated) that takes 1 s still reads 1.25.
+        st.expect_drain(secs(6.0), 150, secs(0.8));
         st.record_fed(secs(6.5), 1300);
         st.record_fed(secs(7.0), 1400);
-        assert!((st.drain_ratios.back().unwrap() - 0.75).abs() < 1e-9);
+        assert!((st.drain_ratios.back().unwrap() - 1.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_step_grid_is_the_recent_steps_cadence() {
+        // Four step ends 0.4 s apart, feeding 0, 300, 600, 900 tokens in all: 3 intervals of
+        // 0.4 s, 300 tokens each.
+        let mut st = StatsAccumulator::default();
+        assert_eq!(st.step_grid(), None);
+        for i in 0..4u64 {
+            st.record_fed(secs(10.0 + 0.4 * i as f64), 300 * i);
+        }
+        let g = st.step_grid().unwrap();
+        assert_eq!(g.last_end, secs(11.2));
+        assert!((g.interval.as_secs_f64() - 0.4).abs() < 1e-9 && g.fed_per_step == 300.0, "{g:?}");
+        // Under a second of steps: no grid yet.
+        let mut short = StatsAccumulator::default();
+        short.record_fed(secs(0.0), 0);
+        short.record_fed(secs(0.5), 100);
+        assert_eq!(short.step_grid(), None);
     }
 }

@@ -341,3 +341,34 @@ fn requests_waiting_for_a_batch_to_fill_do_not_spin_the_loop() {
     assert!(spent < Duration::from_millis(60), "the idle loop spent {spent:?} of CPU in 300 ms");
     assert_eq!(engine.stats().scheduler.waiting, 2);
 }
+
+#[test]
+fn a_refused_request_keeps_its_place_ahead_of_later_arrivals_until_it_lapses() {
+    let engine = sim_engine(EngineConfig::default());
+    let deadline = |d: Duration| Some(d);
+    // One request measures the steps admission predicts from.
+    let mut warm = engine.submit(NewRequest::new(1, vec![3; 64], 4, Duration::ZERO)).unwrap();
+    collect(&mut warm);
+    let n = 1000;
+    let before = engine.predict_ttft(n).expect("steps measured");
+    // A (1,000 tokens) cannot start within 1 µs: refused, and its place is held.
+    let a = || NewRequest::new(2, vec![7; n], 4, Duration::ZERO);
+    let b = || NewRequest::new(3, vec![8; n], 4, Duration::ZERO);
+    assert!(matches!(
+        engine.submit_with(a(), None, deadline(Duration::from_micros(1))),
+        Err(EngineError::WouldMissDeadline { .. })
+    ));
+    assert_eq!(engine.reservations_held(), 1);
+    // A later arrival of the same size now has A's 1,000 tokens ahead of it.
+    let behind = engine.predict_ttft(n).unwrap();
+    assert!(behind > before, "{behind:?} vs {before:?}");
+    // With a deadline between the two, B (arriving later) is refused and A's retry admitted.
+    let between = (before + behind) / 2;
+    assert!(matches!(engine.submit_with(b(), None, deadline(between)), Err(EngineError::WouldMissDeadline { .. })));
+    assert_eq!(engine.reservations_held(), 2, "B holds a place behind A's");
+    let mut retry = engine.submit_with(a(), None, deadline(between)).expect("A's retry keeps its place");
+    assert_eq!(engine.reservations_held(), 1, "A's place was claimed");
+    collect(&mut retry);
+    // B never comes back: its place lapses (its wait plus at least a second's grace).
+    wait_until("B's place lapsed", || engine.reservations_held() == 0);
+}

@@ -277,6 +277,11 @@ impl Collector for Snapshot {
         let mut w = Writer { enc, models: &self.models };
         w.gauge("tandem:num_requests_running", "Requests in the running batch.", |st| st.scheduler.running)?;
         w.gauge("tandem:num_requests_waiting", "Requests waiting to start or resume.", |st| st.scheduler.waiting)?;
+        w.gauge(
+            "tandem:admission_places_held",
+            "Places held for clients refused for their deadline, until they retry or lapse.",
+            |st| st.reservations_held as i64,
+        )?;
         w.gauge("tandem:num_requests_swapped", "Waiting requests whose KV is in the host tier.", |st| {
             st.scheduler.swapped
         })?;

@@ -183,7 +183,8 @@ pub async fn admission(
     let Some(m) = loaded else { return Ok(Json(json!({"model": name, "loaded": false}))) };
     let prompt = q.prompt_tokens.unwrap_or(1).max(1);
     let predicted = m.engine.predict_ttft(prompt);
-    let sc = m.engine.stats().scheduler;
+    let st = m.engine.stats();
+    let sc = st.scheduler;
     Ok(Json(json!({
         "model": name,
         "loaded": true,
@@ -194,6 +195,7 @@ pub async fn admission(
         "prefill_tokens_fed_total": sc.prefill_tokens_fed,
         "decoding": sc.decoding,
         "waiting": sc.waiting,
+        "places_held": st.reservations_held,
     })))
 }
 

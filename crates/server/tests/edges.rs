@@ -204,6 +204,11 @@ async fn admission_refuses_with_the_predicted_wait_for_a_deadline_and_for_a_full
     let secs: u64 = header(&refused, "retry-after").expect("retry-after").parse().unwrap();
     assert_eq!(secs, ms.div_ceil(1000).max(1));
     assert!(ms >= 1 && (ms as f64) < 10.0 * predicted.as_secs_f64() * 1000.0 + 1.0, "{ms} ms vs {predicted:?}");
+    // Its place is held for its retry, as `GET /v1/admission` shows (until it lapses, at least
+    // a second after the wait it was told).
+    let (status, outlook) = http_to(&addr, "GET", "/v1/admission?prompt_tokens=3", "", "").await;
+    assert_eq!(status, 200, "{outlook}");
+    assert_eq!(json(&outlook)["places_held"], 1, "{outlook}");
     // A generous deadline is admitted.
     let ok = raw(&addr, r#"{"prompt": "Hello", "max_tokens": 2, "ttft_deadline_ms": 60000}"#).await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
