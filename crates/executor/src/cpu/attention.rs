@@ -16,13 +16,14 @@ use super::kv_cache::KvView;
 
 /// Cephes' `expf` polynomial (degree 6 on `r ∈ [−ln2/2, ln2/2]`, ~1 ulp) and its range
 /// reduction `x = n·ln2 + r`, `ln2` split in two so that `n·ln2_hi` is exact.
-const EXP_POLY: [f32; 6] = [1.987_569_2e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+pub(super) const EXP_POLY: [f32; 6] =
+    [1.987_569_2e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+pub(super) const LN2_HI: f32 = 0.693_359_4;
+pub(super) const LN2_LO: f32 = -2.121_944_4e-4;
 /// `1.5 · 2²³`: adding it rounds an `f32` below 2²² to an integer (to nearest, ties to even).
-const ROUND: f32 = 12_582_912.0;
+pub(super) const ROUND: f32 = 12_582_912.0;
 /// Below this, `exp` is under 2⁻¹²⁵ (a softmax weight of nothing next to the maximum's 1).
-const EXP_FLOOR: f32 = -87.0;
+pub(super) const EXP_FLOOR: f32 = -87.0;
 
 /// `exp(x)` for softmax arguments (`x ≤ 0`, the row's maximum subtracted): the same operations,
 /// in the same order, as one lane of [`softmax_exp_avx2`], so the two give the same bits.
@@ -69,6 +70,19 @@ fn pairwise(s: [f32; 8]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub(super) unsafe fn softmax_exp_avx2(row: &mut [f32], max: f32) -> f32 {
+    // SAFETY: the caller's CPU has AVX2 and FMA.
+    unsafe { pairwise(softmax_exp_avx2_sums(row, max, std::arch::x86_64::_mm256_setzero_ps())) }
+}
+
+/// [`softmax_exp_avx2`] continuing eight partial sums `acc` (element `j` of `row` into sum
+/// `j mod 8`): the partial sums after `row`, not yet combined.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn softmax_exp_avx2_sums(row: &mut [f32], max: f32, mut acc: std::arch::x86_64::__m256) -> [f32; 8] {
     use std::arch::x86_64::*;
     let (vmax, floor, log2e, round) = (
         _mm256_set1_ps(max),
@@ -77,7 +91,6 @@ pub(super) unsafe fn softmax_exp_avx2(row: &mut [f32], max: f32) -> f32 {
         _mm256_set1_ps(ROUND),
     );
     let (hi, lo, one) = (_mm256_set1_ps(-LN2_HI), _mm256_set1_ps(-LN2_LO), _mm256_set1_ps(1.0));
-    let mut acc = _mm256_setzero_ps();
     let mut chunks = row.chunks_exact_mut(8);
     for c in &mut chunks {
         let x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vmax), floor);
@@ -100,7 +113,7 @@ pub(super) unsafe fn softmax_exp_avx2(row: &mut [f32], max: f32) -> f32 {
         *x = exp_neg::<true>(*x - max);
         sums[l] += *x;
     }
-    pairwise(sums)
+    sums
 }
 
 /// `o += w · v`, element-wise.

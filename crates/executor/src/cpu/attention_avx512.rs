@@ -20,7 +20,7 @@
 
 use std::arch::x86_64::*;
 
-use super::attention::{softmax_exp_avx2, AttnCall};
+use super::attention::{softmax_exp_avx2_sums, AttnCall, EXP_FLOOR, EXP_POLY, LN2_HI, LN2_LO, ROUND};
 
 /// Positions per KV block this kernel handles (one 16-lane vector).
 pub(super) const BLOCK: usize = 16;
@@ -35,6 +35,50 @@ const VALUE_ROWS: usize = 8;
 pub(super) fn has_avx512() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx512f") && super::attention::has_avx2_fma())
+}
+
+/// `super::attention::softmax_exp_avx2` sixteen lanes at a time: each lane's exponential is
+/// the same operations, and each 16-value chunk's two halves are added into the eight partial
+/// sums one after the other — element `j` into sum `j mod 8` in the 8-lane kernel's order — so
+/// the values and the sum are its bits.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn softmax_exp(row: &mut [f32], max: f32) -> f32 {
+    let (vmax, floor, log2e, round) = (
+        _mm512_set1_ps(max),
+        _mm512_set1_ps(EXP_FLOOR),
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+        _mm512_set1_ps(ROUND),
+    );
+    let (hi, lo, one) = (_mm512_set1_ps(-LN2_HI), _mm512_set1_ps(-LN2_LO), _mm512_set1_ps(1.0));
+    let mut acc = _mm256_setzero_ps();
+    let whole = row.len() - row.len() % 16;
+    for c in row[..whole].chunks_exact_mut(16) {
+        // SAFETY: a chunk is 16 values.
+        let x = _mm512_max_ps(_mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, vmax), floor);
+        let n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, log2e), round), round);
+        let r = _mm512_fmadd_ps(n, lo, _mm512_fmadd_ps(n, hi, x));
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for &k in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(k));
+        }
+        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), one);
+        let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(n),
+            _mm512_set1_epi32(127),
+        )));
+        let e = _mm512_mul_ps(y, scale);
+        // SAFETY: as for the load.
+        unsafe { _mm512_storeu_ps(c.as_mut_ptr(), e) };
+        acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
+        acc = _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(e))));
+    }
+    // SAFETY: the CPU has AVX2 and FMA; the rest starts at a multiple of 8.
+    let s = unsafe { softmax_exp_avx2_sums(&mut row[whole..], max, acc) };
+    ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
 }
 
 /// Whether a call of this shape runs here (16-token blocks, heads of 32, 64 or 128 channels).
@@ -102,7 +146,7 @@ pub(super) unsafe fn attend(call: AttnCall<'_>, out: &mut [f32], scores: &mut Ve
         for r in 0..rows {
             let row = &mut scores[r * padded..r * padded + ctx(r)];
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let inv = 1.0 / softmax_exp_avx2(row, max);
+            let inv = 1.0 / softmax_exp(row, max);
             for w in row.iter_mut() {
                 *w *= inv;
             }
@@ -301,6 +345,25 @@ mod tests {
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
         lcg(seed, n)
+    }
+
+    #[test]
+    fn the_16_lane_softmax_exponential_gives_the_8_lane_bits() {
+        if !has_avx512() {
+            eprintln!("SKIPPED the_16_lane_softmax_exponential_gives_the_8_lane_bits: this CPU lacks AVX-512F");
+            return;
+        }
+        // Lengths with and without an 8-lane chunk and a scalar tail after the 16-lane ones.
+        for len in [0, 5, 8, 16, 21, 29, 37, 64, 100] {
+            let row: Vec<f32> = values(len, len as u64 + 7).iter().map(|v| v * 6.0).collect();
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)).max(0.0);
+            let (mut wide, mut narrow) = (row.clone(), row.clone());
+            // SAFETY: checked above.
+            let (sw, sn) =
+                unsafe { (softmax_exp(&mut wide, max), super::super::attention::softmax_exp_avx2(&mut narrow, max)) };
+            assert_eq!(sw.to_bits(), sn.to_bits(), "sum, {len} values");
+            assert_eq!(wide, narrow, "{len} values");
+        }
     }
 
     #[test]

@@ -232,9 +232,7 @@ impl LlamaModel {
             let mut act = vec![0.0f32; t * inter];
             each_row(&mut act, inter, |r, out| {
                 let (gate, up) = gu[r * 2 * inter..(r + 1) * 2 * inter].split_at(inter);
-                for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
+                super::activation::silu_mul(out, gate, up);
             });
             observe(li, LinearInput::Down, &act);
             add_into(&mut x, &layer.w_down.forward(&act, t)?);

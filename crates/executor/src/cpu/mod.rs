@@ -8,6 +8,7 @@
 //! they cannot serve a continuous batch; this module follows their layer math (and the Llama
 //! paper / HF `modeling_llama.py`) but owns the batch layout and the cache.
 
+mod activation;
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
