@@ -16,10 +16,11 @@ use super::attention::{EXP_FLOOR, EXP_POLY, LN2_HI, LN2_LO, ROUND};
 /// exact value is.
 const EXP_CEIL: f32 = 88.0;
 
-/// `exp(x)` with `x` clamped to `[EXP_FLOOR, EXP_CEIL]`: the operations of one vector lane.
+/// `exp(x)` with `x` clamped to `[EXP_FLOOR, EXP_CEIL]`: the operations of one vector lane (of
+/// this module's kernels and of the softmax's).
 #[inline(always)]
 #[allow(clippy::manual_clamp)] // `max` then `min` take a NaN to the floor, as the vector lanes do.
-fn exp_clamped<const FMA: bool>(x: f32) -> f32 {
+pub(super) fn exp_clamped<const FMA: bool>(x: f32) -> f32 {
     let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
     let x = x.max(EXP_FLOOR).min(EXP_CEIL);
     let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;

@@ -29,13 +29,8 @@ pub(super) const EXP_FLOOR: f32 = -87.0;
 /// in the same order, as one lane of [`softmax_exp_avx2`], so the two give the same bits.
 #[inline(always)]
 fn exp_neg<const FMA: bool>(x: f32) -> f32 {
-    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
-    let x = x.max(EXP_FLOOR);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = fma(n, -LN2_LO, fma(n, -LN2_HI, x));
-    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| fma(p, r, c));
-    let y = fma(p, r * r, r) + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // The activation's exponential: its ceiling never applies to a softmax argument (x ≤ 0).
+    super::activation::exp_clamped::<FMA>(x)
 }
 
 /// `row[j] = exp(row[j] − max)` in place; returns their sum, added in eight interleaved
