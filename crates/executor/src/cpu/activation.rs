@@ -54,95 +54,95 @@ pub(super) fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
     silu_mul_scalar::<false>(out, gate, up)
 }
 
-/// Stamps out one vector variant: `$w` lanes of `exp_clamped`, then the division and product.
+/// [`exp_clamped`] on eight lanes (the same operations per lane): for the activation and the
+/// softmax's 8-lane kernel.
 #[cfg(target_arch = "x86_64")]
-macro_rules! silu_mul_vector {
-    ($name:ident, $features:literal, $w:literal, $ps:ty, $set1:ident, $load:ident, $store:ident, $max:ident,
-     $min:ident, $add:ident, $sub:ident, $mul:ident, $div:ident, $fmadd:ident, $cvt:ident, $addi:ident,
-     $seti:ident, $slli:ident, $cast:ident, $xor:ident) => {
-        /// [`silu_mul`] on this variant's lanes, the remainder one element at a time with the
-        /// same operations.
-        ///
-        /// # Safety
-        /// The CPU must have the features named.
-        #[target_feature(enable = $features)]
-        unsafe fn $name(out: &mut [f32], gate: &[f32], up: &[f32]) {
-            use std::arch::x86_64::*;
-            let n = out.len().min(gate.len()).min(up.len());
-            let (out, gate, up) = (&mut out[..n], &gate[..n], &up[..n]);
-            let (floor, ceil, log2e, round) =
-                ($set1(EXP_FLOOR), $set1(EXP_CEIL), $set1(std::f32::consts::LOG2_E), $set1(ROUND));
-            let (hi, lo, one, sign) = ($set1(-LN2_HI), $set1(-LN2_LO), $set1(1.0), $set1(-0.0));
-            let whole = n - n % $w;
-            let mut i = 0;
-            while i < whole {
-                // SAFETY: i + $w ≤ n, the length of all three.
-                let (g, u): ($ps, $ps) = unsafe { ($load(gate.as_ptr().add(i)), $load(up.as_ptr().add(i))) };
-                let x = $min($max($xor(g, sign), floor), ceil);
-                let k = $sub($add($mul(x, log2e), round), round);
-                let r = $fmadd(k, lo, $fmadd(k, hi, x));
-                let mut p = $set1(EXP_POLY[0]);
-                for &c in &EXP_POLY[1..] {
-                    p = $fmadd(p, r, $set1(c));
-                }
-                let y = $add($fmadd(p, $mul(r, r), r), one);
-                let e = $mul(y, $cast($slli::<23>($addi($cvt(k), $seti(127)))));
-                let s = $mul($div(g, $add(one, e)), u);
-                // SAFETY: as for the loads.
-                unsafe { $store(out.as_mut_ptr().add(i), s) };
-                i += $w;
-            }
-            silu_mul_scalar::<true>(&mut out[whole..], &gate[whole..], &up[whole..]);
-        }
-    };
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_FLOOR)), _mm256_set1_ps(EXP_CEIL));
+    let n = _mm256_sub_ps(
+        _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _mm256_set1_ps(ROUND)),
+        _mm256_set1_ps(ROUND),
+    );
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x));
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+    _mm256_mul_ps(
+        y,
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)))),
+    )
 }
 
+/// [`exp_clamped`] on sixteen lanes (the same operations per lane): for the activation and the
+/// softmax's AVX-512 kernel.
 #[cfg(target_arch = "x86_64")]
-silu_mul_vector!(
-    silu_mul_avx512,
-    "avx512f,avx2,fma",
-    16,
-    __m512,
-    _mm512_set1_ps,
-    _mm512_loadu_ps,
-    _mm512_storeu_ps,
-    _mm512_max_ps,
-    _mm512_min_ps,
-    _mm512_add_ps,
-    _mm512_sub_ps,
-    _mm512_mul_ps,
-    _mm512_div_ps,
-    _mm512_fmadd_ps,
-    _mm512_cvtps_epi32,
-    _mm512_add_epi32,
-    _mm512_set1_epi32,
-    _mm512_slli_epi32,
-    _mm512_castsi512_ps,
-    xor512
-);
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_FLOOR)), _mm512_set1_ps(EXP_CEIL));
+    let n = _mm512_sub_ps(
+        _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)), _mm512_set1_ps(ROUND)),
+        _mm512_set1_ps(ROUND),
+    );
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), x));
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
+    _mm512_mul_ps(
+        y,
+        _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)))),
+    )
+}
+
+/// [`silu_mul`] on eight lanes, the remainder one element at a time with the same operations.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-silu_mul_vector!(
-    silu_mul_avx2,
-    "avx2,fma",
-    8,
-    __m256,
-    _mm256_set1_ps,
-    _mm256_loadu_ps,
-    _mm256_storeu_ps,
-    _mm256_max_ps,
-    _mm256_min_ps,
-    _mm256_add_ps,
-    _mm256_sub_ps,
-    _mm256_mul_ps,
-    _mm256_div_ps,
-    _mm256_fmadd_ps,
-    _mm256_cvtps_epi32,
-    _mm256_add_epi32,
-    _mm256_set1_epi32,
-    _mm256_slli_epi32,
-    _mm256_castsi256_ps,
-    _mm256_xor_ps
-);
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len().min(gate.len()).min(up.len());
+    let whole = n - n % 8;
+    for i in (0..whole).step_by(8) {
+        // SAFETY: i + 8 ≤ n, the length of all three.
+        let (g, u) = unsafe { (_mm256_loadu_ps(gate.as_ptr().add(i)), _mm256_loadu_ps(up.as_ptr().add(i))) };
+        let e = exp256(_mm256_xor_ps(g, _mm256_set1_ps(-0.0)));
+        let s = _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e)), u);
+        // SAFETY: as for the loads.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i), s) };
+    }
+    silu_mul_scalar::<true>(&mut out[whole..n], &gate[whole..n], &up[whole..n]);
+}
+
+/// [`silu_mul`] on sixteen lanes, the remainder one element at a time with the same operations.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn silu_mul_avx512(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len().min(gate.len()).min(up.len());
+    let whole = n - n % 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: i + 16 ≤ n, the length of all three.
+        let (g, u) = unsafe { (_mm512_loadu_ps(gate.as_ptr().add(i)), _mm512_loadu_ps(up.as_ptr().add(i))) };
+        let e = exp512(xor512(g, _mm512_set1_ps(-0.0)));
+        let s = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e)), u);
+        // SAFETY: as for the loads.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(i), s) };
+    }
+    silu_mul_scalar::<true>(&mut out[whole..n], &gate[whole..n], &up[whole..n]);
+}
 
 /// `a ^ b` on 512-bit floats with AVX-512F alone (`_mm512_xor_ps` needs AVX-512DQ).
 #[cfg(target_arch = "x86_64")]

@@ -79,26 +79,10 @@ pub(super) unsafe fn softmax_exp_avx2(row: &mut [f32], max: f32) -> f32 {
 #[inline]
 pub(super) unsafe fn softmax_exp_avx2_sums(row: &mut [f32], max: f32, mut acc: std::arch::x86_64::__m256) -> [f32; 8] {
     use std::arch::x86_64::*;
-    let (vmax, floor, log2e, round) = (
-        _mm256_set1_ps(max),
-        _mm256_set1_ps(EXP_FLOOR),
-        _mm256_set1_ps(std::f32::consts::LOG2_E),
-        _mm256_set1_ps(ROUND),
-    );
-    let (hi, lo, one) = (_mm256_set1_ps(-LN2_HI), _mm256_set1_ps(-LN2_LO), _mm256_set1_ps(1.0));
+    let vmax = _mm256_set1_ps(max);
     let mut chunks = row.chunks_exact_mut(8);
     for c in &mut chunks {
-        let x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vmax), floor);
-        let n = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(x, log2e), round), round);
-        let r = _mm256_fmadd_ps(n, lo, _mm256_fmadd_ps(n, hi, x));
-        let mut p = _mm256_set1_ps(EXP_POLY[0]);
-        for &k in &EXP_POLY[1..] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(k));
-        }
-        let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), one);
-        let scale =
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-        let e = _mm256_mul_ps(y, scale);
+        let e = super::activation::exp256(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vmax));
         _mm256_storeu_ps(c.as_mut_ptr(), e);
         acc = _mm256_add_ps(acc, e);
     }

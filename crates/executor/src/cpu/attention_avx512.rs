@@ -20,7 +20,7 @@
 
 use std::arch::x86_64::*;
 
-use super::attention::{softmax_exp_avx2_sums, AttnCall, EXP_FLOOR, EXP_POLY, LN2_HI, LN2_LO, ROUND};
+use super::attention::{softmax_exp_avx2_sums, AttnCall};
 
 /// Positions per KV block this kernel handles (one 16-lane vector).
 pub(super) const BLOCK: usize = 16;
@@ -47,30 +47,12 @@ pub(super) fn has_avx512() -> bool {
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
 unsafe fn softmax_exp(row: &mut [f32], max: f32) -> f32 {
-    let (vmax, floor, log2e, round) = (
-        _mm512_set1_ps(max),
-        _mm512_set1_ps(EXP_FLOOR),
-        _mm512_set1_ps(std::f32::consts::LOG2_E),
-        _mm512_set1_ps(ROUND),
-    );
-    let (hi, lo, one) = (_mm512_set1_ps(-LN2_HI), _mm512_set1_ps(-LN2_LO), _mm512_set1_ps(1.0));
+    let vmax = _mm512_set1_ps(max);
     let mut acc = _mm256_setzero_ps();
     let whole = row.len() - row.len() % 16;
     for c in row[..whole].chunks_exact_mut(16) {
         // SAFETY: a chunk is 16 values.
-        let x = _mm512_max_ps(_mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, vmax), floor);
-        let n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, log2e), round), round);
-        let r = _mm512_fmadd_ps(n, lo, _mm512_fmadd_ps(n, hi, x));
-        let mut p = _mm512_set1_ps(EXP_POLY[0]);
-        for &k in &EXP_POLY[1..] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(k));
-        }
-        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), one);
-        let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-            _mm512_cvtps_epi32(n),
-            _mm512_set1_epi32(127),
-        )));
-        let e = _mm512_mul_ps(y, scale);
+        let e = super::activation::exp512(_mm512_sub_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, vmax));
         // SAFETY: as for the load.
         unsafe { _mm512_storeu_ps(c.as_mut_ptr(), e) };
         acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
